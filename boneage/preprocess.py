@@ -1,0 +1,102 @@
+"""One preprocessing path for every radiograph: training image, native test image or upload.
+
+Why this order:
+1. Geometry first. The training radiographs reached us squeezed to 100x100 with nearest-neighbour
+   resampling (an old Pillow default). Bringing any other image to that exact geometry the same way keeps
+   bone edges as sharp (and as aliased) as the network learned them; bilinear or Lanczos downsizing
+   smooths them and biases predictions upwards by months.
+2. Intensity second, on the 100x100 image: the background level is the histogram mode (black film in
+   most training images, a grey plate in many official test images) and is mapped to 0; the 99.5th
+   percentile (dense bone) is mapped to 1. Images whose background is the brightest part (inverted
+   polarity) are flipped first.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+BASE_SIZE = 100
+
+
+def squeeze_to_base(arr: np.ndarray, base_size: int = BASE_SIZE) -> np.ndarray:
+    """Resize a 2-D image to base_size x base_size (aspect ratio not kept) with nearest neighbour."""
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.shape == (base_size, base_size):
+        return arr
+    im = Image.fromarray(arr, mode="F")
+    return np.asarray(im.resize((base_size, base_size), Image.NEAREST), dtype=np.float32)
+
+
+def _background_level(arr: np.ndarray, bins: int = 64) -> float:
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(arr, bins=bins, range=(lo, hi))
+    hist = np.convolve(hist, np.ones(3) / 3, mode="same")
+    k = int(np.argmax(hist))
+    return float(edges[k] + edges[k + 1]) / 2
+
+
+def normalize_intensity(arr: np.ndarray) -> np.ndarray:
+    """Map background to 0 and dense bone to 1 (float32 in [0, 1]); see the module docstring."""
+    arr = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    bg = _background_level(arr)
+    if bg >= np.percentile(arr, 90):  # background is the brightest part: inverted polarity
+        arr = arr.max() + arr.min() - arr
+        bg = _background_level(arr)
+    top = float(np.percentile(arr, 99.5))
+    if top - bg < 1e-6:
+        return np.zeros_like(arr, dtype=np.float32)
+    return np.clip((arr - bg) / (top - bg), 0.0, 1.0).astype(np.float32)
+
+
+def preprocess_array(arr: np.ndarray, base_size: int = BASE_SIZE) -> np.ndarray:
+    """Any 2-D radiograph array -> base_size x base_size float32 in [0, 1], as the model was trained."""
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
+    return normalize_intensity(squeeze_to_base(arr, base_size))
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def to_model_input(batch: torch.Tensor, input_size: int, theta: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, H, W) uint8 or float [0,1] images -> (N, 1, S, S) network input, centred around 0.
+
+    Resizing and (optional) affine augmentation are one ``grid_sample`` so training and inference share
+    the same interpolation.
+    """
+    x = batch.float()
+    if batch.dtype == torch.uint8:
+        x = x / 255.0
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    n = x.shape[0]
+    if theta is None:
+        if x.shape[-1] != input_size or x.shape[-2] != input_size:
+            x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    else:
+        grid = F.affine_grid(theta, (n, 1, input_size, input_size), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (x - 0.5) / 0.5
+
+
+def random_affine(n: int, rotate_deg: float, scale: float, translate: float, generator: torch.Generator,
+                  flip: bool = False) -> torch.Tensor:
+    """Random rotation / zoom / shift matrices for ``F.affine_grid`` (N, 2, 3)."""
+    ang = (torch.rand(n, generator=generator) * 2 - 1) * np.deg2rad(rotate_deg)
+    s = 1 + (torch.rand(n, generator=generator) * 2 - 1) * scale
+    tx = (torch.rand(n, generator=generator) * 2 - 1) * translate
+    ty = (torch.rand(n, generator=generator) * 2 - 1) * translate
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = cos, -sin, tx
+    theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = sin, cos, ty
+    if flip:
+        sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        theta[:, :, 0] *= sign.unsqueeze(1)
+    return theta

@@ -1,0 +1,48 @@
+"""Make the stratified train/val/calib/test split of the RSNA training table and save it.
+
+    python -m pipelines.prepare [--data-dir DIR] [--out artifacts/splits.csv]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
+from boneage.splits import SplitConfig, make_splits
+from boneage.tables import read_cases
+
+
+def prepare_splits(data_dir: Path, out: Path, cfg: SplitConfig = SplitConfig()) -> Path:
+    table = read_cases(data_dir / "train.csv", require_age=True)
+    for cid, reason in table.rejected:
+        print(f"skipped row {cid}: {reason}", file=sys.stderr)
+    df = make_splits(table.cases, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    write_json_atomic(out.with_suffix(".json"), {"split_config": cfg, "counts": df["split"].value_counts().to_dict(),
+                                                 "source": "train.csv", "rejected_rows": table.rejected})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    ap.add_argument("--out", default=str(ARTIFACTS_DIR / "splits.csv"))
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args(argv)
+    try:
+        data_dir = resolve_data_dir(args.data_dir)
+    except DataDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = prepare_splits(data_dir, Path(args.out), SplitConfig(seed=args.seed))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
