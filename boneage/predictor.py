@@ -1,0 +1,157 @@
+"""The shipped model as a library object: load once, predict on files, bytes, arrays or case tables.
+
+    from boneage import load_predictor
+    p = load_predictor()                      # artifacts/model, no data directory needed
+    r = p.predict_file("hand.png", male=False)
+    r.boneage_months, r.stage, r.scale_months
+
+Prediction intervals (conformal, ``lower_80`` ... ``upper_95``) are attached when the calibration artifact
+exists (see :mod:`boneage.conformal`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import MODEL_DIR, ModelConfig, model_config_from_dict
+from .imaging import ImageLoadError, read_radiograph, read_radiograph_bytes, safe_image_path
+from .inference import RawPredictions, run_network
+from .model import BoneAgeNet
+from .preprocess import preprocess_array, to_uint8
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The trained model files are missing; the message says which and how to get them."""
+
+
+@dataclass
+class Prediction:
+    boneage_months: float
+    scale_months: float  # Laplace scale: ~ typical absolute error the model expects for this case
+    stage: str
+    stage_probs: dict[str, float]
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # "80" -> (lo, hi)
+
+    def as_row(self) -> dict:
+        row = {"boneage_pred": round(self.boneage_months, 2), "uncertainty": round(self.scale_months, 2),
+               "stage_pred": self.stage}
+        row.update({f"p_{k.lower()}": round(v, 4) for k, v in self.stage_probs.items()})
+        for level, (lo, hi) in self.intervals.items():
+            row[f"lower_{level}"], row[f"upper_{level}"] = round(lo, 2), round(hi, 2)
+        return row
+
+
+def load_model_dir(model_dir: str | os.PathLike = MODEL_DIR) -> tuple[BoneAgeNet, dict]:
+    """Load weights + config from a model directory (``model.pt`` + ``config.json``)."""
+    model_dir = Path(model_dir)
+    weights, cfg_path = model_dir / "model.pt", model_dir / "config.json"
+    for f in (weights, cfg_path):
+        if not f.is_file():
+            raise ModelNotFoundError(
+                f"Model file {f} is missing. The shipped model lives in artifacts/model/ of the repository "
+                "(git checkout it), or train one with `python -m pipelines.train`."
+            )
+    config = json.loads(cfg_path.read_text())
+    cfg = model_config_from_dict(config["model"])
+    model = BoneAgeNet(cfg, pretrained=False)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    model.eval()
+    return model, config
+
+
+class BoneAgePredictor:
+    """A loaded model plus its preprocessing; thread-safe for inference (no state changes)."""
+
+    def __init__(self, model: BoneAgeNet, config: dict, conformal=None, tta: bool = False):
+        self.model = model
+        self.config = config
+        self.cfg: ModelConfig = model.cfg
+        self.conformal = conformal
+        self.tta = tta
+
+    @classmethod
+    def from_dir(cls, model_dir: str | os.PathLike = MODEL_DIR, tta: bool = False) -> "BoneAgePredictor":
+        model, config = load_model_dir(model_dir)
+        conformal = None
+        cal_path = Path(model_dir).parent / "conformal.json"
+        if cal_path.is_file():
+            from .conformal import ConformalCalibrator
+
+            conformal = ConformalCalibrator.load(cal_path)
+        return cls(model, config, conformal, tta)
+
+    # -- preprocessing -------------------------------------------------------------------------
+    def preprocess(self, arr: np.ndarray) -> np.ndarray:
+        """Raw 2-D radiograph -> base-size uint8 image the network sees (before resizing)."""
+        return to_uint8(preprocess_array(arr, self.cfg.base_size))
+
+    # -- prediction ----------------------------------------------------------------------------
+    def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False) -> RawPredictions:
+        return run_network(self.model, images, np.asarray(male).astype(bool), return_features=return_features, tta=self.tta)
+
+    def _to_predictions(self, raw: RawPredictions, male: np.ndarray) -> list[Prediction]:
+        names = list(self.cfg.stages.names)
+        intervals = self.conformal.intervals(raw.age, raw.scale, male) if self.conformal is not None else None
+        out = []
+        for i in range(len(raw.age)):
+            probs = {n: float(raw.stage_prob[i, j]) for j, n in enumerate(names)}
+            iv = {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()} if intervals else {}
+            out.append(Prediction(float(raw.age[i]), float(raw.scale[i]), names[int(np.argmax(raw.stage_prob[i]))], probs, iv))
+        return out
+
+    def predict_array(self, arr: np.ndarray, male: bool) -> Prediction:
+        img = self.preprocess(arr)[None]
+        return self._to_predictions(self.predict_preprocessed(img, np.array([male])), np.array([male]))[0]
+
+    def predict_file(self, path: str | os.PathLike, male: bool) -> Prediction:
+        return self.predict_array(read_radiograph(path), male)
+
+    def predict_bytes(self, data: bytes, male: bool, name: str = "upload") -> Prediction:
+        return self.predict_array(read_radiograph_bytes(data, name), male)
+
+    def predict_cases(self, cases: pd.DataFrame, image_dir: str | os.PathLike, batch_size: int = 64) -> pd.DataFrame:
+        """One output row per case, in input order; failures get an ``error`` text, the rest still succeed."""
+        rows: list[dict] = [{"id": str(cid), "error": ""} for cid in cases["id"]]
+        males = cases["male"].to_numpy().astype(bool)
+        ok_idx, imgs = [], []
+        for i, cid in enumerate(cases["id"]):
+            try:
+                imgs.append(self.preprocess(read_radiograph(safe_image_path(image_dir, str(cid)))))
+                ok_idx.append(i)
+            except ImageLoadError as exc:
+                rows[i]["error"] = str(exc)
+            except Exception as exc:  # an odd file must not take the whole batch down
+                rows[i]["error"] = f"{type(exc).__name__}: {exc}"
+        for start in range(0, len(ok_idx), batch_size):
+            idx = ok_idx[start:start + batch_size]
+            raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), males[idx])
+            for i, pred in zip(idx, self._to_predictions(raw, males[idx])):
+                rows[i].update(pred.as_row())
+        df = pd.DataFrame(rows)
+        df.insert(1, "male", males)
+        cols = [c for c in df.columns if c != "error"] + ["error"]
+        return df[cols]
+
+
+_DEFAULT: BoneAgePredictor | None = None
+
+
+def load_predictor(model_dir: str | os.PathLike | None = None, tta: bool = False) -> BoneAgePredictor:
+    """The shipped model, loaded once per process (a given ``model_dir`` always loads afresh)."""
+    global _DEFAULT
+    if model_dir is not None:
+        return BoneAgePredictor.from_dir(model_dir, tta=tta)
+    if _DEFAULT is None or _DEFAULT.tta != tta:
+        _DEFAULT = BoneAgePredictor.from_dir(MODEL_DIR, tta=tta)
+    return _DEFAULT
+
+
+def prediction_dict(pred: Prediction) -> dict:
+    return asdict(pred)
