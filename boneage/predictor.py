@@ -80,7 +80,7 @@ class BoneAgePredictor:
     def from_dir(cls, model_dir: str | os.PathLike = MODEL_DIR, tta: bool = False) -> "BoneAgePredictor":
         model, config = load_model_dir(model_dir)
         conformal = None
-        cal_path = Path(model_dir).parent / "conformal.json"
+        cal_path = Path(model_dir) / "conformal.json"
         if cal_path.is_file():
             from .conformal import ConformalCalibrator
 

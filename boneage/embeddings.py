@@ -1,0 +1,153 @@
+"""Feature extraction from several depths of the network, 2-D/3-D maps (t-SNE, UMAP), Local Outlier
+Factor scores, and a layer-wise score of how well each layer's features encode age.
+
+Why several layers: early layers encode texture and exposure (where hospitals differ), the penultimate
+layer encodes maturity; showing both lets a user see where domain shift lives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.neighbors import KNeighborsRegressor, LocalOutlierFactor, NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .inference import RawPredictions
+from .model import BoneAgeNet
+from .preprocess import to_model_input
+
+# Named depths: (module path in the network, human description). "penultimate" is the fused
+# image+sex feature the heads read.
+LAYERS = {
+    "stage3": ("backbone._blocks.4", "stage 3 (40 channels, 1/8 resolution)"),
+    "stage5": ("backbone._blocks.10", "stage 5 (112 channels, 1/16 resolution)"),
+    "head": ("backbone._bn1", "backbone head (1280 channels, before pooling)"),
+    "penultimate": (None, "penultimate fused image + sex features (256)"),
+}
+
+
+@torch.no_grad()
+def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, layers=("stage3", "stage5", "head"),
+                     batch_size: int = 128, progress=None) -> tuple[RawPredictions, dict[str, np.ndarray]]:
+    """One forward pass giving predictions, penultimate features and globally pooled earlier layers."""
+    model.eval()
+    modules = dict(model.named_modules())
+    store: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in layers:
+        path = LAYERS[name][0]
+        hooks.append(modules[path].register_forward_hook(
+            lambda _m, _i, out, name=name: store.__setitem__(name, out.float().mean(dim=(2, 3)))))
+    ages, scales, probs, feats = [], [], [], []
+    layer_feats: dict[str, list] = {n: [] for n in layers}
+    male_t = torch.as_tensor(np.asarray(male).astype(np.int64))
+    try:
+        for start in range(0, len(images), batch_size):
+            x = to_model_input(torch.as_tensor(images[start:start + batch_size]), model.cfg.input_size)
+            out = model(x, male_t[start:start + batch_size])
+            ages.append(out.age)
+            scales.append(out.scale)
+            probs.append(torch.softmax(out.stage_logits, 1))
+            feats.append(out.features.float())
+            for n in layers:
+                layer_feats[n].append(store[n].clone())
+            if progress is not None:
+                progress(min(start + batch_size, len(images)), len(images))
+    finally:
+        for h in hooks:
+            h.remove()
+    cat = lambda xs: torch.cat(xs).numpy()  # noqa: E731
+    raw = RawPredictions(cat(ages), cat(scales), cat(probs), cat(feats))
+    return raw, {"penultimate": raw.features, **{n: cat(v) for n, v in layer_feats.items()}}
+
+
+def embed_maps(features: np.ndarray, seed: int = 0, methods=("tsne", "umap"), dims=(2, 3)) -> pd.DataFrame:
+    """t-SNE and UMAP coordinates (columns ``tsne2_x`` ... ``umap3_z``) of standardised features.
+
+    PCA to 50 components first: the usual step that makes t-SNE fast and less noisy.
+    """
+    x = StandardScaler().fit_transform(np.asarray(features, np.float32))
+    if x.shape[1] > 50 and x.shape[0] > 50:
+        x = PCA(n_components=50, random_state=seed).fit_transform(x)
+    out = {}
+    for method in methods:
+        for d in dims:
+            if method == "tsne":
+                perplexity = float(min(30, max(5, (len(x) - 1) / 4)))
+                coords = TSNE(n_components=d, perplexity=perplexity, init="pca", random_state=seed,
+                              max_iter=750).fit_transform(x)
+            else:
+                import umap  # imported lazily: numba compilation costs seconds
+
+                coords = umap.UMAP(n_components=d, n_neighbors=min(15, len(x) - 1), random_state=seed,
+                                   n_jobs=1).fit_transform(x)
+            for k, axis in enumerate("xyz"[:d]):
+                out[f"{method}{d}_{axis}"] = coords[:, k].astype(np.float32)
+    return pd.DataFrame(out)
+
+
+def layer_age_quality(features: np.ndarray, age: np.ndarray, seed: int = 0, k: int = 15) -> dict[str, float]:
+    """How well a layer's features encode age: 5-fold cross-validated kNN regression MAE and R^2.
+
+    kNN (not a trained probe) because it asks the question the maps show: are cases of similar age
+    neighbours in this feature space?
+    """
+    age = np.asarray(age, float)
+    ok = ~np.isnan(age)
+    x, y = np.asarray(features, np.float32)[ok], age[ok]
+    model = make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=k))
+    pred = cross_val_predict(model, x, y, cv=KFold(5, shuffle=True, random_state=seed))
+    mae = float(np.mean(np.abs(pred - y)))
+    r2 = float(1 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    return {"knn_mae": mae, "knn_r2": r2, "n": int(ok.sum()), "dims": int(x.shape[1])}
+
+
+@dataclass
+class OutlierDetector:
+    """Local Outlier Factor fitted on training-set features (novelty mode, so new cases can be scored).
+
+    Score = LOF (about 1 for typical cases, larger for unusual ones). Threshold: the ``quantile`` of the
+    training cases' own scores (default 99th percentile), so about 1% of training cases are flagged.
+    """
+
+    n_neighbors: int = 20
+    quantile: float = 0.99
+    threshold: float = float("nan")
+
+    def fit(self, train_features: np.ndarray) -> "OutlierDetector":
+        self._scaler = StandardScaler().fit(train_features)
+        self._lof = LocalOutlierFactor(n_neighbors=self.n_neighbors, novelty=True)
+        self._lof.fit(self._scaler.transform(train_features))
+        train_scores = -self._lof.negative_outlier_factor_
+        self.threshold = float(np.quantile(train_scores, self.quantile))
+        return self
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return -self._lof.score_samples(self._scaler.transform(np.asarray(features, np.float32)))
+
+    def flag(self, features: np.ndarray) -> np.ndarray:
+        return self.score(features) > self.threshold
+
+
+class SimilarCases:
+    """Nearest training cases in the penultimate feature space (cosine distance)."""
+
+    def __init__(self, features: np.ndarray, table: pd.DataFrame):
+        f = np.asarray(features, np.float32)
+        self._nn = NearestNeighbors(metric="cosine").fit(f)
+        self.table = table.reset_index(drop=True)
+
+    def query(self, feature: np.ndarray, k: int = 5, exclude_id: str | None = None) -> pd.DataFrame:
+        n = min(len(self.table), k + (1 if exclude_id is not None else 0))
+        dist, idx = self._nn.kneighbors(np.asarray(feature, np.float32).reshape(1, -1), n_neighbors=n)
+        res = self.table.iloc[idx[0]].copy()
+        res["distance"] = dist[0]
+        if exclude_id is not None:
+            res = res[res["id"].astype(str) != str(exclude_id)]
+        return res.head(k).reset_index(drop=True)

@@ -1,0 +1,382 @@
+"""Subgroup audit of the bone-age model: error, bias, stage accuracy and interval coverage by sex and age band.
+
+Works on the *predictions table* (one row per case; see ``boneage.error_analysis`` for the column list).
+Rows whose reference bone age is unknown (NaN) are dropped before anything is computed: a metric is never
+filled in from a guessed reference.
+
+Point estimates come from fairlearn's :class:`~fairlearn.metrics.MetricFrame`, because that is the tool an
+auditor will recognise and re-run. Uncertainty comes from a plain non-parametric bootstrap (cases resampled
+*within* each group, so every replicate keeps the group's size) and, for the male-female gap, from a
+permutation test of the sex labels: the bootstrap says how precisely the gap is known, the permutation test
+how surprising it would be if sex made no difference at all.
+"""
+from __future__ import annotations
+
+import html
+import warnings
+from collections.abc import Sequence
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from fairlearn.metrics import MetricFrame, count
+from scipy.stats import false_discovery_control
+
+from .config import StageConfig
+from .splits import AGE_BAND_LABELS, age_band
+
+STAGE_PROB_COLUMNS = tuple(f"p_{n.lower()}" for n in StageConfig().names)
+WITHIN_MONTHS = 12.0
+METRICS = ("mae", "bias", "rmse", "within_12", "stage_accuracy", "coverage_90")
+SEX_ORDER = ("F", "M")
+
+
+# -- per-row quantities ------------------------------------------------------------------------------
+
+def with_reference(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a known reference age; ``sex`` and ``age_band`` are derived where the table lacks them."""
+    out = df[df["boneage"].notna()].copy()
+    if "sex" not in out.columns:
+        out["sex"] = np.where(out["male"].astype(bool), "M", "F")
+    band = age_band(out["boneage"].to_numpy()).to_numpy()
+    out["age_band"] = out["age_band"].where(out["age_band"].notna(), band) if "age_band" in out.columns else band
+    return out
+
+
+def row_values(df: pd.DataFrame) -> pd.DataFrame:
+    """One column per metric whose *mean* over a group is that metric (before the RMSE square root).
+
+    ``stage_accuracy`` is NaN where the true stage is unknown (-1) and ``coverage_90`` where a bound is
+    missing, so those rows drop out of that metric only.
+    """
+    ref = df["boneage"].to_numpy(float)
+    err = df["boneage_pred"].to_numpy(float) - ref
+    out = pd.DataFrame({"mae": np.abs(err), "bias": err, "rmse": err ** 2,
+                        "within_12": (np.abs(err) <= WITHIN_MONTHS).astype(float)}, index=df.index)
+    if set(STAGE_PROB_COLUMNS) <= set(df.columns) and "stage_true" in df.columns:
+        true = df["stage_true"].to_numpy(float)
+        pred = df[list(STAGE_PROB_COLUMNS)].to_numpy(float).argmax(1)
+        out["stage_accuracy"] = np.where(true >= 0, (pred == true).astype(float), np.nan)
+    else:
+        out["stage_accuracy"] = np.nan
+    if {"lower_90", "upper_90"} <= set(df.columns):
+        lo, hi = df["lower_90"].to_numpy(float), df["upper_90"].to_numpy(float)
+        covered = ((ref >= lo) & (ref <= hi)).astype(float)
+        out["coverage_90"] = np.where(np.isnan(lo) | np.isnan(hi), np.nan, covered)
+    else:
+        out["coverage_90"] = np.nan
+    return out
+
+
+def _finish(metric: str, mean):
+    """Turn the mean of :func:`row_values` into the metric (only RMSE needs a transform)."""
+    return np.sqrt(mean) if metric == "rmse" else mean
+
+
+# -- fairlearn metric functions (signature y_true, y_pred[, sample params]) ---------------------------
+
+def _nanmean(x) -> float:
+    x = np.asarray(x, float)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else np.nan
+
+
+def _mae(y_true, y_pred) -> float:
+    return float(np.mean(np.abs(np.asarray(y_pred) - np.asarray(y_true))))
+
+
+def _bias(y_true, y_pred) -> float:
+    return float(np.mean(np.asarray(y_pred) - np.asarray(y_true)))
+
+
+def _rmse(y_true, y_pred) -> float:
+    return float(np.sqrt(np.mean((np.asarray(y_pred) - np.asarray(y_true)) ** 2)))
+
+
+def _within_12(y_true, y_pred) -> float:
+    return float(np.mean(np.abs(np.asarray(y_pred) - np.asarray(y_true)) <= WITHIN_MONTHS))
+
+
+def _stage_accuracy(y_true, y_pred, correct) -> float:
+    return _nanmean(correct)
+
+
+def _coverage_90(y_true, y_pred, covered) -> float:
+    return _nanmean(covered)
+
+
+def _metric_frame(df: pd.DataFrame, rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    metrics: dict[str, Callable] = {"n": count, "mae": _mae, "bias": _bias, "rmse": _rmse,
+                                    "within_12": _within_12, "stage_accuracy": _stage_accuracy,
+                                    "coverage_90": _coverage_90}
+    feats = df[by] if by else pd.Series("all", index=df.index, name="group")
+    mf = MetricFrame(metrics=metrics, y_true=df["boneage"].to_numpy(float),
+                     y_pred=df["boneage_pred"].to_numpy(float), sensitive_features=feats,
+                     sample_params={"stage_accuracy": {"correct": rows["stage_accuracy"].to_numpy()},
+                                    "coverage_90": {"covered": rows["coverage_90"].to_numpy()}})
+    table = mf.by_group
+    return table[table["n"].fillna(0) > 0]
+
+
+# -- bootstrap -----------------------------------------------------------------------------------------
+
+def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator,
+                    max_elems: int = 4_000_000) -> np.ndarray:
+    """Means of each column over ``n_boot`` resamples (with replacement) of the rows; NaNs are skipped.
+
+    Vectorised in chunks of at most ``max_elems`` gathered values so memory stays bounded on big splits.
+    Returns shape (n_boot, k); a replicate whose column is all NaN gives NaN.
+    """
+    values = np.asarray(values, float)
+    if values.ndim == 1:
+        values = values[:, None]
+    n, k = values.shape
+    out = np.full((n_boot, k), np.nan)
+    if n == 0:
+        return out
+    ok = ~np.isnan(values)
+    filled, okf = np.where(ok, values, 0.0), ok.astype(float)
+    step = max(1, max_elems // (n * k))
+    for s in range(0, n_boot, step):
+        b = min(step, n_boot - s)
+        idx = rng.integers(0, n, size=(b, n))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[s:s + b] = filled[idx].sum(1) / okf[idx].sum(1)
+    return out
+
+
+def _percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    a = (1 - level) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column (e.g. no known stages in a group)
+        lo, hi = np.nanpercentile(samples, [a, 100 - a], axis=0)
+    return lo, hi
+
+
+def _order_key(col: str, s: pd.Series) -> pd.Series:
+    """Sort key that puts age bands in age order rather than alphabetical."""
+    if col == "age_band":
+        return s.map({b: i for i, b in enumerate(AGE_BAND_LABELS)}).fillna(len(AGE_BAND_LABELS))
+    return s
+
+
+# -- public API ------------------------------------------------------------------------------------------
+
+def group_table(df: pd.DataFrame, by: Sequence[str] = ("sex",), n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Metrics per group with bootstrap 95% CIs; ``by=[]`` gives one row for all cases.
+
+    Columns: the ``by`` columns, ``group`` (a readable label such as ``"M / 8-11y"``), ``n`` (cases with a
+    reference), ``n_stage`` (of which with a known stage) and, for each of :data:`METRICS`, ``<m>``,
+    ``<m>_lo``, ``<m>_hi``. Bias is predicted minus reference (positive = model says older).
+    """
+    by = list(by)
+    d = with_reference(df)
+    rows = row_values(d)
+    if len(d) == 0:
+        return pd.DataFrame(columns=[*by, "group", "n", "n_stage"]
+                            + [c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")])
+    point = _metric_frame(d, rows, by)
+    rng = np.random.default_rng(seed)
+    groups = d.groupby(by, sort=False).indices if by else {("all",): np.arange(len(d))}
+    records = []
+    for key, idx in groups.items():
+        key = key if isinstance(key, tuple) else (key,)
+        vals = rows.iloc[idx][list(METRICS)].to_numpy(float)
+        boot = bootstrap_means(vals, n_boot, rng)
+        boot[:, METRICS.index("rmse")] = np.sqrt(boot[:, METRICS.index("rmse")])
+        lo, hi = _percentile_ci(boot)
+        pt = point.loc[key if len(key) > 1 else key[0]]
+        rec = {c: v for c, v in zip(by, key)}
+        rec["group"] = " / ".join(str(k) for k in key)
+        rec["n"] = int(len(idx))
+        rec["n_stage"] = int(np.sum(~np.isnan(vals[:, METRICS.index("stage_accuracy")])))
+        for j, m in enumerate(METRICS):
+            rec[m], rec[f"{m}_lo"], rec[f"{m}_hi"] = float(pt[m]), float(lo[j]), float(hi[j])
+        records.append(rec)
+    out = pd.DataFrame.from_records(records)
+    if by:
+        out = out.sort_values(by, key=lambda s: _order_key(s.name, s), kind="stable").reset_index(drop=True)
+    return out
+
+
+def _is_male(df: pd.DataFrame) -> np.ndarray:
+    return df["sex"].eq("M").to_numpy() if "sex" in df.columns else df["male"].astype(bool).to_numpy()
+
+
+def sex_gap(df: pd.DataFrame, metric: str = "mae", n_boot: int = 2000, n_perm: int = 2000, seed: int = 0,
+            min_n: int = 5, max_elems: int = 4_000_000) -> dict:
+    """Male minus female difference in ``metric`` with a bootstrap 95% CI and a permutation p-value.
+
+    The bootstrap resamples boys and girls separately (their counts stay fixed); the permutation test
+    shuffles the sex labels among the cases that count for the metric and reports the two-sided
+    ``(1 + #{|gap*| >= |gap|}) / (1 + n_perm)``. With fewer than ``min_n`` cases of either sex the point
+    estimates are still given but CI and p-value are NaN (too few to say anything).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    d = with_reference(df)
+    v = row_values(d)[metric].to_numpy(float)
+    male = _is_male(d)
+    ok = ~np.isnan(v)
+    v, male = v[ok], male[ok]
+    vm, vf = v[male], v[~male]
+    m_val = float(_finish(metric, vm.mean())) if len(vm) else np.nan
+    f_val = float(_finish(metric, vf.mean())) if len(vf) else np.nan
+    out = {"metric": metric, "male": m_val, "female": f_val, "gap": m_val - f_val, "ci_lo": np.nan,
+           "ci_hi": np.nan, "p_value": np.nan, "n_male": int(len(vm)), "n_female": int(len(vf)),
+           "n_boot": int(n_boot), "n_perm": int(n_perm)}
+    if len(vm) < min_n or len(vf) < min_n:
+        return out
+    rng = np.random.default_rng(seed)
+    boot = _finish(metric, bootstrap_means(vm, n_boot, rng)[:, 0]) - _finish(metric, bootstrap_means(vf, n_boot, rng)[:, 0])
+    lo, hi = _percentile_ci(boot)
+    out["ci_lo"], out["ci_hi"] = float(lo), float(hi)
+
+    n, n_m = len(v), len(vm)
+    total = v.sum()
+    obs = abs(out["gap"])
+    extreme = 0
+    step = max(1, max_elems // n)
+    base = np.zeros(n, bool)
+    base[:n_m] = True
+    for s in range(0, n_perm, step):
+        b = min(step, n_perm - s)
+        perm = rng.permuted(np.broadcast_to(base, (b, n)), axis=1)
+        sum_m = perm.astype(float) @ v
+        gaps = _finish(metric, sum_m / n_m) - _finish(metric, (total - sum_m) / (n - n_m))
+        extreme += int(np.sum(np.abs(gaps) >= obs - 1e-9 * max(1.0, obs)))
+    out["p_value"] = (1 + extreme) / (1 + n_perm)
+    return out
+
+
+def sex_gaps(df: pd.DataFrame, metrics: Sequence[str] = METRICS, n_boot: int = 2000, n_perm: int = 2000,
+             seed: int = 0, min_n: int = 5) -> pd.DataFrame:
+    """:func:`sex_gap` for every metric, over all cases (``scope='all'``) and within each age band.
+
+    ``p_adj`` is the Benjamini-Hochberg adjustment over the whole table: with ~50 tests a few raw
+    p-values below 0.05 are expected by chance alone.
+    """
+    d = with_reference(df)
+    scopes: list[tuple[str, pd.DataFrame]] = [("all", d)]
+    if "age_band" in d.columns:
+        present = set(d["age_band"].dropna())
+        scopes += [(b, d[d["age_band"] == b]) for b in AGE_BAND_LABELS if b in present]
+    records = [{"scope": name, **sex_gap(g, m, n_boot=n_boot, n_perm=n_perm, seed=seed, min_n=min_n)}
+               for name, g in scopes for m in metrics]
+    out = pd.DataFrame.from_records(records)
+    out["p_adj"] = np.nan
+    if len(out):
+        has_p = out["p_value"].notna().to_numpy()
+        if has_p.any():
+            out.loc[has_p, "p_adj"] = false_discovery_control(out.loc[has_p, "p_value"].to_numpy(float))
+    cols = ["scope", "metric", "male", "female", "gap", "ci_lo", "ci_hi", "p_value", "p_adj", "n_male",
+            "n_female", "n_boot", "n_perm"]
+    return out.reindex(columns=cols)
+
+
+def sample_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cases per split and sex, and how many have a reference age (the rest are left out of every metric)."""
+    d = df.copy()
+    if "sex" not in d.columns:
+        d["sex"] = np.where(d["male"].astype(bool), "M", "F")
+    d["has_reference"] = d["boneage"].notna()
+    out = (d.groupby(["split", "sex"], sort=True)
+           .agg(n_rows=("id", "size"), n_with_reference=("has_reference", "sum")).reset_index())
+    out["n_with_reference"] = out["n_with_reference"].astype(int)
+    out["n_without_reference"] = out["n_rows"] - out["n_with_reference"]
+    return out
+
+
+def audit(df: pd.DataFrame, split_names: str | Sequence[str], n_boot: int = 1000, n_perm: int = 2000,
+          seed: int = 0) -> dict[str, pd.DataFrame]:
+    """All audit tables for the cases in ``split_names``, each ready for ``to_parquet`` / ``to_csv``.
+
+    Keys: ``sample`` (counts per split and sex), ``overall``, ``by_sex``, ``by_age_band``,
+    ``by_sex_age_band`` (see :func:`group_table`) and ``sex_gaps`` (see :func:`sex_gaps`).
+    """
+    names = [split_names] if isinstance(split_names, str) else list(split_names)
+    d = df[df["split"].isin(names)]
+    if d.empty:
+        raise ValueError(f"no rows in splits {names}; present: {sorted(df['split'].unique())}")
+    return {"sample": sample_table(d),
+            "overall": group_table(d, [], n_boot=n_boot, seed=seed),
+            "by_sex": group_table(d, ["sex"], n_boot=n_boot, seed=seed),
+            "by_age_band": group_table(d, ["age_band"], n_boot=n_boot, seed=seed),
+            "by_sex_age_band": group_table(d, ["sex", "age_band"], n_boot=n_boot, seed=seed),
+            "sex_gaps": sex_gaps(d, n_boot=max(n_boot, 1000), n_perm=n_perm, seed=seed)}
+
+
+# -- HTML ----------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
+color:#222;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
+p.notes{color:#444;line-height:1.45}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right;white-space:nowrap}
+th{background:#f3f5f7}tr:nth-child(even) td{background:#fafbfc}
+td:first-child,th:first-child{text-align:left}
+footer{margin-top:2em;color:#777;font-size:.8em}
+"""
+
+
+def _fmt(x) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        if np.isnan(x):
+            return "–"
+        return str(int(x)) if float(x).is_integer() and abs(x) >= 1 else f"{x:.3g}"
+    return str(x)
+
+
+def _ci_columns(c: str, cols: list[str]) -> tuple[str, str] | None:
+    if f"{c}_lo" in cols and f"{c}_hi" in cols:
+        return f"{c}_lo", f"{c}_hi"
+    if c == "gap" and "ci_lo" in cols and "ci_hi" in cols:
+        return "ci_lo", "ci_hi"
+    return None
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    """Fold ``m``, ``m_lo``, ``m_hi`` (and ``gap``, ``ci_lo``, ``ci_hi``) into one ``m [95% CI]`` text column."""
+    cols = list(table.columns)
+    pairs = {c: _ci_columns(c, cols) for c in cols}
+    folded = {x for pair in pairs.values() if pair for x in pair}
+    out = {}
+    for c in cols:
+        if c in folded:
+            continue
+        if pairs[c] is None:
+            out[c] = [_fmt(v) for v in table[c]]
+            continue
+        lo, hi = pairs[c]
+        out[f"{c} [95% CI]"] = [_fmt(v) if pd.isna(a) or pd.isna(b) else f"{_fmt(v)} [{_fmt(a)}, {_fmt(b)}]"
+                                for v, a, b in zip(table[c], table[lo], table[hi])]
+    return pd.DataFrame(out)
+
+
+def audit_html(tables: dict[str, pd.DataFrame], title: str, notes: str = "") -> str:
+    """A self-contained HTML page (inline CSS, no scripts or external assets) of the audit tables.
+
+    Every cell is escaped; ``notes`` is plain text, blank lines separate paragraphs.
+    """
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for para in [p.strip() for p in notes.split("\n\n") if p.strip()]:
+        parts.append(f'<p class="notes">{html.escape(para)}</p>')
+    for name, table in tables.items():
+        parts.append(f'<h2 id="{html.escape(name)}">{html.escape(name.replace("_", " ").capitalize())}</h2>')
+        if table is None or len(table) == 0:
+            parts.append("<p>(no rows)</p>")
+            continue
+        parts.append(_display(table).to_html(index=False, escape=True, border=0))
+    parts.append("<footer>Cases without a reference bone age are excluded from every metric. Errors are "
+                 "predicted minus reference, in months. Intervals are percentile-bootstrap 95% CIs; gap p-values "
+                 "come from a sex-label permutation test, p_adj is Benjamini-Hochberg over the table.</footer>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

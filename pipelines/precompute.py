@@ -1,0 +1,281 @@
+"""Precompute everything the dashboard browses from the shipped model and the data.
+
+    python -m pipelines.precompute [--data-dir DIR] [--artifacts artifacts] [--only PART ...]
+                                   [--max-cases N]
+
+Parts (in order; ``--only`` redoes some, reading the others' outputs from disk):
+  predictions  one forward pass over every case of every split and the 200 official test cases:
+               predictions.parquet, conformal calibration (model/conformal.json) and coverage report,
+               LOF outlier scores, penultimate features (float16) for similar-case look-up
+  embeddings   t-SNE / UMAP maps (2-D, 3-D) of the penultimate layer for all cases and of earlier
+               layers for a subsample, and the layer-wise age-quality scores
+  calibration  stage classifier calibration (reliability, ECE, Brier, entropy, confusion, ROC)
+  fairness     audit tables by sex / age band with bootstrap CIs and the male-female gap test
+  errors       worst cases, Bland-Altman data, do the flags catch the big errors
+A manifest (artifacts/manifest.json) is rewritten at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
+from boneage.conformal import LEVELS, ConformalCalibrator, bin_label, coverage_table, mondrian_bins
+from boneage.data import load_images
+from boneage.embeddings import LAYERS, OutlierDetector, embed_maps, extract_features, layer_age_quality
+from boneage.manifest import write_manifest
+from boneage.metrics import stages_from_months
+from boneage.predictor import load_predictor
+from boneage.splits import age_band
+from boneage.tables import read_cases
+
+PARTS = ("predictions", "embeddings", "calibration", "fairness", "errors")
+EARLY_LAYERS = ("stage3", "stage5", "head")
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _save_npy(arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def all_cases(data_dir: Path, splits_path: Path, max_cases: int | None) -> pd.DataFrame:
+    """Every case with its split and image folder; official test rows keep NaN where unlabelled."""
+    splits = pd.read_csv(splits_path, dtype={"id": str})
+    official = read_cases(data_dir / "test.csv").cases.assign(split="official_test")
+    if max_cases:  # a small but complete sample: some of every split
+        splits = splits.groupby("split", group_keys=False).head(max_cases)
+        official = official.head(max_cases)
+    splits["image_dir"] = str(data_dir / "train")
+    official["image_dir"] = str(data_dir / "test")
+    return pd.concat([splits, official], ignore_index=True)
+
+
+def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> None:
+    predictor = load_predictor(art / "model")
+    cfg = predictor.cfg
+    cases = all_cases(data_dir, art / "splits.csv", max_cases)
+    frames, images = [], []
+    failed = []
+    for image_dir, group in cases.groupby("image_dir", sort=False):
+        loaded = load_images(group.reset_index(drop=True), image_dir, cfg.base_size, progress=False)
+        failed += loaded.failed
+        frames.append(loaded.cases)
+        images.append(loaded.images)
+    cases = pd.concat(frames, ignore_index=True)
+    images = np.concatenate(images)
+    log(f"loaded {len(cases)} images ({len(failed)} failed)")
+    t0 = time.time()
+    raw, layer_feats = extract_features(predictor.model, images, cases["male"].to_numpy(), EARLY_LAYERS)
+    log(f"forward pass + features: {time.time() - t0:.0f}s")
+
+    df = cases.drop(columns=["image_dir"]).copy()
+    df["sex"] = np.where(df["male"], "M", "F")
+    df["age_band"] = age_band(df["boneage"].to_numpy()).to_numpy()
+    df["boneage_pred"] = raw.age.astype(float)
+    df["residual"] = df["boneage_pred"] - df["boneage"]
+    df["abs_error"] = df["residual"].abs()
+    df["uncertainty"] = raw.scale.astype(float)
+    names = list(cfg.stages.names)
+    st = np.where(df["boneage"].notna(), stages_from_months(df["boneage"].fillna(0), cfg.stages), -1)
+    df["stage_true"] = st.astype(int)
+    df["stage_pred"] = [names[i] for i in raw.stage_prob.argmax(1)]
+    for j, n in enumerate(names):
+        df[f"p_{n.lower()}"] = raw.stage_prob[:, j].astype(float)
+    p = np.clip(raw.stage_prob, 1e-12, 1)
+    df["entropy"] = -(p * np.log(p)).sum(1)
+
+    # Conformal intervals, calibrated on the calibration split only.
+    cal = df["split"] == "calib"
+    male = df["male"].to_numpy()
+    for mondrian, suffix in ((True, ""), (False, "_global")):
+        cc = ConformalCalibrator.fit(df.loc[cal, "boneage"], df.loc[cal, "boneage_pred"], df.loc[cal, "uncertainty"],
+                                     male[cal.to_numpy()], mondrian=mondrian)
+        if mondrian:
+            cc.save(art / "model" / "conformal.json")
+        for lvl in LEVELS:
+            lo, hi = cc.interval(df["boneage_pred"], df["uncertainty"], male, lvl)
+            df[f"lower_{lvl}{suffix}"], df[f"upper_{lvl}{suffix}"] = lo, hi
+    df["conformal_group"] = [bin_label(c) for c in mondrian_bins(df["boneage_pred"], male)]
+    reports = coverage_report(df)
+
+    # Outliers: LOF fitted on training-split penultimate features.
+    feats = layer_feats["penultimate"]
+    train_mask = (df["split"] == "train").to_numpy()
+    det = OutlierDetector().fit(feats[train_mask])
+    df["outlier_score"] = det.score(feats)
+    df["is_outlier"] = df["outlier_score"] > det.threshold
+
+    _write_parquet(df, art / "predictions.parquet")
+    _save_npy(feats.astype(np.float16), art / "embeddings" / "features_penultimate.npy")
+    write_json_atomic(art / "coverage.json", reports)
+    write_json_atomic(art / "outliers.json", {
+        "method": "LocalOutlierFactor(n_neighbors=20, novelty=True) on standardised penultimate features of the "
+                  "training split", "threshold": det.threshold, "threshold_rule": "99th percentile of training LOF",
+        "flagged_by_split": df.groupby("split")["is_outlier"].mean().round(4).to_dict()})
+    write_json_atomic(art / "failed_images.json", [{"id": c, "reason": r} for c, r in failed])
+    # Earlier layers are big: keep them out of artifacts/, only the maps computed from them are committed.
+    cache = art.parent / "runs" / "layer_features.npz"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, ids=df["id"].astype(str).to_numpy(), split=df["split"].to_numpy(),
+             **{k: v.astype(np.float16) for k, v in layer_feats.items()})
+    log(f"predictions: {len(df)} rows; conformal 90% coverage internal test "
+        f"{reports['mondrian']['test']['90']['coverage']:.3f}")
+
+
+def coverage_report(df: pd.DataFrame) -> dict:
+    """Coverage / width per split, level, and group (sex x age band of the reference)."""
+    out = {}
+    for variant, suffix in (("mondrian", ""), ("global", "_global")):
+        out[variant] = {}
+        for split in ("test", "official_test", "calib"):
+            d = df[(df["split"] == split) & df["boneage"].notna()]
+            out[variant][split] = {}
+            for lvl in LEVELS:
+                entry = coverage_table(d["boneage"], d[f"lower_{lvl}{suffix}"], d[f"upper_{lvl}{suffix}"])
+                entry["by_group"] = {
+                    f"{s} {b}": coverage_table(g["boneage"], g[f"lower_{lvl}{suffix}"], g[f"upper_{lvl}{suffix}"])
+                    for (s, b), g in d.groupby(["sex", "age_band"])}
+                out[variant][split][lvl] = entry
+    return out
+
+
+def part_embeddings(art: Path, log, seed: int = 0, subsample: int = 3000) -> None:
+    df = pd.read_parquet(art / "predictions.parquet")
+    feats = np.load(art / "embeddings" / "features_penultimate.npy").astype(np.float32)
+    t0 = time.time()
+    maps = embed_maps(feats, seed=seed)
+    maps.insert(0, "id", df["id"].to_numpy())
+    maps.insert(1, "split", df["split"].to_numpy())
+    _write_parquet(maps, art / "embeddings" / "maps_penultimate.parquet")
+    log(f"penultimate maps ({len(df)} cases): {time.time() - t0:.0f}s")
+
+    cache = art.parent / "runs" / "layer_features.npz"
+    if not cache.is_file():
+        raise FileNotFoundError(f"{cache} is missing: run `python -m pipelines.precompute --only predictions` first")
+    z = np.load(cache, allow_pickle=True)
+    if list(z["ids"]) != df["id"].astype(str).tolist():
+        raise RuntimeError(f"{cache} does not match predictions.parquet: rerun --only predictions")
+    rng = np.random.default_rng(seed)
+    # Subsample stratified so every split is present: all non-train cases up to the budget, rest train.
+    idx = np.arange(len(df))
+    non_train = idx[df["split"].to_numpy() != "train"]
+    train = idx[df["split"].to_numpy() == "train"]
+    take = np.sort(np.r_[rng.permutation(non_train)[: subsample // 2],
+                         rng.permutation(train)[: max(0, subsample - min(len(non_train), subsample // 2))]])
+    quality, layer_maps = {}, []
+    age = df["boneage"].to_numpy(float)
+    for name in (*EARLY_LAYERS, "penultimate"):
+        x = z[name].astype(np.float32)
+        quality[name] = {"description": LAYERS[name][1], **layer_age_quality(x[take], age[take], seed=seed)}
+        t1 = time.time()
+        m = embed_maps(x[take], seed=seed)
+        m.insert(0, "layer", name)
+        m.insert(0, "id", df["id"].to_numpy()[take])
+        layer_maps.append(m)
+        log(f"layer {name}: kNN age MAE {quality[name]['knn_mae']:.1f}, maps {time.time() - t1:.0f}s")
+    _write_parquet(pd.concat(layer_maps, ignore_index=True), art / "embeddings" / "maps_layers.parquet")
+    write_json_atomic(art / "embeddings" / "layer_quality.json",
+                      {"subsample": int(len(take)), "seed": seed, "metric": "5-fold kNN (k=15) regression of "
+                       "reference age from standardised globally pooled features", "layers": quality})
+
+
+def part_calibration(art: Path, log) -> None:
+    from boneage.calibration import stage_calibration_report
+    from boneage.config import model_config_from_dict
+
+    cfg = model_config_from_dict(json.loads((art / "model" / "config.json").read_text())["model"])
+    df = pd.read_parquet(art / "predictions.parquet")
+    out = {}
+    for split in ("test", "official_test"):
+        d = df[(df["split"] == split) & (df["stage_true"] >= 0)]
+        out[split] = stage_calibration_report(d, cfg.stages)
+    write_json_atomic(art / "stage_calibration.json", out)
+    log("stage calibration written")
+
+
+def part_fairness(art: Path, log) -> None:
+    from boneage.fairness import audit, audit_html
+
+    df = pd.read_parquet(art / "predictions.parquet")
+    out_dir = art / "fairness"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("test", "official_test"):
+        tables = audit(df, [split])
+        for name, table in tables.items():
+            tmp = out_dir / f"{split}_{name}.csv.tmp"
+            table.to_csv(tmp, index=False)
+            os.replace(tmp, out_dir / f"{split}_{name}.csv")
+    log("fairness tables written")
+
+
+def part_errors(art: Path, log) -> None:
+    from boneage.error_analysis import bland_altman, flag_effectiveness, worst_cases
+
+    df = pd.read_parquet(art / "predictions.parquet")
+    out = {}
+    for split in ("test", "official_test"):
+        d = df[(df["split"] == split) & df["boneage"].notna()]
+        out[split] = {"flags": flag_effectiveness(d)}
+        _write_parquet(worst_cases(d), art / "errors" / f"{split}_worst.parquet")
+        ba, summary = bland_altman(d)
+        out[split]["bland_altman"] = summary
+        _write_parquet(ba, art / "errors" / f"{split}_bland_altman.parquet")
+    write_json_atomic(art / "errors" / "summary.json", out)
+    log("error analysis written")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--artifacts", default=str(ARTIFACTS_DIR), help="artifact folder (holds model/ and splits.csv)")
+    ap.add_argument("--only", nargs="+", choices=PARTS, help="redo only these parts")
+    ap.add_argument("--max-cases", type=int, help="at most N cases per split (smoke tests)")
+    ap.add_argument("--subsample", type=int, default=3000, help="cases in the earlier-layer maps")
+    args = ap.parse_args(argv)
+    art = Path(args.artifacts)
+    parts = args.only or PARTS
+    t_start = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t_start:6.0f}s] {msg}", flush=True)
+
+    try:
+        if "predictions" in parts:
+            data_dir = resolve_data_dir(args.data_dir)
+            part_predictions(art, data_dir, args.max_cases, log)
+        if "embeddings" in parts:
+            part_embeddings(art, log, subsample=min(args.subsample, args.max_cases * 5) if args.max_cases else args.subsample)
+        if "calibration" in parts:
+            part_calibration(art, log)
+        if "fairness" in parts:
+            part_fairness(art, log)
+        if "errors" in parts:
+            part_errors(art, log)
+    except (DataDirError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    model_cfg = json.loads((art / "model" / "config.json").read_text())
+    write_manifest(art, {"backbone": model_cfg["model"]["backbone"], "input_size": model_cfg["model"]["input_size"],
+                         "best_epoch": model_cfg.get("best_epoch"), "best_val_mae": model_cfg.get("best_val_mae")})
+    log(f"done: {', '.join(parts)}; manifest written")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
