@@ -86,6 +86,12 @@ def to_jsonable(obj: Any) -> Any:
         return {k: to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy scalars and arrays
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float) and obj != obj:
+        return None  # NaN: strict JSON has no NaN
+    if isinstance(obj, Path):
+        return str(obj)
     return obj
 
 

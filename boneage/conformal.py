@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from crepes import ConformalRegressor
 
 from .config import write_json_atomic
@@ -101,3 +102,34 @@ def coverage_table(y, lo, hi) -> dict[str, float]:
         return {"n": 0, "coverage": np.nan, "mean_width": np.nan}
     return {"n": int(ok.sum()), "coverage": float(np.mean((y[ok] >= lo[ok]) & (y[ok] <= hi[ok]))),
             "mean_width": float(np.mean(hi[ok] - lo[ok]))}
+
+
+def coverage_frame(report: dict, split: str) -> pd.DataFrame:
+    """The coverage report (``coverage.json``) of one split as a long table.
+
+    One row per variant (mondrian / global) x level x group, where group ``"all"`` is the whole split and
+    the others are reference sex x age band ("M 5-8y"). Columns: variant, level, nominal (0-1), group, sex,
+    age_band, n, coverage, mean_width. Groups are in sex, then age order.
+    """
+    from .splits import AGE_BAND_LABELS
+
+    rows = []
+    for variant, by_split in report.items():
+        levels = by_split.get(split)
+        if levels is None:
+            continue
+        for level, entry in levels.items():
+            groups = [("all", entry)] + list((entry.get("by_group") or {}).items())
+            for name, g in groups:
+                sex, _, band = name.partition(" ") if name != "all" else ("all", "", "all")
+                rows.append({"variant": variant, "level": str(level), "nominal": float(level) / 100, "group": name,
+                             "sex": sex, "age_band": band, "n": int(g.get("n") or 0),
+                             "coverage": np.nan if g.get("coverage") is None else float(g["coverage"]),
+                             "mean_width": np.nan if g.get("mean_width") is None else float(g["mean_width"])})
+    cols = ["variant", "level", "nominal", "group", "sex", "age_band", "n", "coverage", "mean_width"]
+    out = pd.DataFrame(rows, columns=cols)
+    if len(out):
+        rank = {"age_band": {b: i for i, b in enumerate(("all", *AGE_BAND_LABELS))}, "sex": {"all": 0, "F": 1, "M": 2}}
+        out = out.sort_values(["variant", "level", "sex", "age_band"], kind="stable",
+                              key=lambda s: s.map(rank[s.name]).fillna(99) if s.name in rank else s)
+    return out.reset_index(drop=True)

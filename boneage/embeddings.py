@@ -151,3 +151,51 @@ class SimilarCases:
         if exclude_id is not None:
             res = res[res["id"].astype(str) != str(exclude_id)]
         return res.head(k).reset_index(drop=True)
+
+
+# -- reading the precomputed maps (used by the dashboard) ------------------------------------------------
+
+MAP_METHODS = {"tsne": "t-SNE", "umap": "UMAP"}
+
+
+def map_columns(method: str, dims: int) -> list[str]:
+    """Coordinate columns of a map table, e.g. ``map_columns("umap", 3)`` -> umap3_x, umap3_y, umap3_z."""
+    if method not in MAP_METHODS or dims not in (2, 3):
+        raise ValueError(f"method must be one of {tuple(MAP_METHODS)} and dims 2 or 3, got {method!r}, {dims!r}")
+    return [f"{method}{dims}_{axis}" for axis in "xyz"[:dims]]
+
+
+def maps_with_cases(maps: pd.DataFrame, cases: pd.DataFrame, case_columns=None) -> pd.DataFrame:
+    """Map coordinates joined with case columns (from the predictions table) by ``id``.
+
+    Every map row must find its case: a map from a different predictions run is an error, not a silent
+    partial join. ``case_columns`` defaults to every column of ``cases`` that the map table lacks.
+    """
+    maps = maps.assign(id=maps["id"].astype(str))
+    cases = cases.assign(id=cases["id"].astype(str))
+    cols = [c for c in (case_columns or cases.columns) if c != "id" and c not in maps.columns]
+    out = maps.merge(cases[["id", *cols]], on="id", how="left", validate="many_to_one", indicator=True)
+    missing = int((out.pop("_merge") != "both").sum())
+    if missing:
+        raise ValueError(f"{missing} map rows have no case in the predictions table: the embedding maps are stale "
+                         "(rerun `python -m pipelines.precompute --only embeddings`)")
+    return out
+
+
+def layer_quality_table(report: dict) -> pd.DataFrame:
+    """``layer_quality.json`` as a table, one row per layer from shallow to deep.
+
+    Columns: layer, description, knn_mae, knn_r2, n, dims.
+    """
+    layers = report.get("layers", {})
+    order = [n for n in LAYERS if n in layers] + [n for n in layers if n not in LAYERS]
+    rows = [{"layer": n, "description": layers[n].get("description", LAYERS.get(n, (None, n))[1]),
+             **{k: layers[n].get(k, np.nan) for k in ("knn_mae", "knn_r2", "n", "dims")}} for n in order]
+    return pd.DataFrame(rows, columns=["layer", "description", "knn_mae", "knn_r2", "n", "dims"])
+
+
+def most_unusual(cases: pd.DataFrame, k: int = 12) -> pd.DataFrame:
+    """Cases ordered by LOF outlier score, highest first: all flagged ones, then up to ``k`` in total."""
+    d = cases.sort_values("outlier_score", ascending=False, kind="stable")
+    flagged = d[d["is_outlier"].fillna(False).astype(bool)]
+    return d.head(max(k, len(flagged))).reset_index(drop=True)

@@ -92,8 +92,9 @@ def bland_altman(df: pd.DataFrame) -> BlandAltman:
         se_b, se_l = sd / np.sqrt(n), sd * np.sqrt(3.0 / n)
         lo, hi = bias - 1.96 * sd, bias + 1.96 * sd
         summary.update(bias=bias, sd=sd, loa_lower=lo, loa_upper=hi,
-                       bias_ci=[bias - t * se_b, bias + t * se_b],
-                       loa_lower_ci=[lo - t * se_l, lo + t * se_l], loa_upper_ci=[hi - t * se_l, hi + t * se_l])
+                       bias_ci=[float(bias - t * se_b), float(bias + t * se_b)],
+                       loa_lower_ci=[float(lo - t * se_l), float(lo + t * se_l)],
+                       loa_upper_ci=[float(hi - t * se_l), float(hi + t * se_l)])
         if np.ptp(mean) > 0:
             fit = stats.linregress(mean, diff)
             summary.update(slope=float(fit.slope), intercept=float(fit.intercept), slope_p=float(fit.pvalue))

@@ -78,6 +78,14 @@ def _read_dicom(data: bytes, source: str) -> np.ndarray:
         raise ImageLoadError(f"{source}: not a readable DICOM file ({type(exc).__name__}: {exc}).")
     if "PixelData" not in ds:
         raise ImageLoadError(f"{source}: DICOM file has no pixel data (no image in it).")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        # A bare dataset without the 128-byte preamble and file meta (found by its .dcm name): pydicom needs the
+        # transfer syntax to decode pixels; use the uncompressed encoding it detected while reading.
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     _check_size(cols, rows, source)
     try:
@@ -132,3 +140,90 @@ def safe_image_path(image_dir: str | os.PathLike, case_id: str) -> Path:
         if p.is_file():
             return p
     return root / (candidates[0] if candidates[0].lower().endswith(IMAGE_EXTENSIONS) else cid + ".png")
+
+
+# -- is this a radiograph at all? ---------------------------------------------------------------------
+# Hasler & Suesstrunk (2003) colourfulness: 0 for gray, ~15 "slightly colourful", ~33 "moderately", 45+
+# "quite colourful". Radiographs saved as RGB are gray in every channel (JPEG chroma noise stays below ~3),
+# so anything past COLORFUL_LIMIT is a colour photo or screenshot, not a radiograph.
+COLORFUL_LIMIT = 15.0
+
+
+def colorfulness(rgb: np.ndarray) -> float:
+    """Hasler-Suesstrunk colourfulness of an (H, W, 3) RGB array (0-255 scale); 0 for a gray image."""
+    a = np.asarray(rgb, dtype=np.float32)
+    if a.ndim != 3 or a.shape[2] < 3:
+        return 0.0
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def upload_colorfulness(data: bytes, name: str = "upload") -> float:
+    """Colourfulness of an uploaded PNG/JPEG (on a 256 px thumbnail); 0 for gray images and DICOM."""
+    if not data or _is_dicom(data[:132], name):
+        return 0.0
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            _check_size(im.width, im.height, name)
+            if im.mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+                return 0.0
+            im.draft("RGB", (256, 256))  # JPEG: decode at reduced size
+            im = im.convert("RGB")
+            im.thumbnail((256, 256))
+            return colorfulness(np.asarray(im))
+    except ImageLoadError:
+        raise
+    except Exception:  # unreadable: read_radiograph_bytes gives the real reason
+        return 0.0
+
+
+def looks_like_radiograph(data: bytes, name: str = "upload", limit: float = COLORFUL_LIMIT) -> tuple[bool, str]:
+    """(ok, reason): strongly coloured images (photos, screenshots) are not radiographs."""
+    c = upload_colorfulness(data, name)
+    if c > limit:
+        return False, (f"{name}: this is a colour image (colourfulness {c:.0f}, radiographs are gray, below "
+                       f"{limit:.0f}); it looks like a photo or screenshot, not a hand radiograph. Upload the "
+                       "radiograph itself (PNG/JPEG/DICOM).")
+    return True, ""
+
+
+# Uploads get a tighter pixel limit than files on disk: the largest flat-panel detectors (43 x 43 cm at
+# 100 um) give ~18.5 MP, so anything far above that is not a radiograph as acquired (or a decompression bomb),
+# and decoding it would hold a dashboard worker for seconds and hundreds of MB.
+UPLOAD_MAX_PIXELS = 30_000_000
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width, im.height
+    except Exception:
+        return None
+
+
+def read_upload(data: bytes, name: str = "upload", max_pixels: int = UPLOAD_MAX_PIXELS) -> np.ndarray:
+    """An uploaded radiograph as a 2-D float32 array; refuses empty, broken, huge and colour images.
+
+    Raises :class:`ImageLoadError` with a message meant for the person who uploaded the file.
+    """
+    if not data:
+        raise ImageLoadError(f"{name}: file is empty.")
+
+    def too_big(w: int, h: int) -> ImageLoadError:
+        return ImageLoadError(f"{name}: image is {w}x{h} = {w * h / 1e6:.0f} megapixels; uploads are limited to "
+                              f"{max_pixels / 1e6:.0f} MP (hand radiographs are at most ~20 MP). Downsize it first.")
+
+    if not _is_dicom(data[:132], name):
+        size = _header_size(data)  # from the header, before decoding
+        if size is None:
+            raise ImageLoadError(f"{name}: not a PNG, JPEG or DICOM image (its content cannot be decoded as one).")
+        if size[0] * size[1] > max_pixels:
+            raise too_big(*size)
+    ok, reason = looks_like_radiograph(data, name)
+    if not ok:
+        raise ImageLoadError(reason)
+    arr = read_radiograph_bytes(data, name)
+    if arr.size > max_pixels:
+        raise too_big(arr.shape[1], arr.shape[0])
+    return arr

@@ -63,3 +63,52 @@ def grouped_metrics(df: pd.DataFrame, stages: StageConfig = StageConfig()) -> di
     for band, g in df.groupby("age_band", sort=False):
         out["by_age_band"][band] = all_metrics(g, stages)
     return out
+
+
+def bootstrap_ci(values, fn=np.mean, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 max_elems: int = 4_000_000) -> tuple[float, float, float]:
+    """Point estimate and percentile bootstrap confidence interval of ``fn`` over ``values``.
+
+    ``fn`` must accept ``axis=`` (``np.mean``, ``np.median``, ``np.std`` ...): the resamples are evaluated
+    in vectorised chunks of at most ``max_elems`` values. NaNs are dropped first. Returns
+    ``(estimate, lower, upper)``; all NaN when there are no values, a zero-width interval for one value.
+    """
+    x = np.asarray(values, float).ravel()
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    est = float(fn(x))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    step = max(1, max_elems // len(x))
+    for s in range(0, n_boot, step):
+        b = min(step, n_boot - s)
+        stats[s:s + b] = fn(x[rng.integers(0, len(x), size=(b, len(x)))], axis=1)
+    a = (1 - level) / 2 * 100
+    lo, hi = np.percentile(stats, [a, 100 - a])
+    return est, float(lo), float(hi)
+
+
+def mae_ci_table(df: pd.DataFrame, by: str | list[str] | None = None, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> pd.DataFrame:
+    """MAE with a bootstrap CI per group of ``by`` (``None``: one overall row) for rows with a reference.
+
+    Columns: the ``by`` columns, ``n``, ``mae``, ``mae_lo``, ``mae_hi``. Age bands come in age order.
+    """
+    from .splits import AGE_BAND_LABELS
+
+    d = df[df["boneage"].notna()]
+    err = (d["boneage_pred"].astype(float) - d["boneage"].astype(float)).abs()
+    by = [by] if isinstance(by, str) else list(by or [])
+    groups = d.groupby(by, sort=True, observed=True) if by else [((), d)]
+    rows = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        est, lo, hi = bootstrap_ci(err.loc[g.index], np.mean, n_boot=n_boot, seed=seed, level=level)
+        rows.append({**dict(zip(by, key)), "n": int(len(g)), "mae": est, "mae_lo": lo, "mae_hi": hi})
+    out = pd.DataFrame(rows, columns=[*by, "n", "mae", "mae_lo", "mae_hi"])
+    if "age_band" in by:
+        order = {b: i for i, b in enumerate(AGE_BAND_LABELS)}
+        out = out.sort_values([c for c in by if c != "age_band"] + ["age_band"],
+                              key=lambda s: s.map(order) if s.name == "age_band" else s, kind="stable")
+    return out.reset_index(drop=True)

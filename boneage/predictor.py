@@ -106,6 +106,12 @@ class BoneAgePredictor:
             out.append(Prediction(float(raw.age[i]), float(raw.scale[i]), names[int(np.argmax(raw.stage_prob[i]))], probs, iv))
         return out
 
+    def predict_image(self, image: np.ndarray, male: bool) -> tuple[Prediction, np.ndarray]:
+        """One preprocessed base-size image -> its prediction and penultimate feature vector (one pass)."""
+        m = np.array([bool(male)])
+        raw = self.predict_preprocessed(np.asarray(image)[None], m, return_features=True)
+        return self._to_predictions(raw, m)[0], raw.features[0]
+
     def predict_array(self, arr: np.ndarray, male: bool) -> Prediction:
         img = self.preprocess(arr)[None]
         return self._to_predictions(self.predict_preprocessed(img, np.array([male])), np.array([male]))[0]

@@ -37,7 +37,9 @@ def store() -> ArtifactStore:
 def predictor():
     from boneage.predictor import load_predictor
 
-    return load_predictor()
+    # The model of the artifact set in use ($BONEAGE_ARTIFACTS or artifacts/), so that features, outlier
+    # scores and conformal intervals match the predictions table.
+    return load_predictor(store().root / "model")
 
 
 @st.cache_data(show_spinner=False)
@@ -142,3 +144,349 @@ def manifest_banner() -> None:
 
 def months_to_text(m: float) -> str:
     return f"{m:.1f} months ({m / 12:.1f} years)"
+
+
+# -- additions for Home / Overview / Error browser / Explain / Predict ------------------------------------
+CASE_KEY, CASE_SPLIT_KEY = "case_id", "case_split"  # the case chosen on one page, opened on another
+ERROR_BROWSER = "pages/2_Error_browser.py"
+EXPLAIN = "pages/3_Explain.py"
+
+
+def artifact_or_none(fn, *args, **kwargs):
+    """Like :func:`artifact_or_stop` but the page goes on: shows what is missing and returns None."""
+    try:
+        return fn(*args, **kwargs)
+    except ArtifactMissingError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return None
+
+
+@st.cache_data(show_spinner=False)
+def artifact_json(rel: str):
+    return store().json(rel)
+
+
+@st.cache_data(show_spinner=False)
+def metrics() -> dict:
+    return store().metrics()
+
+
+@st.cache_data(show_spinner=False)
+def history() -> pd.DataFrame:
+    return store().history()
+
+
+@st.cache_data(show_spinner=False)
+def model_config() -> dict:
+    return store().model_config()
+
+
+@st.cache_data(show_spinner=False)
+def model_card() -> str:
+    return store().model_card()
+
+
+def split_rows(split: str, labelled: bool = False) -> pd.DataFrame:
+    """Prediction rows of one split; ``labelled`` keeps only rows with a reference bone age."""
+    df = predictions()
+    d = df[df["split"] == split]
+    return d[d["boneage"].notna()] if labelled else d
+
+
+@st.cache_data(show_spinner=False)
+def mae_ci(split: str, by: tuple[str, ...] = (), n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """MAE with 95% bootstrap CI per group (``by=()``: overall) on the labelled rows of a split."""
+    from boneage.metrics import mae_ci_table
+
+    return mae_ci_table(split_rows(split, labelled=True), list(by) or None, n_boot=n_boot, seed=seed)
+
+
+@st.cache_data(show_spinner=False)
+def stage_report(split: str) -> tuple[dict, bool]:
+    """Stage calibration report (confusion, ROC ...) of a split and whether it came from the artifact.
+
+    Read from ``stage_calibration.json`` when it exists, else computed from the predictions table with the
+    same function (:func:`boneage.calibration.stage_calibration_report`).
+    """
+    if store().exists("stage_calibration.json"):
+        rep = store().json("stage_calibration.json")
+        if split in rep:
+            return rep[split], True
+    from boneage.calibration import stage_calibration_report
+    from boneage.config import model_config_from_dict
+
+    stages = model_config_from_dict(model_config()["model"]).stages
+    d = split_rows(split)
+    return stage_calibration_report(d[d["stage_true"] >= 0], stages), False
+
+
+@st.cache_data(show_spinner=False)
+def bland_altman(split: str) -> tuple[pd.DataFrame, dict]:
+    from boneage.error_analysis import bland_altman as _ba
+
+    ba = _ba(split_rows(split, labelled=True))
+    return ba.points, ba.summary
+
+
+def stage_names() -> list[str]:
+    try:
+        from boneage.config import model_config_from_dict
+
+        return list(model_config_from_dict(model_config()["model"]).stages.names)
+    except ArtifactMissingError:
+        from boneage.config import StageConfig
+
+        return list(StageConfig().names)
+
+
+def open_case(case_id: str, split: str, page: str | None = ERROR_BROWSER) -> None:
+    """Remember a case for the other pages; with ``page``, switch to it (does not return)."""
+    st.session_state[CASE_KEY] = str(case_id)
+    st.session_state[CASE_SPLIT_KEY] = split
+    if page:
+        st.switch_page(page)
+
+
+def selected_case() -> tuple[str, str] | None:
+    """The (id, split) chosen on another page, or None."""
+    cid = st.session_state.get(CASE_KEY)
+    if not cid:
+        return None
+    split = st.session_state.get(CASE_SPLIT_KEY)
+    if not split:
+        row = case_row(cid)
+        split = row["split"] if row is not None else "test"
+    return str(cid), str(split)
+
+
+def case_row(case_id: str) -> pd.Series | None:
+    """The predictions-table row of a case (the first if an id occurs in both test sets)."""
+    df = predictions()
+    hit = df[df["id"] == str(case_id)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def case_row_in(case_id: str, split: str) -> pd.Series | None:
+    df = predictions()
+    hit = df[(df["id"] == str(case_id)) & (df["split"] == split)]
+    return None if hit.empty else hit.iloc[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def case_feature(case_id: str, split: str) -> np.ndarray | None:
+    """Precomputed penultimate feature vector of a case (no model run)."""
+    df = predictions()
+    idx = np.flatnonzero(((df["id"] == str(case_id)) & (df["split"] == split)).to_numpy())
+    return None if len(idx) == 0 else features()[idx[0]]
+
+
+def explain_model():
+    return predictor().model
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def case_attribution(case_id: str, split: str, method: str, layer: str | None = None,
+                     _progress=None) -> np.ndarray | None:
+    """Attribution heatmap (100x100 in [0, 1]) of a dataset case, cached on (id, split, method, layer)."""
+    from boneage import explain
+
+    img = case_image(case_id, split)
+    row = case_row_in(case_id, split)
+    if img is None or row is None:
+        return None
+    return explain.attribute(explain_model(), img, bool(row["male"]), method, layer=layer, progress=_progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def image_attribution(image: np.ndarray, male: bool, method: str, layer: str | None = None,
+                      _progress=None) -> np.ndarray:
+    """Attribution heatmap of an arbitrary preprocessed image (an upload), cached on its pixels."""
+    from boneage import explain
+
+    return explain.attribute(explain_model(), image, bool(male), method, layer=layer, progress=_progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def image_activations(image: np.ndarray, male: bool, layer: str, max_maps: int = 32) -> np.ndarray:
+    from boneage import explain
+
+    return explain.layer_activations(explain_model(), image, bool(male), layer, max_maps=max_maps, normalize=True)
+
+
+def activation_mosaic(maps: np.ndarray, cols: int = 8, cell: int = 56, gap: int = 2, cmap: str = "inferno") -> np.ndarray:
+    """Grid image (RGB uint8) of [0, 1] feature maps (C, h, w), each upsampled to ``cell`` px (nearest)."""
+    from boneage import explain
+
+    maps = np.asarray(maps, np.float32)
+    n = len(maps)
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    out = np.full((rows * (cell + gap) - gap, cols * (cell + gap) - gap), np.nan, np.float32)
+    for k, m in enumerate(maps):
+        ry = np.linspace(0, m.shape[0] - 1e-6, cell).astype(int)
+        rx = np.linspace(0, m.shape[1] - 1e-6, cell).astype(int)
+        r, c = divmod(k, cols)
+        out[r * (cell + gap):r * (cell + gap) + cell, c * (cell + gap):c * (cell + gap) + cell] = m[np.ix_(ry, rx)]
+    lut = explain.colormap_lut(cmap)
+    rgb = lut[np.round(np.clip(np.nan_to_num(out), 0, 1) * 255).astype(np.intp)]
+    rgb[np.isnan(out)] = 255
+    return rgb
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def image_sex_flip(image: np.ndarray, male: bool) -> dict:
+    from boneage import explain
+
+    return explain.sex_flip(explain_model(), image, bool(male))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def image_prediction(image: np.ndarray, male: bool):
+    """Prediction and penultimate feature of a preprocessed 100x100 uint8 image."""
+    return predictor().predict_image(image, bool(male))
+
+
+def similar_to(feature: np.ndarray, k: int = 5, exclude_id: str | None = None) -> pd.DataFrame:
+    return similar_cases_index().query(feature, k=k, exclude_id=exclude_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def read_upload_image(data: bytes, name: str) -> np.ndarray:
+    """Decode + check an upload and preprocess it to the 100x100 uint8 image the network sees.
+
+    Raises :class:`ImageLoadError` with a readable reason (empty, not an image, too big, colour photo ...).
+    """
+    from boneage.imaging import read_upload
+
+    arr = read_upload(data, name)
+    return predictor().preprocess(arr)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    from boneage import explain
+
+    return explain.overlay(image, heatmap, alpha, cmap)
+
+
+def explain_methods() -> dict[str, str]:
+    from boneage import explain
+
+    return dict(explain.METHODS)
+
+
+def gradcam_layers() -> dict[str, str]:
+    from boneage import explain
+
+    return dict(explain.gradcam_layers(explain_model()))
+
+
+def activation_layers() -> dict[str, str]:
+    from boneage import explain
+
+    return dict(explain.activation_layers(explain_model()))
+
+
+def show_radiograph_or_notice(case_id: str, split: str, caption: str | None = None, width: int | None = None) -> bool:
+    """The stored radiograph of a case, or the data-folder notice; True when shown."""
+    if data_dir() is None:
+        data_dir_notice()
+        return False
+    raw = case_raw_image(case_id, split)
+    if raw is None:
+        st.warning(f"Radiograph of case {case_id} not found in {image_dir_for(split)}.")
+        return False
+    st.image(raw, caption=caption, width=width or "stretch")
+    return True
+
+
+# -- additions for Embeddings / Uncertainty / Fairness / Maturation atlas --------------------------------
+@st.cache_data(show_spinner=False)
+def embedding_map(rel: str = "embeddings/maps_penultimate.parquet") -> pd.DataFrame:
+    """A map table joined with the case columns of the predictions table (by id)."""
+    from boneage.embeddings import maps_with_cases
+
+    return maps_with_cases(store().table(rel), predictions())
+
+
+def fairness_splits() -> list[str]:
+    """Splits with a precomputed fairness audit (``fairness/<split>_by_sex.csv``), test sets first."""
+    folder = store().root / "fairness"
+    found = {p.name[: -len("_by_sex.csv")] for p in folder.glob("*_by_sex.csv")} if folder.is_dir() else set()
+    order = [s for s in SPLIT_LABELS if s in found]
+    return order + sorted(found - set(order))
+
+
+@st.cache_data(show_spinner=False)
+def fairness_tables(split: str) -> dict[str, pd.DataFrame]:
+    return store().fairness_tables(split)
+
+
+def format_p(p) -> str:
+    """A p-value for display: 3 decimals, or scientific below 0.001; a dash when unknown."""
+    if p is None or pd.isna(p):
+        return "–"
+    p = float(p)
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def split_label(split: str) -> str:
+    return SPLIT_LABELS.get(split, split)
+
+
+def try_open_case(case_id: str, split: str) -> None:
+    """Open a case in the Error browser; if that page is not there, say which case was picked instead."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        open_case(case_id, split)
+    except StreamlitAPIException:
+        st.info(f"Case {case_id} ({split_label(split)}) selected; the Error browser page is not available.")
+
+
+@st.cache_data(show_spinner="Averaging Grad-CAM over the band's radiographs...", max_entries=64)
+def average_gradcam_of(ids: tuple[str, ...], splits: tuple[str, ...], males: tuple[bool, ...],
+                       layer: str | None = None):
+    """Mean preprocessed image and mean Grad-CAM (both 100x100) over cases, or None without their images.
+
+    Cases whose image cannot be read are left out; returns (mean_image uint8, heatmap [0, 1], n used).
+    """
+    from boneage import explain
+
+    imgs, used_males = [], []
+    for cid, split, male in zip(ids, splits, males):
+        img = case_image(cid, split)
+        if img is not None:
+            imgs.append(img)
+            used_males.append(bool(male))
+    if not imgs:
+        return None
+    stack = np.stack(imgs)
+    heat = explain.average_gradcam(explain_model(), stack, np.array(used_males), layer=layer)
+    return stack.mean(0).round().astype(np.uint8), heat, len(imgs)
+
+
+@st.cache_resource(show_spinner=False)
+def atlas_heatmaps():
+    """Precomputed maturation-atlas Grad-CAMs (``atlas/gradcam.npz``), or None when absent or made with a
+    different model than the one in use (then the atlas computes its maps live)."""
+    from boneage.atlas import ATLAS_FILE, AtlasHeatmaps
+    from boneage.manifest import sha256_file
+
+    s = store()
+    weights = s.root / "model" / "model.pt"
+    if not s.exists(ATLAS_FILE) or not weights.is_file():
+        return None
+    with np.load(s.path(ATLAS_FILE), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    if str(arrays.get("model_sha256", "")) != sha256_file(weights):
+        return None
+    return AtlasHeatmaps(arrays)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def mean_image_of(ids: tuple[str, ...], splits: tuple[str, ...]):
+    """Pixel-wise mean of cases' preprocessed images (uint8) and how many were found, or None."""
+    imgs = [img for img in (case_image(c, s) for c, s in zip(ids, splits)) if img is not None]
+    if not imgs:
+        return None
+    return np.stack(imgs).mean(0).round().astype(np.uint8), len(imgs)

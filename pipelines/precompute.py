@@ -12,6 +12,8 @@ Parts (in order; ``--only`` redoes some, reading the others' outputs from disk):
   calibration  stage classifier calibration (reliability, ECE, Brier, entropy, confusion, ROC)
   fairness     audit tables by sex / age band with bootstrap CIs and the male-female gap test
   errors       worst cases, Bland-Altman data, do the flags catch the big errors
+  atlas        Grad-CAM of every case the maturation atlas shows and the per-age-band averages
+               (atlas/gradcam.npz; optional: the dashboard computes them live without it)
 A manifest (artifacts/manifest.json) is rewritten at the end.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from boneage.predictor import load_predictor
 from boneage.splits import age_band
 from boneage.tables import read_cases
 
-PARTS = ("predictions", "embeddings", "calibration", "fairness", "errors")
+PARTS = ("predictions", "embeddings", "calibration", "fairness", "errors", "atlas")
 EARLY_LAYERS = ("stage3", "stage5", "head")
 
 
@@ -231,13 +233,43 @@ def part_errors(art: Path, log) -> None:
     out = {}
     for split in ("test", "official_test"):
         d = df[(df["split"] == split) & df["boneage"].notna()]
-        out[split] = {"flags": flag_effectiveness(d)}
+        flags = flag_effectiveness(d)
+        out[split] = {"flags": flags.summary}
+        _write_parquet(flags.deciles, art / "errors" / f"{split}_flag_deciles.parquet")
         _write_parquet(worst_cases(d), art / "errors" / f"{split}_worst.parquet")
-        ba, summary = bland_altman(d)
-        out[split]["bland_altman"] = summary
-        _write_parquet(ba, art / "errors" / f"{split}_bland_altman.parquet")
+        ba = bland_altman(d)
+        out[split]["bland_altman"] = ba.summary
+        _write_parquet(ba.points, art / "errors" / f"{split}_bland_altman.parquet")
     write_json_atomic(art / "errors" / "summary.json", out)
     log("error analysis written")
+
+
+def part_atlas(art: Path, data_dir: Path, log) -> None:
+    from boneage.atlas import ATLAS_FILE, compute_atlas
+    from boneage.data import load_case_image
+    from boneage.imaging import ImageLoadError
+    from boneage.manifest import sha256_file
+    from boneage.preprocess import to_uint8
+
+    predictor = load_predictor(art / "model")
+    df = pd.read_parquet(art / "predictions.parquet")
+    df["id"] = df["id"].astype(str)
+
+    def load(case_id: str, split: str):
+        try:
+            return to_uint8(load_case_image(data_dir / ("test" if split == "official_test" else "train"), case_id))
+        except ImageLoadError:
+            return None
+
+    t0 = time.time()
+    arrays = compute_atlas(predictor.model, df, load)
+    arrays["model_sha256"] = np.array(sha256_file(art / "model" / "model.pt"))
+    path = art / ATLAS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    log(f"atlas: {len(arrays['ids'])} case Grad-CAMs, {len(arrays['bands'])} band averages: {time.time() - t0:.0f}s")
 
 
 def main(argv=None) -> int:
@@ -267,6 +299,8 @@ def main(argv=None) -> int:
             part_fairness(art, log)
         if "errors" in parts:
             part_errors(art, log)
+        if "atlas" in parts:
+            part_atlas(art, resolve_data_dir(args.data_dir), log)
     except (DataDirError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

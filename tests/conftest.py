@@ -1,0 +1,53 @@
+"""Shared fixtures: the real RSNA data folder (never copied into the repository) and small helpers."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "rsna-bone-age"
+
+if str(REPO_ROOT) not in sys.path:  # `pytest` run from elsewhere still imports boneage/ and pipelines/
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def _resolve_data_dir() -> Path:
+    return Path(os.environ.get("BONEAGE_DATA") or DEFAULT_DATA_DIR).expanduser().resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The RSNA bone-age folder from $BONEAGE_DATA (default <repo>/../shared/data/rsna-bone-age)."""
+    path = _resolve_data_dir()
+    missing = [p for p in ("train.csv", "test.csv", "train", "test") if not (path / p).exists()]
+    if missing:
+        pytest.fail(
+            f"RSNA bone-age data not found at {path} (missing {', '.join(missing)}). Set BONEAGE_DATA to the "
+            "folder holding train.csv, train/, test.csv and test/ (default <repo>/../shared/data/rsna-bone-age).",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def train_image_path(data_dir: Path) -> Path:
+    """A real 100x100 training radiograph (case 1378: black film background)."""
+    return data_dir / "train" / "1378.png"
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(data_dir: Path) -> dict[str, str]:
+    """Environment for CLI subprocesses: the data folder, the repo on the path, few threads."""
+    env = dict(os.environ)
+    env["BONEAGE_DATA"] = str(data_dir)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
