@@ -67,14 +67,30 @@ def stage_targets(age: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images: np.ndarray,
                 val_cases: pd.DataFrame, out_dir: str | Path, model_cfg: ModelConfig = ModelConfig(),
                 train_cfg: TrainConfig = TrainConfig(), extra_config: dict | None = None,
-                resume: bool = True, progress: bool = True) -> TrainResult:
+                resume: bool = True, progress: bool = True, init_from: str | Path | None = None) -> TrainResult:
+    """Train (or resume) into ``out_dir``.
+
+    ``init_from`` warm-starts from an earlier run's folder (its ``model.pt``) with a fresh optimiser and
+    schedule: a second cosine cycle is how a CPU-only project extends training without starting over. The
+    earlier run's history is carried over (column ``stage``) so the curves show the whole story.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device()
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     seed_everything(train_cfg.seed)
-    model = BoneAgeNet(model_cfg, pretrained=True).to(device)
+    model = BoneAgeNet(model_cfg, pretrained=init_from is None)
+    prior_history: list[dict] = []
+    if init_from is not None:
+        init_dir = Path(init_from)
+        model.load_state_dict(torch.load(init_dir / "model.pt", map_location="cpu", weights_only=True)["state_dict"])
+        if (init_dir / "history.csv").is_file():
+            prior = pd.read_csv(init_dir / "history.csv")
+            if "stage" not in prior.columns:
+                prior["stage"] = 1
+            prior_history = prior.to_dict("records")
+    model = model.to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -90,7 +106,9 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     gen = torch.Generator().manual_seed(train_cfg.seed)
-    history: list[dict] = []
+    history: list[dict] = list(prior_history)
+    stage_no = int(max((h.get("stage", 1) for h in prior_history), default=0)) + 1
+    epoch_offset = len(prior_history)
     start_epoch, best_mae, best_epoch, elapsed_before = 0, float("inf"), -1, 0.0
     last_path = out_dir / "last.pt"
     if resume and last_path.is_file():
@@ -156,7 +174,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         vy = val_cases["boneage"].to_numpy(np.float64)
         val_mae = float(np.mean(np.abs(vp.age - vy)))
         val_nll = float(np.mean(np.log(2 * vp.scale) + np.abs(vy - vp.age) / vp.scale))
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1), "train_mae": ae_sum / max(n_seen, 1),
+        row = {"epoch": epoch_offset + epoch + 1, "stage": stage_no, "train_loss": loss_sum / max(n_seen, 1), "train_mae": ae_sum / max(n_seen, 1),
                "val_nll": val_nll, "val_mae": val_mae, "lr": opt.param_groups[0]["lr"],
                "seconds": time.time() - ep_t0}
         history.append(row)
@@ -173,10 +191,10 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         hist_tmp = out_dir / "history.csv.tmp"
         pd.DataFrame(history).to_csv(hist_tmp, index=False)
         os.replace(hist_tmp, out_dir / "history.csv")
-        write_json_atomic(out_dir / "config.json", {**config_blob, "best_epoch": best_epoch + 1,
+        write_json_atomic(out_dir / "config.json", {**config_blob, "best_epoch": epoch_offset + best_epoch + 1,
                                                     "best_val_mae": best_mae, "epochs_run": len(history),
                                                     "train_seconds": elapsed})
         print(f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} MAE {row['train_mae']:.2f} | "
               f"val MAE {val_mae:.2f} {'*' if improved else ''} ({row['seconds']:.0f}s)", flush=True)
     total = elapsed_before + time.time() - t0
-    return TrainResult(best_epoch + 1, best_mae, len(history), total, out_dir)
+    return TrainResult(epoch_offset + best_epoch + 1, best_mae, len(history), total, out_dir)

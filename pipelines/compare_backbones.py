@@ -10,6 +10,7 @@ rank candidates, they are not the shipped model's accuracy. Results: artifacts/c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -64,11 +65,13 @@ def main(argv=None) -> int:
         row = {"backbone": backbone, "input_size": size, "init": init, "epochs": args.epochs,
                "train_cases": len(tr.images), "val_mae": round(res.best_val_mae, 2),
                "official_test_mae": round(float(np.mean(np.abs(pred.age - off.cases["boneage"].to_numpy()))), 2),
-               "train_minutes": round(secs / 60, 1), "params_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
+               "train_minutes": round(secs / 60, 1), "load_average_1min": round(os.getloadavg()[0], 2), "params_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
         print(row, flush=True)
         results.append(row)
     write_json_atomic(Path(args.out), {"budget": f"{args.epochs} epochs on the first {len(tr.images)} training-split cases, "
-                                       "same seed and settings", "validation_cases": len(va.images),
+                                       "same seed and settings", "cpu_cores": os.cpu_count(),
+                                       "timing_note": "train_minutes are wall-clock on this machine; a load average "
+                                       "above the core count means another job shared the CPU", "validation_cases": len(va.images),
                                        "official_test_cases": len(off.images), "results": results})
     print(f"wrote {args.out}")
     return 0

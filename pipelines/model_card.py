@@ -23,6 +23,31 @@ def _fmt(x, nd=2):
     return "n/a" if x is None or (isinstance(x, float) and x != x) else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
+def _total_train_seconds(cfg: dict) -> float:
+    """Training time of this run plus the runs it was warm-started from."""
+    total = float(cfg.get("train_seconds") or 0)
+    init = cfg.get("init_from")
+    return total + (_total_train_seconds(init) if isinstance(init, dict) else 0.0)
+
+
+def _stage_lines(cfg: dict) -> list[str]:
+    """One line per warm-start stage, oldest first, so the card tells how the shipped weights came about."""
+    chain, c = [], cfg
+    while isinstance(c, dict):
+        chain.append(c)
+        c = c.get("init_from")
+    if len(chain) < 2:
+        return []
+    out = []
+    for i, c in enumerate(reversed(chain), start=1):
+        t = c.get("train", {})
+        out.append(f"- Stage {i}: {t.get('epochs')} epochs scheduled, peak lr {t.get('lr')}, warm-up "
+                   f"{t.get('warmup_epochs')} epoch(s); best validation MAE {_fmt(c.get('best_val_mae'))} months; "
+                   f"{_fmt((c.get('train_seconds') or 0) / 60, 0)} min" + (" (ImageNet init)" if i == 1 else
+                                                                         " (warm restart from the stage before)"))
+    return out
+
+
 def build_card(art: Path = ARTIFACTS_DIR) -> str:
     cfg = _load(art / "model" / "config.json") or {}
     metrics = _load(art / "metrics.json")
@@ -60,8 +85,9 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
               f"with {t.get('warmup_epochs')} warm-up epoch, seed {t.get('seed')}, augmentation: rotation "
               f"+/-{t.get('aug_rotate_deg')} deg, zoom +/-{t.get('aug_scale')}, shift +/-{t.get('aug_translate')}, gamma/contrast "
               f"+/-{t.get('aug_contrast')}",
+              *_stage_lines(cfg),
               f"- Hardware: {cfg.get('hardware')} ({cfg.get('device')}), torch {cfg.get('torch')}; training time "
-              f"{_fmt((cfg.get('train_seconds') or 0) / 60, 0)} min", ""]
+              f"{_fmt(_total_train_seconds(cfg) / 60, 0)} min in all", ""]
     lines += ["## Metrics", ""]
     if metrics:
         lines += ["| set | n | MAE | RMSE | bias | R^2 | within 12 mo | stage acc | stage QWK |", "|---|---|---|---|---|---|---|---|---|"]

@@ -157,11 +157,19 @@ def coverage_report(df: pd.DataFrame) -> dict:
     return out
 
 
+TSNE3_MAX_CASES = 5000
+
+
 def part_embeddings(art: Path, log, seed: int = 0, subsample: int = 3000) -> None:
     df = pd.read_parquet(art / "predictions.parquet")
     feats = np.load(art / "embeddings" / "features_penultimate.npy").astype(np.float32)
     t0 = time.time()
-    maps = embed_maps(feats, seed=seed)
+    # 3-D t-SNE on a subsample (see embed_maps): every non-training case, then training cases at random.
+    rng = np.random.default_rng(seed)
+    is_train = (df["split"] == "train").to_numpy()
+    idx_all = np.arange(len(df))
+    tsne3 = np.r_[idx_all[~is_train], rng.permutation(idx_all[is_train])][:TSNE3_MAX_CASES]
+    maps = embed_maps(feats, seed=seed, tsne3_subset=tsne3)
     maps.insert(0, "id", df["id"].to_numpy())
     maps.insert(1, "split", df["split"].to_numpy())
     _write_parquet(maps, art / "embeddings" / "maps_penultimate.parquet")
@@ -186,14 +194,14 @@ def part_embeddings(art: Path, log, seed: int = 0, subsample: int = 3000) -> Non
         x = z[name].astype(np.float32)
         quality[name] = {"description": LAYERS[name][1], **layer_age_quality(x[take], age[take], seed=seed)}
         t1 = time.time()
-        m = embed_maps(x[take], seed=seed)
+        m = embed_maps(x[take], seed=seed, dims=(2,))  # the layer comparison shows 2-D maps only
         m.insert(0, "layer", name)
         m.insert(0, "id", df["id"].to_numpy()[take])
         layer_maps.append(m)
         log(f"layer {name}: kNN age MAE {quality[name]['knn_mae']:.1f}, maps {time.time() - t1:.0f}s")
     _write_parquet(pd.concat(layer_maps, ignore_index=True), art / "embeddings" / "maps_layers.parquet")
     write_json_atomic(art / "embeddings" / "layer_quality.json",
-                      {"subsample": int(len(take)), "seed": seed, "metric": "5-fold kNN (k=15) regression of "
+                      {"subsample": int(len(take)), "seed": seed, "tsne3_cases": int(len(tsne3)), "metric": "5-fold kNN (k=15) regression of "
                        "reference age from standardised globally pooled features", "layers": quality})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-val-cases", type=int)
     ap.add_argument("--no-amp", action="store_true", help="disable bf16 autocast")
     ap.add_argument("--no-resume", action="store_true", help="ignore last.pt in --out and start afresh")
+    ap.add_argument("--init-from", help="warm-start from an earlier run folder's model.pt (fresh optimiser and "
+                    "schedule, history carried over); its config.json is recorded as 'init_from'")
+    ap.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     try:
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
-                            max_val_cases=args.max_val_cases)
+                            max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs)
     cache = None if args.max_train_cases else args.cache_dir
     tr_img = load_images(tr, data_dir / "train", cache_dir=cache, progress=not args.quiet)
     va_img = load_images(va, data_dir / "train", cache_dir=cache, progress=not args.quiet)
@@ -67,8 +71,12 @@ def main(argv=None) -> int:
         print(f"skipped {cid}: {reason}", file=sys.stderr)
     split_sha = hashlib.sha256(splits_path.read_bytes()).hexdigest()
     extra = {"splits_file": splits_path.name, "splits_sha256": split_sha, "data": "RSNA Pediatric Bone Age 2017, train/ at 100x100"}
+    if args.init_from:
+        init_cfg = Path(args.init_from) / "config.json"
+        extra["init_from"] = json.loads(init_cfg.read_text()) if init_cfg.is_file() else str(args.init_from)
     res = train_model(tr_img.images, tr_img.cases, va_img.images, va_img.cases, args.out, model_cfg, train_cfg,
-                      extra_config=extra, resume=not args.no_resume, progress=not args.quiet)
+                      extra_config=extra, resume=not args.no_resume, progress=not args.quiet,
+                      init_from=args.init_from)
     print(f"best epoch {res.best_epoch}: val MAE {res.best_val_mae:.2f} months; {res.epochs_run} epochs in "
           f"{res.seconds / 60:.1f} min -> {res.out_dir}")
     return 0

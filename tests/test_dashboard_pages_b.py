@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytest.importorskip("streamlit")
+
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from boneage.artifacts import ArtifactStore  # noqa: E402
@@ -42,8 +42,8 @@ def store() -> ArtifactStore:
               "embeddings/maps_layers.parquet", "embeddings/layer_quality.json", "fairness/test_sex_gaps.csv"]
     missing = [r for r in needed if not s.exists(r)]
     if missing:
-        pytest.skip(f"artifacts not produced yet in {s.root} (missing {', '.join(missing)}): run "
-                    "`python -m pipelines.precompute`")
+        pytest.fail(f"committed artifacts missing in {s.root} (missing {', '.join(missing)}): run "
+                    "`python -m pipelines.precompute`", pytrace=False)
     return s
 
 

@@ -61,6 +61,11 @@ if maps is not None:
     else:
         col, continuous = COLOURS[colour]
         xyz = map_columns(method, dims)
+        n_before = len(d)
+        d = d.dropna(subset=xyz)  # the 3-D t-SNE covers a subsample (precompute keeps to its time budget)
+        if len(d) < n_before:
+            st.caption(f"This map covers {len(d):,} of {n_before:,} cases: 3-D t-SNE is computed for every "
+                       "non-training case and a random share of the training split.")
         # graph_objects rather than plotly.express: about 8x faster to build for ~13,000 points.
         def text(series, fmt):
             return [("–" if v != v else format(v, fmt)) for v in series.astype(float)]  # v != v: NaN
