@@ -27,7 +27,11 @@ def _known(y_true_stage, prob) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true_stage, float)
     p = np.asarray(prob, float)
     keep = ~np.isnan(y) & (y >= 0) & np.isfinite(p).all(1)
-    return y[keep].astype(int), p[keep]
+    p = p[keep]
+    # Stored float32 softmax outputs sum to 1 only to ~1e-7; renormalise in float64 so scikit-learn's
+    # probability checks see exact distributions.
+    p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None) if len(p) else p
+    return y[keep].astype(int), p
 
 
 def prob_columns(stages: StageConfig = StageConfig()) -> list[str]:

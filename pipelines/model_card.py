@@ -121,6 +121,19 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
     if bench:
         lines += ["## Speed (this CPU)", "", f"- model load {bench['model_load_s']} s; one radiograph end to end median "
                   f"{bench['latency_ms_median']} ms (p90 {bench['latency_ms_p90']} ms), {bench['hardware']}", ""]
+        if "official_test_mae_tta" in bench:
+            lines += ["Test-time augmentation (mean over zooms 0.95 / 1.0 / 1.05; not on by default, it triples the "
+                      "network cost of every prediction and of the precompute): official test MAE "
+                      f"{bench['official_test_mae_plain']} -> {bench['official_test_mae_tta']}, internal test "
+                      f"{bench['internal_test_mae_plain']} -> {bench['internal_test_mae_tta']} months "
+                      "(`python -m pipelines.benchmark`).", ""]
+    exps = (_load(art / "experiments.json") or {}).get("experiments", [])
+    if exps:
+        lines += ["## Experiments not shipped", ""]
+        for e in exps:
+            lines.append(f"- {e['name']}: `{e['command']}`; validation MAE by epoch "
+                         f"{', '.join(str(v) for v in e['val_mae_by_epoch'])}; {e['decision']}.")
+        lines.append("")
     hist = art / "model" / "history.csv"
     if hist.is_file():
         h = pd.read_csv(hist)

@@ -14,7 +14,7 @@ Parts (in order; ``--only`` redoes some, reading the others' outputs from disk):
   errors       worst cases, Bland-Altman data, do the flags catch the big errors
   atlas        Grad-CAM of every case the maturation atlas shows and the per-age-band averages
                (atlas/gradcam.npz; optional: the dashboard computes them live without it)
-A manifest (artifacts/manifest.json) is rewritten at the end.
+A manifest (artifacts/manifest.json) is rewritten at the end (``--only manifest`` rewrites just that).
 """
 from __future__ import annotations
 
@@ -284,7 +284,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir")
     ap.add_argument("--artifacts", default=str(ARTIFACTS_DIR), help="artifact folder (holds model/ and splits.csv)")
-    ap.add_argument("--only", nargs="+", choices=PARTS, help="redo only these parts")
+    ap.add_argument("--only", nargs="+", choices=(*PARTS, "manifest"),
+                    help="redo only these parts ('manifest' alone: just rewrite the manifest, e.g. after the model "
+                         "card or benchmark changed)")
     ap.add_argument("--max-cases", type=int, help="at most N cases per split (smoke tests)")
     ap.add_argument("--subsample", type=int, default=3000, help="cases in the earlier-layer maps")
     args = ap.parse_args(argv)
