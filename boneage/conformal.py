@@ -72,8 +72,14 @@ class ConformalCalibrator:
             kwargs["bins"] = mondrian_bins(y_hat, male)
         iv = self._cr.predict_int(y_hat, confidence=conf, y_min=0.0, y_max=300.0, **kwargs)
         lo, hi = iv[:, 0].astype(float), iv[:, 1].astype(float)
-        # A group with too few calibration cases for this level yields infinite bounds: cap at the data range.
-        return np.nan_to_num(lo, neginf=0.0, posinf=300.0), np.nan_to_num(hi, posinf=300.0, neginf=0.0)
+        # A group with too few (or no) calibration cases for this level yields infinite or undefined (NaN)
+        # bounds: the honest interval is then the whole data range, never a collapsed one.
+        lo = np.nan_to_num(lo, nan=0.0, neginf=0.0, posinf=300.0)
+        hi = np.nan_to_num(hi, nan=300.0, posinf=300.0, neginf=0.0)
+        # crepes answers (0, 0) for a group with no calibration case at all: same rule, the whole range.
+        bad = ~((lo <= np.clip(y_hat, 0.0, 300.0)) & (np.clip(y_hat, 0.0, 300.0) <= hi))
+        lo[bad], hi[bad] = 0.0, 300.0
+        return lo, hi
 
     def intervals(self, y_hat, scale, male, levels=LEVELS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {lvl: self.interval(y_hat, scale, male, lvl) for lvl in levels}

@@ -1,0 +1,121 @@
+"""The analysis pipeline's building blocks on inputs with known answers, and the precompute end to end on a
+few dozen real cases into a temporary folder (the committed artifacts are never touched)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from boneage.conformal import ConformalCalibrator, mondrian_bins
+from boneage.embeddings import OutlierDetector
+from boneage.manifest import check_manifest, write_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+LEVELS = ("80", "90", "95")
+
+
+def _synthetic(n: int, rng: np.random.Generator):
+    """Predictions with Laplace errors whose scale the 'model' knows (heteroscedastic, differs by sex)."""
+    y_hat = rng.uniform(10, 220, n)
+    male = rng.random(n) < 0.5
+    scale = np.where(male, 4.0, 7.0) * rng.uniform(0.5, 1.5, n)
+    y = y_hat + rng.laplace(0, scale)
+    return y, y_hat, scale, male
+
+
+@pytest.mark.parametrize("mondrian", [True, False])
+def test_conformal_intervals_reach_their_coverage_on_synthetic_residuals(mondrian):
+    rng = np.random.default_rng(0)
+    cal = ConformalCalibrator.fit(*_synthetic(6000, rng), mondrian=mondrian)
+    y, y_hat, scale, male = _synthetic(30000, rng)
+    widths = {}
+    for lvl in LEVELS:
+        lo, hi = cal.interval(y_hat, scale, male, lvl)
+        cover = np.mean((y >= lo) & (y <= hi))
+        assert abs(cover - int(lvl) / 100) < 0.015, (lvl, cover)
+        widths[lvl] = np.mean(hi - lo)
+        if mondrian:  # per group too (sex x predicted-age band)
+            bins = mondrian_bins(y_hat, male)
+            for b in np.unique(bins):
+                m = bins == b
+                assert np.mean((y[m] >= lo[m]) & (y[m] <= hi[m])) > int(lvl) / 100 - 0.05, (lvl, b)
+    assert widths["80"] < widths["90"] < widths["95"]
+    # Normalised by the model's scale: cases the model is surer about get narrower intervals.
+    lo, hi = cal.interval(np.array([100.0, 100.0]), np.array([2.0, 8.0]), np.array([True, True]), "90")
+    assert (hi - lo)[0] < (hi - lo)[1]
+
+
+def test_conformal_round_trips_through_json(tmp_path):
+    rng = np.random.default_rng(1)
+    cal = ConformalCalibrator.fit(*_synthetic(2000, rng))
+    cal.save(tmp_path / "c.json")
+    back = ConformalCalibrator.load(tmp_path / "c.json")
+    _, y_hat, scale, male = _synthetic(50, rng)
+    for lvl in LEVELS:
+        np.testing.assert_allclose(back.interval(y_hat, scale, male, lvl), cal.interval(y_hat, scale, male, lvl),
+                                   atol=1e-3)  # stored rounded to 6 significant digits
+
+
+def test_lof_flags_a_planted_outlier_and_few_typical_cases():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(600, 16))
+    det = OutlierDetector().fit(train)
+    typical = rng.normal(size=(400, 16))
+    planted = np.full((1, 16), 6.0)
+    assert det.flag(planted)[0]
+    assert det.score(planted)[0] > 3 * det.threshold / 2
+    assert det.flag(typical).mean() < 0.05
+
+
+def test_manifest_detects_changed_and_missing_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    pd.DataFrame({"id": ["1", "2"], "x": [1.0, 2.0]}).to_parquet(tmp_path / "table.parquet")
+    (tmp_path / "sub" / "report.json").write_text(json.dumps({"a": 1}))
+    write_manifest(tmp_path, {"backbone": "test"})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert {f["path"] for f in manifest["files"]} >= {"table.parquet", "sub/report.json"}
+    assert check_manifest(tmp_path) == []
+    assert [p.path for p in check_manifest(tmp_path, required=("other.json",))] == ["other.json"]
+    (tmp_path / "sub" / "report.json").write_text(json.dumps({"a": 2}))
+    (tmp_path / "table.parquet").unlink()
+    problems = {p.path: p.problem for p in check_manifest(tmp_path)}
+    assert "stale" in problems["sub/report.json"]
+    assert problems["table.parquet"] == "missing"
+
+
+def test_precompute_end_to_end_on_real_cases(tmp_path, data_dir, subprocess_env):
+    art = tmp_path / "artifacts"
+    (art / "model").mkdir(parents=True)
+    for f in ("model.pt", "config.json"):
+        shutil.copy(REPO / "artifacts" / "model" / f, art / "model" / f)
+    for f in ("splits.csv", "splits.json"):
+        shutil.copy(REPO / "artifacts" / f, art / f)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.precompute", "--artifacts", str(art), "--data-dir",
+                           str(data_dir), "--max-cases", "8"], cwd=REPO, env=subprocess_env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    df = pd.read_parquet(art / "predictions.parquet")
+    assert set(df["split"]) == {"train", "val", "calib", "test", "official_test"}
+    assert len(df) == 40
+    for col in ("id", "sex", "boneage", "boneage_pred", "residual", "abs_error", "stage_pred", "uncertainty",
+                "lower_90", "upper_90", "outlier_score", "is_outlier", "entropy"):
+        assert col in df.columns, col
+    assert df["boneage_pred"].between(0, 300).all()
+    assert (df["lower_90"] <= df["boneage_pred"]).all() and (df["boneage_pred"] <= df["upper_90"]).all()
+    off = df[df["split"] == "official_test"]
+    # Rows without a reference age are predicted, never scored.
+    assert off["boneage"].isna().any() or len(off) == 8
+    assert df.loc[df["boneage"].isna(), "abs_error"].isna().all()
+    feats = np.load(art / "embeddings" / "features_penultimate.npy")
+    assert feats.dtype == np.float16 and feats.shape[0] == 40
+    maps = pd.read_parquet(art / "embeddings" / "maps_penultimate.parquet")
+    assert {"tsne2_x", "tsne3_z", "umap2_y", "umap3_z"} <= set(maps.columns) and len(maps) == 40
+    assert check_manifest(art) == []
+    listed = {f["path"] for f in json.loads((art / "manifest.json").read_text())["files"]}
+    assert {"predictions.parquet", "coverage.json", "model/conformal.json", "stage_calibration.json"} <= listed
