@@ -9,6 +9,7 @@ Predict. Skipped when playwright or chromium is missing, or the artifact set lac
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -183,14 +184,21 @@ def test_every_page_renders_and_is_screenshotted(server, page):
 @pytest.mark.skipif(_data_dir() is None, reason="RSNA data folder not found (set BONEAGE_DATA)")
 def test_predict_upload_shows_bone_age(server, page):
     visit(page, f"{server}/Predict")
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
-        str(_data_dir() / "test" / f"{TEST_CASE}.png"))
+    page.locator('[data-testid="stRadio"] label').filter(has_text=re.compile(r"^\s*male\s*$")).first.click()
+    wait_idle(page)
+    image = _data_dir() / "test" / f"{TEST_CASE}.png"
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(image))
     metric = page.locator('[data-testid="stMetric"]', has_text="Bone age")
     metric.wait_for(timeout=TIMEOUT_MS)
     wait_idle(page)
     value = metric.locator('[data-testid="stMetricValue"]').inner_text()
     months = float(value.split()[0])
-    assert 0 < months < 300 and "months" in value
+    assert "months" in value
+    # The page shows what the library predicts for this boy's radiograph (case 4361 is male in test.csv).
+    import boneage
+
+    expected = boneage.load_predictor().predict_file(image, male=True).boneage_months
+    assert abs(months - expected) <= 0.05 + 1e-9, (months, expected)
     assert_no_exception(page, "Predict")
     SHOTS.mkdir(parents=True, exist_ok=True)
     screenshot(page, SHOTS / "Predict_upload.png")
