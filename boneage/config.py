@@ -77,6 +77,7 @@ class TrainConfig:
     aug_scale: float = 0.12
     aug_translate: float = 0.08
     aug_contrast: float = 0.2
+    ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights; 0 turns it off
 
 
 def to_jsonable(obj: Any) -> Any:

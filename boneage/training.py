@@ -105,6 +105,10 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    # Weight EMA (BatchNorm buffers averaged too): a cheap ensemble over the last epochs, which smooths the
+    # noisy single-report labels; validated beside the raw weights and saved only when it is better.
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        train_cfg.ema_decay), use_buffers=True) if train_cfg.ema_decay > 0 else None)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     history: list[dict] = list(prior_history)
     stage_no = int(max((h.get("stage", 1) for h in prior_history), default=0)) + 1
@@ -116,6 +120,8 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
+        if ema is not None and "ema" in ck:
+            ema.load_state_dict(ck["ema"])
         gen.set_state(ck["gen"])
         start_epoch, best_mae, best_epoch = ck["epoch"] + 1, ck["best_mae"], ck["best_epoch"]
         history, elapsed_before = ck["history"], ck.get("elapsed", 0.0)
@@ -165,6 +171,8 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += float(loss.detach()) * len(idx)
             ae_sum += float((out.age.detach() - yb).abs().sum())
             n_seen += len(idx)
@@ -177,17 +185,26 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         row = {"epoch": epoch_offset + epoch + 1, "stage": stage_no, "train_loss": loss_sum / max(n_seen, 1), "train_mae": ae_sum / max(n_seen, 1),
                "val_nll": val_nll, "val_mae": val_mae, "lr": opt.param_groups[0]["lr"],
                "seconds": time.time() - ep_t0}
+        candidates = [("raw", val_mae, model)]
+        if ema is not None:
+            ep = run_network(ema.module, val_images, val_cases["male"].to_numpy(), device=device)
+            row["val_mae_ema"] = float(np.mean(np.abs(ep.age - vy)))
+            candidates.append(("ema", row["val_mae_ema"], ema.module))
+            row["seconds"] = time.time() - ep_t0
         history.append(row)
-        improved = val_mae < best_mae
+        kind, epoch_best_mae, best_net = min(candidates, key=lambda c: c[1])
+        improved = epoch_best_mae < best_mae
         if improved:
-            best_mae, best_epoch, epochs_since_best = val_mae, epoch, 0
-            _save_atomic({"state_dict": model.state_dict(), "epoch": epoch + 1, "val_mae": val_mae}, out_dir / "model.pt")
+            best_mae, best_epoch, epochs_since_best = epoch_best_mae, epoch, 0
+            _save_atomic({"state_dict": best_net.state_dict(), "epoch": epoch + 1, "val_mae": epoch_best_mae,
+                          "weights": kind}, out_dir / "model.pt")
         else:
             epochs_since_best += 1
         elapsed = elapsed_before + time.time() - t0
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                       "gen": gen.get_state(), "epoch": epoch, "best_mae": best_mae, "best_epoch": best_epoch,
-                      "history": history, "elapsed": elapsed}, last_path)
+                      "history": history, "elapsed": elapsed,
+                      **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
         hist_tmp = out_dir / "history.csv.tmp"
         pd.DataFrame(history).to_csv(hist_tmp, index=False)
         os.replace(hist_tmp, out_dir / "history.csv")
@@ -195,6 +212,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
                                                     "best_val_mae": best_mae, "epochs_run": len(history),
                                                     "train_seconds": elapsed})
         print(f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} MAE {row['train_mae']:.2f} | "
-              f"val MAE {val_mae:.2f} {'*' if improved else ''} ({row['seconds']:.0f}s)", flush=True)
+              f"val MAE {val_mae:.2f}" + (f" (EMA {row['val_mae_ema']:.2f})" if ema is not None else "") +
+              f" {'*' if improved else ''} ({row['seconds']:.0f}s)", flush=True)
     total = elapsed_before + time.time() - t0
     return TrainResult(epoch_offset + best_epoch + 1, best_mae, len(history), total, out_dir)

@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--init-from", help="warm-start from an earlier run folder's model.pt (fresh optimiser and "
                     "schedule, history carried over); its config.json is recorded as 'init_from'")
     ap.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
+    ap.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay,
+                    help="keep an exponential moving average of the weights (e.g. 0.998); 0 = off")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     try:
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
-                            max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs)
+                            max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
+                            ema_decay=args.ema_decay)
     cache = None if args.max_train_cases else args.cache_dir
     tr_img = load_images(tr, data_dir / "train", cache_dir=cache, progress=not args.quiet)
     va_img = load_images(va, data_dir / "train", cache_dir=cache, progress=not args.quiet)

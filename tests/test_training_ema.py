@@ -1,0 +1,57 @@
+"""Weight EMA in training, on real images: validated beside the raw weights, saved when better, resumable."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from boneage.config import ModelConfig, TrainConfig
+from boneage.data import load_images
+from boneage.training import train_model
+
+
+@pytest.fixture(scope="module")
+def small_data(data_dir):
+    cases = pd.read_csv(data_dir / "train.csv", dtype={"id": str}).head(40).reset_index(drop=True)
+    loaded = load_images(cases, data_dir / "train", progress=False)
+    assert not loaded.failed
+    n = 28
+    return (loaded.images[:n], loaded.cases.iloc[:n].reset_index(drop=True),
+            loaded.images[n:], loaded.cases.iloc[n:].reset_index(drop=True))
+
+
+def test_ema_is_validated_saved_and_resumed(small_data, tmp_path):
+    tr_x, tr_c, va_x, va_c = small_data
+    mcfg = ModelConfig(input_size=64)
+    tcfg = TrainConfig(epochs=1, batch_size=14, ema_decay=0.5, patience=10)
+    train_model(tr_x, tr_c, va_x, va_c, tmp_path, mcfg, tcfg, progress=False)
+    last = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+    assert "ema" in last, "the EMA state must be checkpointed for resume"
+    raw = last["model"]
+    ema_state = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    float_keys = [k for k, v in raw.items() if v.is_floating_point() and k in ema_state]
+    assert float_keys
+    assert any(not torch.equal(raw[k], ema_state[k]) for k in float_keys), "EMA weights equal the raw weights"
+
+    # resume into a second epoch: the history grows and keeps both validation columns
+    tcfg2 = TrainConfig(epochs=2, batch_size=14, ema_decay=0.5, patience=10)
+    res = train_model(tr_x, tr_c, va_x, va_c, tmp_path, mcfg, tcfg2, progress=False)
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert hist["epoch"].tolist() == [1, 2]
+    assert hist["val_mae_ema"].notna().all()
+    best = min(hist["val_mae"].min(), hist["val_mae_ema"].min())
+    assert res.best_val_mae == pytest.approx(best)
+    saved = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["weights"] in ("raw", "ema")
+    assert saved["val_mae"] == pytest.approx(best)
+    row = hist.loc[(hist[["val_mae", "val_mae_ema"]] - best).abs().min(axis=1).idxmin()]
+    expected_kind = "ema" if abs(row["val_mae_ema"] - best) < abs(row["val_mae"] - best) else "raw"
+    assert saved["weights"] == expected_kind
+
+
+def test_training_without_ema_has_no_ema_column(small_data, tmp_path):
+    tr_x, tr_c, va_x, va_c = small_data
+    train_model(tr_x, tr_c, va_x, va_c, tmp_path, ModelConfig(input_size=64),
+                TrainConfig(epochs=1, batch_size=14), progress=False)
+    assert "val_mae_ema" not in pd.read_csv(tmp_path / "history.csv").columns
+    assert "ema" not in torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
