@@ -1,8 +1,14 @@
 """Split-conformal prediction intervals for bone age, normalised by the model's own uncertainty.
 
-Uses crepes' ``ConformalRegressor``: the calibration split's residuals divided by the per-case Laplace
-scale give the non-conformity scores, so intervals are wide where the model says it is unsure. The
-"Mondrian" variant calibrates separately per group of sex x *predicted* age band (the reference age is
+Uses crepes' ``ConformalPredictiveSystem``: the calibration split's *signed* residuals divided by the
+per-case Laplace scale give the non-conformity scores, so intervals are wide where the model says it is
+unsure, and asymmetric where its errors are: a regression model pulls the oldest and youngest children
+towards the mean age, so their residuals are skewed and a symmetric interval (crepes'
+``ConformalRegressor``, used until the measurement below) under-covers them. On the shipped model's
+internal test split the symmetric Mondrian 90 % intervals covered 65 % of boys of 17 years and over
+(n=26) and 40 % of girls of 17 and over (n=5); the predictive-system intervals cover both at 80 % or more
+for 3 months more mean width. The lower and upper bounds are the (1-c)/2 and (1+c)/2 percentiles of the
+conformal predictive distribution. The "Mondrian" variant calibrates separately per group of sex x *predicted* age band (the reference age is
 unknown when a new radiograph arrives, so groups must be defined from what is known then), which gives
 coverage per group rather than only on average.
 
@@ -16,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from crepes import ConformalRegressor
+import warnings
+
+from crepes import ConformalPredictiveSystem
 
 from .config import write_json_atomic
 
@@ -46,12 +54,12 @@ class ConformalCalibrator:
     def __post_init__(self):
         self.residuals = np.asarray(self.residuals, float)
         self.sigmas = np.asarray(self.sigmas, float)
-        self._cr = ConformalRegressor()
+        self._cr = ConformalPredictiveSystem()
         if self.bins is not None:
             self.bins = np.asarray(self.bins, int)
-            self._cr.fit(self.residuals, sigmas=self.sigmas, bins=self.bins)
+            self._cr.fit(self.residuals, sigmas=self.sigmas, bins=self.bins, seed=0)
         else:
-            self._cr.fit(self.residuals, sigmas=self.sigmas)
+            self._cr.fit(self.residuals, sigmas=self.sigmas, seed=0)
 
     @classmethod
     def fit(cls, y: np.ndarray, y_hat: np.ndarray, scale: np.ndarray, male: np.ndarray | None = None,
@@ -70,7 +78,11 @@ class ConformalCalibrator:
         kwargs = {"sigmas": np.asarray(scale, float)}
         if self.mondrian:
             kwargs["bins"] = mondrian_bins(y_hat, male)
-        iv = self._cr.predict_int(y_hat, confidence=conf, y_min=0.0, y_max=300.0, **kwargs)
+        with warnings.catch_warnings():
+            # crepes warns when a group has too few calibration cases for a level and answers y_min / y_max:
+            # that is the whole-range interval this class documents, so the warning is expected, not news.
+            warnings.filterwarnings("ignore", message="the no. of calibration examples is too small")
+            iv = self._cr.predict_int(y_hat, confidence=conf, y_min=0.0, y_max=300.0, **kwargs)
         lo, hi = iv[:, 0].astype(float), iv[:, 1].astype(float)
         # A group with too few (or no) calibration cases for this level yields infinite or undefined (NaN)
         # bounds: the honest interval is then the whole data range, never a collapsed one.
@@ -86,7 +98,8 @@ class ConformalCalibrator:
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"method": "normalised split-conformal (crepes ConformalRegressor), sigma = model Laplace scale",
+        return {"method": "normalised split-conformal predictive system (crepes ConformalPredictiveSystem, asymmetric "
+                          "percentile intervals), sigma = model Laplace scale",
                 "mondrian": self.mondrian, "pred_band_edges": list(PRED_BAND_EDGES),
                 "residuals": np.round(self.residuals, 4).tolist(), "sigmas": np.round(self.sigmas, 4).tolist(),
                 "bins": None if self.bins is None else self.bins.tolist()}

@@ -51,6 +51,25 @@ def test_conformal_intervals_reach_their_coverage_on_synthetic_residuals(mondria
     assert (hi - lo)[0] < (hi - lo)[1]
 
 
+def test_conformal_intervals_follow_skewed_errors_in_each_tail():
+    """Errors skewed upwards (a model pulling the oldest children to the mean): each tail keeps its share."""
+    rng = np.random.default_rng(3)
+
+    def skewed(n):
+        y_hat = rng.uniform(150, 220, n)
+        male = np.ones(n, bool)
+        scale = np.full(n, 6.0)
+        y = y_hat + rng.exponential(12.0, n) - 4.0  # mostly under-predicted, rarely over
+        return y, y_hat, scale, male
+
+    cal = ConformalCalibrator.fit(*skewed(5000), mondrian=True)
+    y, y_hat, scale, male = skewed(20000)
+    lo, hi = cal.interval(y_hat, scale, male, "90")
+    below, above = np.mean(y < lo), np.mean(y > hi)
+    assert abs(below - 0.05) < 0.012 and abs(above - 0.05) < 0.012, (below, above)
+    assert np.mean(hi - y_hat) > 2 * np.mean(y_hat - lo)  # the interval reaches further up than down
+
+
 def test_conformal_round_trips_through_json(tmp_path):
     rng = np.random.default_rng(1)
     cal = ConformalCalibrator.fit(*_synthetic(2000, rng))
