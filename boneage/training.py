@@ -196,6 +196,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         improved = epoch_best_mae < best_mae
         if improved:
             best_mae, best_epoch, epochs_since_best = epoch_best_mae, epoch, 0
+            config_blob["best_weights"] = kind
             _save_atomic({"state_dict": best_net.state_dict(), "epoch": epoch + 1, "val_mae": epoch_best_mae,
                           "weights": kind}, out_dir / "model.pt")
         else:

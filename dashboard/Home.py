@@ -75,6 +75,9 @@ if hist is not None and len(hist):
     mode = "lines+markers"
     fig.add_trace(go.Scatter(x=hist["epoch"], y=hist["train_mae"], name="train MAE", mode=mode), 1, 1)
     fig.add_trace(go.Scatter(x=hist["epoch"], y=hist["val_mae"], name="validation MAE", mode=mode), 1, 1)
+    if "val_mae_ema" in hist.columns:  # weight-averaged (EMA) copy, validated beside the raw weights
+        fig.add_trace(go.Scatter(x=hist["epoch"], y=hist["val_mae_ema"], name="validation MAE (EMA weights)",
+                                 mode=mode), 1, 1)
     fig.add_trace(go.Scatter(x=hist["epoch"], y=hist["train_loss"], name="train loss", mode=mode), 1, 2)
     fig.add_trace(go.Scatter(x=hist["epoch"], y=hist["val_nll"], name="validation NLL", mode=mode), 1, 2)
     if cfg and cfg.get("best_epoch"):

@@ -84,7 +84,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
               f"{_fmt(cfg.get('best_val_mae'))} months), batch {t.get('batch_size')}, AdamW lr {t.get('lr')}, cosine "
               f"with {t.get('warmup_epochs')} warm-up epoch, seed {t.get('seed')}, augmentation: rotation "
               f"+/-{t.get('aug_rotate_deg')} deg, zoom +/-{t.get('aug_scale')}, shift +/-{t.get('aug_translate')}, gamma/contrast "
-              f"+/-{t.get('aug_contrast')}",
+              f"+/-{t.get('aug_contrast')}" + (f"; weight EMA (decay {t['ema_decay']}) validated beside the raw "
+              f"weights, shipped: {cfg.get('best_weights', 'raw')} weights" if t.get("ema_decay") else ""),
               *_stage_lines(cfg),
               f"- Hardware: {cfg.get('hardware')} ({cfg.get('device')}), torch {cfg.get('torch')}; training time "
               f"{_fmt(_total_train_seconds(cfg) / 60, 0)} min in all", ""]
@@ -137,8 +138,15 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
     hist = art / "model" / "history.csv"
     if hist.is_file():
         h = pd.read_csv(hist)
-        lines += ["## Training history", "", "| epoch | train loss | train MAE | val MAE | seconds |", "|---|---|---|---|---|"]
-        lines += [f"| {int(r.epoch)} | {r.train_loss:.3f} | {r.train_mae:.2f} | {r.val_mae:.2f} | {r.seconds:.0f} |" for r in h.itertuples()]
+        if "val_mae_ema" in h.columns:
+            lines += ["## Training history", "", "Validation MAE of the raw weights and of their exponential moving "
+                      "average (EMA); the checkpoint keeps whichever was best.", "",
+                      "| epoch | train loss | train MAE | val MAE | val MAE (EMA) | seconds |", "|---|---|---|---|---|---|"]
+            lines += [f"| {int(r.epoch)} | {r.train_loss:.3f} | {r.train_mae:.2f} | {r.val_mae:.2f} | "
+                      f"{r.val_mae_ema:.2f} | {r.seconds:.0f} |" for r in h.itertuples()]
+        else:
+            lines += ["## Training history", "", "| epoch | train loss | train MAE | val MAE | seconds |", "|---|---|---|---|---|"]
+            lines += [f"| {int(r.epoch)} | {r.train_loss:.3f} | {r.train_mae:.2f} | {r.val_mae:.2f} | {r.seconds:.0f} |" for r in h.itertuples()]
         lines.append("")
     lines += ["## Limits", "",
               "- Trained on 100x100 px images: fine trabecular and physeal detail visible at full resolution is lost; "

@@ -1,6 +1,8 @@
 """Weight EMA in training, on real images: validated beside the raw weights, saved when better, resumable."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -47,6 +49,7 @@ def test_ema_is_validated_saved_and_resumed(small_data, tmp_path):
     row = hist.loc[(hist[["val_mae", "val_mae_ema"]] - best).abs().min(axis=1).idxmin()]
     expected_kind = "ema" if abs(row["val_mae_ema"] - best) < abs(row["val_mae"] - best) else "raw"
     assert saved["weights"] == expected_kind
+    assert json.loads((tmp_path / "config.json").read_text())["best_weights"] == saved["weights"]
 
 
 def test_training_without_ema_has_no_ema_column(small_data, tmp_path):
