@@ -130,7 +130,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                       "(`python -m pipelines.benchmark`).", ""]
     exps = (_load(art / "experiments.json") or {}).get("experiments", [])
     if exps:
-        lines += ["## Experiments not shipped", ""]
+        lines += ["## Other training runs (not shipped)", ""]
         for e in exps:
             lines.append(f"- {e['name']}: `{e['command']}`; validation MAE by epoch "
                          f"{', '.join(str(v) for v in e['val_mae_by_epoch'])}; {e['decision']}.")
