@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--out", help="also write the numbers as JSON here")
+    ap.add_argument("--out", default=str(ARTIFACTS_DIR / "benchmark.json"), help="write the numbers as JSON here (read by the model card)")
     ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args(argv)
     try:
