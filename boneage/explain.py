@@ -23,6 +23,7 @@ serialised with a lock so that concurrent dashboard sessions cannot mix their ho
 """
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 from typing import Callable, Sequence
@@ -331,15 +332,25 @@ def _integrated_gradients(fn: _Explained, x: torch.Tensor, male: torch.Tensor, n
 
 
 def _occlusion(fn: _Explained, x: torch.Tensor, male: torch.Tensor, window: int, stride: int,
-               perturbations_per_eval: int) -> torch.Tensor:
+               perturbations_per_eval: int, progress: Callable[[float], None] | None = None) -> torch.Tensor:
     """Black square sliding over the base image; the image is padded at the bottom/right (and the pad
-    cropped off again inside the forward) so the windows tile it exactly."""
+    cropped off again inside the forward) so the windows tile it exactly.
+
+    ``progress(fraction)`` is called after each batched forward pass: occlusion is hundreds of passes,
+    the one slow method besides integrated gradients."""
     size = x.shape[-1]
     pad = (-(size - window)) % stride
     xp = F.pad(x, (0, pad, 0, pad))
+    n_windows = ((size + pad - window) // stride + 1) ** 2
+    total_calls = math.ceil(n_windows / perturbations_per_eval) + 1  # + the unperturbed reference pass
+    calls = [0]
 
     def forward(img: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return fn(img[..., :size, :size], m)
+        out = fn(img[..., :size, :size], m)
+        calls[0] += 1
+        if progress is not None:
+            progress(min(1.0, calls[0] / total_calls))
+        return out
 
     occ = Occlusion(forward)
     with torch.no_grad():
@@ -357,7 +368,8 @@ def attribute(model: BoneAgeNet, image: np.ndarray, male: bool, method: str, lay
     ``normalize=True``: non-negative, scaled to [0, 1] (see the module docstring for signs).
     ``normalize=False``: the raw signed attribution (units: target units per image unit; for IG and
     occlusion, target units).
-    ``progress(fraction)``: called between IG segments; other methods call it at start (0) and end (1).
+    ``progress(fraction)``: called between IG segments and after each occlusion forward batch; other
+    methods call it at start (0) and end (1).
 
     Method options (``**kw``):
       gradcam: ``layer`` (label or module path; default: first of :func:`gradcam_layers`).
@@ -416,7 +428,8 @@ def attribute(model: BoneAgeNet, image: np.ndarray, male: bool, method: str, lay
         else:  # occlusion
             window = int(kw.pop("window", max(2, round(base / 8))))
             stride = int(kw.pop("stride", max(1, window // 2)))
-            raw = _occlusion(fn, x, male_t, window, stride, int(kw.pop("perturbations_per_eval", 32)))
+            raw = _occlusion(fn, x, male_t, window, stride, int(kw.pop("perturbations_per_eval", 32)),
+                             progress=progress)
     if progress is not None and method != "integrated_gradients":
         progress(1.0)
     a = raw[0].detach().cpu().numpy().astype(np.float32)

@@ -125,6 +125,20 @@ def test_input_space_maps_stay_where_the_image_differs_from_black(imagenet_model
     assert np.mean(np.abs(occ[patch]) > 1e-3 * np.abs(occ).max()) > 0.9
 
 
+def test_occlusion_reports_progress_and_matches_the_map_without_it(imagenet_model, cases):
+    img = cases[0][0]
+    seen: list[float] = []
+    with_bar = E.attribute(imagenet_model, img, True, "occlusion", normalize=False, window=25, stride=25,
+                           perturbations_per_eval=4, progress=seen.append)
+    # 16 windows in batches of 4 plus the reference pass: 5 forward calls, each reported
+    assert seen[0] == 0.0 and seen[-1] == 1.0
+    assert sorted(seen) == seen and len(set(seen)) >= 6, seen
+    assert seen[1] == pytest.approx(1 / 5)
+    plain = E.attribute(imagenet_model, img, True, "occlusion", normalize=False, window=25, stride=25,
+                        perturbations_per_eval=4)
+    np.testing.assert_allclose(with_bar, plain, atol=1e-4)
+
+
 # -- Grad-CAM --------------------------------------------------------------------------------------
 def test_gradcam_layers_exist_and_default_is_stage5_at_1_16(imagenet_model, cases):
     layers = E.gradcam_layers(imagenet_model)

@@ -104,14 +104,13 @@ with cols[0]:
 for col, method in zip(cols[1:], (m_a, m_b)):
     with col:
         lay = layer if method == "gradcam" else None
-        if method == "integrated_gradients":  # the slow one with steps to report
+        if method in ("integrated_gradients", "occlusion"):  # the slow ones, with steps to report
             bar = st.progress(0.0, text=f"{methods[method]}...")
-            h = heatmap(method, lay, progress=lambda f, bar=bar: bar.progress(
-                min(1.0, float(f)), text=f"{methods['integrated_gradients']}: {float(f):.0%}"))
+            h = heatmap(method, lay, progress=lambda f, bar=bar, name=methods[method]: bar.progress(
+                min(1.0, float(f)), text=f"{name}: {float(f):.0%}"))
             bar.empty()
         else:
-            slow = {"occlusion": " (a few hundred forward passes: up to ~10 s on CPU)", "smoothgrad": ""}
-            with st.spinner(f"Computing {methods[method]}{slow.get(method, '')}...", show_time=method in slow):
+            with st.spinner(f"Computing {methods[method]}...", show_time=method == "smoothgrad"):
                 h = heatmap(method, lay)
         st.image(enlarge(common.overlay(img, h, alpha, cmap)), width="stretch",
                  caption=methods[method] + (f" ({layer})" if lay else ""))
