@@ -18,13 +18,12 @@ Saved as JSON (the calibration scores themselves, no pickles) next to the model.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import warnings
-
 from crepes import ConformalPredictiveSystem
 
 from .config import write_json_atomic

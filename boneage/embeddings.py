@@ -73,8 +73,9 @@ def embed_maps(features: np.ndarray, seed: int = 0, methods=("tsne", "umap"), di
 
     PCA to 50 components first: the usual step that makes t-SNE fast and less noisy. Barnes-Hut t-SNE in
     3-D costs many times the 2-D map (an octree instead of a quadtree): on all 12,811 cases it was still
-    running after 7 minutes on a shared 2-core CPU, when the whole 2-D map had taken about 3 minutes of CPU. ``tsne3_subset`` (row indices) restricts the 3-D t-SNE to those rows; the others
-    get NaN coordinates and are left out of that one map.
+    running after 7 minutes on a shared 2-core CPU, when the whole 2-D map had taken about 3 minutes of
+    CPU. ``tsne3_subset`` (row indices) restricts the 3-D t-SNE to those rows; the others get NaN
+    coordinates and are left out of that one map.
     """
     x = StandardScaler().fit_transform(np.asarray(features, np.float32))
     if x.shape[1] > 50 and x.shape[0] > 50:

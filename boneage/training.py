@@ -114,6 +114,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
     stage_no = int(max((h.get("stage", 1) for h in prior_history), default=0)) + 1
     epoch_offset = len(prior_history)
     start_epoch, best_mae, best_epoch, elapsed_before = 0, float("inf"), -1, 0.0
+    best_kind = "raw"  # which weights model.pt holds: "raw" or "ema"
     last_path = out_dir / "last.pt"
     if resume and last_path.is_file():
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
@@ -125,6 +126,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         gen.set_state(ck["gen"])
         start_epoch, best_mae, best_epoch = ck["epoch"] + 1, ck["best_mae"], ck["best_epoch"]
         history, elapsed_before = ck["history"], ck.get("elapsed", 0.0)
+        best_kind = ck.get("best_weights", "raw")
         print(f"resumed from {last_path} at epoch {start_epoch}, best val MAE {best_mae:.2f}")
 
     x_all = torch.from_numpy(np.ascontiguousarray(train_images))
@@ -177,26 +179,25 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
             ae_sum += float((out.age.detach() - yb).abs().sum())
             n_seen += len(idx)
             bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", mae=f"{ae_sum / n_seen:.1f}")
+        val_male = val_cases["male"].to_numpy()
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-            vp = run_network(model, val_images, val_cases["male"].to_numpy(), device=device)
+            vp = run_network(model, val_images, val_male, device=device)
+            ep = run_network(ema.module, val_images, val_male, device=device) if ema is not None else None
         vy = val_cases["boneage"].to_numpy(np.float64)
         val_mae = float(np.mean(np.abs(vp.age - vy)))
         val_nll = float(np.mean(np.log(2 * vp.scale) + np.abs(vy - vp.age) / vp.scale))
         row = {"epoch": epoch_offset + epoch + 1, "stage": stage_no, "train_loss": loss_sum / max(n_seen, 1), "train_mae": ae_sum / max(n_seen, 1),
-               "val_nll": val_nll, "val_mae": val_mae, "lr": opt.param_groups[0]["lr"],
-               "seconds": time.time() - ep_t0}
+               "val_nll": val_nll, "val_mae": val_mae, "lr": opt.param_groups[0]["lr"]}
         candidates = [("raw", val_mae, model)]
-        if ema is not None:
-            ep = run_network(ema.module, val_images, val_cases["male"].to_numpy(), device=device)
+        if ep is not None:
             row["val_mae_ema"] = float(np.mean(np.abs(ep.age - vy)))
             candidates.append(("ema", row["val_mae_ema"], ema.module))
-            row["seconds"] = time.time() - ep_t0
+        row["seconds"] = time.time() - ep_t0
         history.append(row)
         kind, epoch_best_mae, best_net = min(candidates, key=lambda c: c[1])
         improved = epoch_best_mae < best_mae
         if improved:
-            best_mae, best_epoch, epochs_since_best = epoch_best_mae, epoch, 0
-            config_blob["best_weights"] = kind
+            best_mae, best_epoch, epochs_since_best, best_kind = epoch_best_mae, epoch, 0, kind
             _save_atomic({"state_dict": best_net.state_dict(), "epoch": epoch + 1, "val_mae": epoch_best_mae,
                           "weights": kind}, out_dir / "model.pt")
         else:
@@ -204,13 +205,14 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         elapsed = elapsed_before + time.time() - t0
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                       "gen": gen.get_state(), "epoch": epoch, "best_mae": best_mae, "best_epoch": best_epoch,
-                      "history": history, "elapsed": elapsed,
+                      "best_weights": best_kind, "history": history, "elapsed": elapsed,
                       **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
         hist_tmp = out_dir / "history.csv.tmp"
         pd.DataFrame(history).to_csv(hist_tmp, index=False)
         os.replace(hist_tmp, out_dir / "history.csv")
         write_json_atomic(out_dir / "config.json", {**config_blob, "best_epoch": epoch_offset + best_epoch + 1,
-                                                    "best_val_mae": best_mae, "epochs_run": len(history),
+                                                    "best_val_mae": best_mae, "best_weights": best_kind,
+                                                    "epochs_run": len(history),
                                                     "train_seconds": elapsed})
         print(f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} MAE {row['train_mae']:.2f} | "
               f"val MAE {val_mae:.2f}" + (f" (EMA {row['val_mae_ema']:.2f})" if ema is not None else "") +

@@ -138,15 +138,15 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
     hist = art / "model" / "history.csv"
     if hist.is_file():
         h = pd.read_csv(hist)
-        if "val_mae_ema" in h.columns:
-            lines += ["## Training history", "", "Validation MAE of the raw weights and of their exponential moving "
-                      "average (EMA); the checkpoint keeps whichever was best.", "",
-                      "| epoch | train loss | train MAE | val MAE | val MAE (EMA) | seconds |", "|---|---|---|---|---|---|"]
-            lines += [f"| {int(r.epoch)} | {r.train_loss:.3f} | {r.train_mae:.2f} | {r.val_mae:.2f} | "
-                      f"{r.val_mae_ema:.2f} | {r.seconds:.0f} |" for r in h.itertuples()]
-        else:
-            lines += ["## Training history", "", "| epoch | train loss | train MAE | val MAE | seconds |", "|---|---|---|---|---|"]
-            lines += [f"| {int(r.epoch)} | {r.train_loss:.3f} | {r.train_mae:.2f} | {r.val_mae:.2f} | {r.seconds:.0f} |" for r in h.itertuples()]
+        ema = "val_mae_ema" in h.columns
+        lines += ["## Training history", ""]
+        if ema:
+            lines += ["Validation MAE of the raw weights and of their exponential moving average (EMA); the "
+                      "checkpoint keeps whichever was best.", ""]
+        lines += ["| epoch | train loss | train MAE | val MAE |" + (" val MAE (EMA) |" if ema else "") + " seconds |",
+                  "|---" * (6 if ema else 5) + "|"]
+        lines += [f"| {int(r.epoch)} | {r.train_loss:.3f} | {r.train_mae:.2f} | {r.val_mae:.2f} | "
+                  + (f"{r.val_mae_ema:.2f} | " if ema else "") + f"{r.seconds:.0f} |" for r in h.itertuples()]
         lines.append("")
     lines += ["## Limits", "",
               "- Trained on 100x100 px images: fine trabecular and physeal detail visible at full resolution is lost; "
