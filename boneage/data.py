@@ -40,7 +40,7 @@ def load_images(cases: pd.DataFrame, image_dir: str | os.PathLike, base_size: in
     ids = cases["id"].astype(str).tolist()
     cache_path = None
     if cache_dir is not None:
-        key = hashlib.sha1(("|".join(ids) + str(Path(image_dir).resolve()) + f"|{base_size}|v1").encode()).hexdigest()[:16]
+        key = hashlib.sha1(("|".join(ids) + str(Path(image_dir).resolve()) + f"|{base_size}|v2").encode()).hexdigest()[:16]
         cache_path = Path(cache_dir) / f"images_{key}.npz"
         if cache_path.is_file():
             z = np.load(cache_path, allow_pickle=False)

@@ -69,23 +69,28 @@ def load_model_dir(model_dir: str | os.PathLike = MODEL_DIR) -> tuple[BoneAgeNet
 class BoneAgePredictor:
     """A loaded model plus its preprocessing; thread-safe for inference (no state changes)."""
 
-    def __init__(self, model: BoneAgeNet, config: dict, conformal=None, tta: bool = False):
+    def __init__(self, model: BoneAgeNet, config: dict, conformal=None, tta: bool = False,
+                 conformal_problem: str = ""):
         self.model = model
         self.config = config
         self.cfg: ModelConfig = model.cfg
         self.conformal = conformal
+        self.conformal_problem = conformal_problem  # why there are no intervals, when a file is unusable
         self.tta = tta
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike = MODEL_DIR, tta: bool = False) -> "BoneAgePredictor":
         model, config = load_model_dir(model_dir)
-        conformal = None
+        conformal, problem = None, ""
         cal_path = Path(model_dir) / "conformal.json"
         if cal_path.is_file():
             from .conformal import ConformalCalibrator
 
-            conformal = ConformalCalibrator.load(cal_path)
-        return cls(model, config, conformal, tta)
+            try:
+                conformal = ConformalCalibrator.load(cal_path)
+            except (ValueError, KeyError) as exc:  # stale or damaged: predictions still work, intervals do not
+                problem = f"Prediction intervals unavailable: {exc}"
+        return cls(model, config, conformal, tta, problem)
 
     # -- preprocessing -------------------------------------------------------------------------
     def preprocess(self, arr: np.ndarray) -> np.ndarray:

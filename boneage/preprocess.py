@@ -7,8 +7,8 @@ Why this order:
    smooths them and biases predictions upwards by months.
 2. Intensity second, on the 100x100 image: the background level is the histogram mode (black film in
    most training images, a grey plate in many official test images) and is mapped to 0; the 99.5th
-   percentile (dense bone) is mapped to 1. Images whose background is the brightest part (inverted
-   polarity) are flipped first.
+   percentile (dense bone) is mapped to 1. Negatives (bone dark, background bright) are flipped first
+   when the learned check of :mod:`boneage.polarity` is confident.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .polarity import default_check
 
 BASE_SIZE = 100
 
@@ -39,15 +41,20 @@ def _background_level(arr: np.ndarray, bins: int = 64) -> float:
     return float(edges[k] + edges[k + 1]) / 2
 
 
+def is_negative(arr: np.ndarray) -> bool:
+    """Does this (base-size) image look like a negative? See :mod:`boneage.polarity`."""
+    arr = np.asarray(arr, dtype=np.float32)
+    return arr.max() > arr.min() and default_check().is_inverted(arr)
+
+
 def normalize_intensity(arr: np.ndarray) -> np.ndarray:
     """Map background to 0 and dense bone to 1 (float32 in [0, 1]); see the module docstring."""
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    bg = _background_level(arr)
-    if bg >= np.percentile(arr, 90):  # background is the brightest part: inverted polarity
+    if is_negative(arr):
         arr = arr.max() + arr.min() - arr
-        bg = _background_level(arr)
+    bg = _background_level(arr)
     top = float(np.percentile(arr, 99.5))
     if top - bg < 1e-6:
         return np.zeros_like(arr, dtype=np.float32)

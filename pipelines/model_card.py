@@ -104,12 +104,17 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
     else:
         lines += ["metrics.json missing: run `python -m pipelines.evaluate`.", ""]
     if cov:
-        lines += ["## Prediction intervals (conformal, Mondrian by sex x predicted age band)", "",
+        lines += ["## Prediction intervals (conformal, Mondrian by sex x reference age band, label-conditional)", "",
                   "| set | level | coverage | mean width (months) |", "|---|---|---|---|"]
         for split in ("test", "official_test"):
             for lvl in ("80", "90", "95"):
                 e = cov["mondrian"][split][lvl]
                 lines.append(f"| {split} | {lvl}% | {_fmt(e['coverage'], 3)} | {_fmt(e['mean_width'], 1)} |")
+        groups = cov["mondrian"]["test"]["90"].get("by_group") or {}
+        if groups:
+            low = sorted(groups.items(), key=lambda kv: kv[1]["coverage"])[:3]
+            lines += ["", "Lowest 90 % coverage by reference sex x age band, internal test: " + ", ".join(
+                f"{name} {_fmt(g['coverage'], 3)} (n={g['n']})" for name, g in low) + "."]
         lines.append("")
     if comp:
         lines += ["## Backbone comparison (equal short budget)", "", f"Budget: {comp['budget']}; validation "

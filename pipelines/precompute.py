@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
-from boneage.conformal import LEVELS, ConformalCalibrator, bin_label, coverage_table, mondrian_bins
+from boneage.conformal import LEVELS, ConformalCalibrator, coverage_table
 from boneage.data import load_images
 from boneage.embeddings import LAYERS, OutlierDetector, embed_maps, extract_features, layer_age_quality
 from boneage.manifest import write_manifest
@@ -113,7 +113,6 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
         for lvl in LEVELS:
             lo, hi = cc.interval(df["boneage_pred"], df["uncertainty"], male, lvl)
             df[f"lower_{lvl}{suffix}"], df[f"upper_{lvl}{suffix}"] = lo, hi
-    df["conformal_group"] = [bin_label(c) for c in mondrian_bins(df["boneage_pred"], male)]
     reports = coverage_report(df)
 
     # Outliers: LOF fitted on training-split penultimate features.

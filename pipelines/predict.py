@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     except ModelNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if predictor.conformal_problem:
+        print(f"warning: {predictor.conformal_problem}", file=sys.stderr)
 
     if single:
         male = parse_male(args.sex)

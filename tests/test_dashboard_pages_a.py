@@ -251,6 +251,25 @@ def test_predict_real_radiograph_with_data(with_data):
     assert any(w in texts(at) for w in ("Delayed", "Within normal range", "Advanced"))
 
 
+@needs_data
+def test_predict_inverts_a_negative_upload_and_says_so(with_data):
+    """A PNG exported as a negative (no DICOM tag to say so) is recognised, inverted, and predicted alike."""
+    from PIL import Image
+
+    raw = np.asarray(Image.open(DATA / "test" / f"{TEST_CASE}.png").convert("L"))
+    neg = io.BytesIO()
+    Image.fromarray(255 - raw).save(neg, "PNG")
+    at = open_page("pages/7_Predict.py")
+    at.file_uploader(key="pr_files").set_value([(f"{TEST_CASE}.png", (DATA / "test" / f"{TEST_CASE}.png").read_bytes(),
+                                                 "image/png"), ("negative.png", neg.getvalue(), "image/png")])
+    at.run(timeout=FIRST)
+    assert not at.exception, [e.value for e in at.exception]
+    assert sum("looks like a negative" in i.value for i in at.info) == 1
+    res = at.dataframe[-1].value.set_index("file")
+    assert res.loc["negative.png", "inverted_negative"] and not res.loc[f"{TEST_CASE}.png", "inverted_negative"]
+    assert abs(res.loc["negative.png", "boneage_pred"] - res.loc[f"{TEST_CASE}.png", "boneage_pred"]) < 3.0
+
+
 def _sex_of(case_id: str) -> str:
     df = STORE.predictions()
     return df.loc[df["id"] == case_id, "sex"].iloc[0]

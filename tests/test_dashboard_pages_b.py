@@ -129,6 +129,12 @@ def test_uncertainty_page_shows_coverage(store, with_data):
         value = cov[variant]["test"]["90"]["coverage"]
         assert f"90% interval, {variant} {value:.1%}" in shown
     assert n_images(at) > 0
+    # The Mondrian calibration groups (merged where small) account for every calibration case.
+    conformal = store.json("model/conformal.json")
+    shown_groups = [d.value for d in at.dataframe if "n_calibration" in d.value.columns]
+    assert len(shown_groups) == 1
+    assert shown_groups[0]["n_calibration"].sum() == len(conformal["residuals"])
+    assert shown_groups[0]["n_calibration"].tolist() == [g["n_calibration"] for g in conformal["groups"]["90"]]
     for split in [s for s in ("official_test", "calib") if s in cov["mondrian"]]:
         at.segmented_control(key="unc_split").set_value(split).run()
         assert not at.exception, [e.message for e in at.exception]

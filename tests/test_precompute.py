@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.conformal import ConformalCalibrator, mondrian_bins
+from boneage.conformal import ConformalCalibrator, merge_small_bands, min_group_size, mondrian_bins
 from boneage.embeddings import OutlierDetector
 from boneage.manifest import check_manifest, write_manifest
 
@@ -32,7 +32,8 @@ def _synthetic(n: int, rng: np.random.Generator):
 @pytest.mark.parametrize("mondrian", [True, False])
 def test_conformal_intervals_reach_their_coverage_on_synthetic_residuals(mondrian):
     rng = np.random.default_rng(0)
-    cal = ConformalCalibrator.fit(*_synthetic(6000, rng), mondrian=mondrian)
+    # Large enough that even the smallest Mondrian group (sex x 0-2 years, ~3 % of cases) has ~600.
+    cal = ConformalCalibrator.fit(*_synthetic(20000, rng), mondrian=mondrian)
     y, y_hat, scale, male = _synthetic(30000, rng)
     widths = {}
     for lvl in LEVELS:
@@ -40,8 +41,8 @@ def test_conformal_intervals_reach_their_coverage_on_synthetic_residuals(mondria
         cover = np.mean((y >= lo) & (y <= hi))
         assert abs(cover - int(lvl) / 100) < 0.015, (lvl, cover)
         widths[lvl] = np.mean(hi - lo)
-        if mondrian:  # per group too (sex x predicted-age band)
-            bins = mondrian_bins(y_hat, male)
+        if mondrian:  # per group too (sex x reference age band)
+            bins = mondrian_bins(y, male)
             for b in np.unique(bins):
                 m = bins == b
                 assert np.mean((y[m] >= lo[m]) & (y[m] <= hi[m])) > int(lvl) / 100 - 0.05, (lvl, b)
@@ -62,12 +63,63 @@ def test_conformal_intervals_follow_skewed_errors_in_each_tail():
         y = y_hat + rng.exponential(12.0, n) - 4.0  # mostly under-predicted, rarely over
         return y, y_hat, scale, male
 
-    cal = ConformalCalibrator.fit(*skewed(5000), mondrian=True)
-    y, y_hat, scale, male = skewed(20000)
-    lo, hi = cal.interval(y_hat, scale, male, "90")
+    cal_data, (y, y_hat, scale, male) = skewed(5000), skewed(20000)
+    lo, hi = ConformalCalibrator.fit(*cal_data, mondrian=False).interval(y_hat, scale, male, "90")
     below, above = np.mean(y < lo), np.mean(y > hi)
     assert abs(below - 0.05) < 0.012 and abs(above - 0.05) < 0.012, (below, above)
     assert np.mean(hi - y_hat) > 2 * np.mean(y_hat - lo)  # the interval reaches further up than down
+    # Mondrian: the hull over age bands is conservative, never short, and just as lopsided.
+    lo, hi = ConformalCalibrator.fit(*cal_data, mondrian=True).interval(y_hat, scale, male, "90")
+    assert 0.035 < np.mean(y < lo) < 0.062 and 0.02 < np.mean(y > hi) < 0.062
+    assert np.mean(hi - y_hat) > 2 * np.mean(y_hat - lo)
+
+
+def _shrunk_to_the_mean(n: int, rng: np.random.Generator):
+    """A regression model's typical failure: predictions pulled towards the mean age, worst at the extremes."""
+    y = rng.uniform(0, 228, n)
+    male = rng.random(n) < 0.5
+    y_hat = 127 + 0.8 * (y - 127) + rng.laplace(0, 6, n)
+    return y, y_hat, np.full(n, 6.0), male
+
+
+def test_mondrian_intervals_cover_every_true_age_band_even_when_predictions_shrink():
+    """The audited groups are sex x *true* age band; the label-conditional intervals keep their promise in each,
+    where one calibration for everybody (global) misses the youngest and the oldest."""
+    rng = np.random.default_rng(5)
+    cal_data, test_data = _shrunk_to_the_mean(4000, rng), _shrunk_to_the_mean(40000, rng)
+    y, y_hat, scale, male = test_data
+    bins = mondrian_bins(y, male)
+    worst = {}
+    for mondrian in (True, False):
+        lo, hi = ConformalCalibrator.fit(*cal_data, mondrian=mondrian).interval(y_hat, scale, male, "90")
+        cover = [np.mean((y[bins == b] >= lo[bins == b]) & (y[bins == b] <= hi[bins == b])) for b in np.unique(bins)]
+        worst[mondrian] = min(cover)
+    assert worst[True] > 0.87, worst
+    assert worst[False] < 0.75, worst  # the failure the Mondrian variant exists for
+
+
+def test_small_bands_are_merged_with_their_inner_neighbour():
+    assert min_group_size("80") == 9 and min_group_size("90") == 19 and min_group_size("95") == 39
+    assert merge_small_bands([3, 30, 100, 100, 40, 21, 3], 19) == [[0, 1], [2], [3], [4], [5, 6]]
+    assert merge_small_bands([3, 30, 100, 100, 40, 21, 3], 39) == [[0, 1, 2], [3], [4, 5, 6]]
+    assert merge_small_bands([5, 5], 100) == [[0, 1]]  # never fewer than one group
+
+
+def test_mondrian_calibration_with_tiny_groups_still_gives_finite_intervals():
+    rng = np.random.default_rng(2)
+    y, y_hat, scale, male = _synthetic(300, rng)
+    cal = ConformalCalibrator.fit(y, y_hat, scale, male)
+    groups = cal.groups("95")
+    assert (groups["n_calibration"] >= 39).all() and np.isfinite(groups[["score_lo", "score_hi"]]).all().all()
+    lo, hi = cal.interval(y_hat, scale, male, "95")
+    assert np.all(lo < hi) and np.all(hi - lo < 150)
+
+
+def test_conformal_from_an_older_version_is_refused_with_a_fix(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"mondrian": True, "pred_band_edges": [60, 120, 168],
+                                                 "residuals": [1.0], "sigmas": [1.0], "bins": [0]}))
+    with pytest.raises(ValueError, match="pipelines.precompute --only predictions"):
+        ConformalCalibrator.load(tmp_path / "c.json")
 
 
 def test_conformal_round_trips_through_json(tmp_path):

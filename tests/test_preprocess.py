@@ -65,8 +65,6 @@ def test_inverted_polarity_flip_keeps_normal_images(data_dir):
     assert np.corrcoef(x.ravel(), big.ravel())[0, 1] > 0.5  # same polarity as the source
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: normalize_intensity's polarity check (mode >= 90th percentile) "
-                   "almost never fires on real inverted radiographs, whose bright background has spread")
 @pytest.mark.parametrize("case", ["train/1377", "test/4362"])
 def test_inverted_polarity_is_flipped(data_dir, case):
     raw = read_radiograph(data_dir / f"{case}.png")

@@ -18,15 +18,16 @@ from boneage.conformal import LEVELS, coverage_frame  # noqa: E402
 from boneage.uncertainty import (UNCERTAINTY_MEASURES, error_by_uncertainty, least_certain,  # noqa: E402
                                  rank_correlation, stage_outcome, with_measures)
 
-VARIANTS = {"mondrian": "Mondrian (per sex x predicted-age band)", "global": "Global (one calibration)"}
+VARIANTS = {"mondrian": "Mondrian (per sex x age band)", "global": "Global (one calibration)"}
 VARIANT_COLOURS = {"mondrian": "#4c78a8", "global": "#f58518"}
 
 common.page_setup("Uncertainty")
 st.markdown(
     "Every prediction comes with a **conformal prediction interval** (80, 90 and 95%), calibrated on the "
     "calibration split: a 90% interval should contain the reference bone age in 90% of cases. The *Mondrian* "
-    "variant is calibrated separately for each sex x predicted-age band, so the promise should also hold "
-    "within groups; the *global* one only on average. The stage classifier gives probabilities, and the age "
+    "variant (the one shipped) is calibrated separately for each sex x age band: every candidate age is "
+    "tested against the errors of its own band, so the promise holds within each group of boys or girls of "
+    "a given true age, the oldest included; the *global* one only on average. The stage classifier gives probabilities, and the age "
     "head a Laplace scale (the absolute error it expects).")
 
 preds = common.artifact_or_none(common.predictions)
@@ -115,14 +116,26 @@ if coverage is not None:
             wg.update_layout(height=380, margin=dict(l=10, r=10, t=20, b=10), legend=dict(orientation="h", y=-0.35))
             c2.plotly_chart(wg, key="unc_width_groups")
             small = groups.loc[groups["n"] < 30, "group"].unique()
-            st.caption("Groups are the *reference* sex and age band, so this shows conditional coverage the Mondrian "
-                       "calibration (on predicted bands) does not guarantee by construction. "
+            st.caption("Groups are the *reference* sex and age band: the groups the Mondrian variant is calibrated "
+                       "on, so it promises the level in each (on average over calibration draws; one test split "
+                       "scatters around it). "
                        + (f"Groups with fewer than 30 cases ({', '.join(small)}) give noisy coverage estimates."
                           if len(small) else ""))
             with st.expander("Table"):
                 st.dataframe(groups.drop(columns=["sex", "age_band", "nominal"]), hide_index=True,
                              column_config={"coverage": st.column_config.NumberColumn(format="%.3f"),
                                             "mean_width": st.column_config.NumberColumn("mean width (mo)", format="%.1f")})
+            conformal = common.artifact_or_none(common.artifact_json, "model/conformal.json")
+            cal_groups = (conformal or {}).get("groups", {}).get(lvl)
+            if cal_groups:
+                with st.expander("Calibration groups of the Mondrian variant"):
+                    st.markdown("Calibration cases and accepted error range (in units of the model's own scale) "
+                                f"per group at {lvl}%. Age bands with too few calibration cases for this level are "
+                                "merged with their inner neighbour (ages in months; the last group runs to the "
+                                "top of the range).")
+                    st.dataframe(pd.DataFrame(cal_groups), hide_index=True,
+                                 column_config={"score_lo": st.column_config.NumberColumn(format="%.2f"),
+                                                "score_hi": st.column_config.NumberColumn(format="%.2f")})
 
 # -- stage classifier calibration --------------------------------------------------------------------
 st.header("Is the stage classifier calibrated?")

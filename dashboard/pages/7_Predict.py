@@ -35,8 +35,8 @@ if not files:
     st.stop()
 
 if predictor.conformal is None:
-    st.warning("No conformal calibration (model/conformal.json) found: intervals are not available. "
-               "Make it with `python -m pipelines.precompute --only predictions`.")
+    st.warning(predictor.conformal_problem or "No conformal calibration (model/conformal.json) found: intervals "
+               "are not available. Make it with `python -m pipelines.precompute --only predictions`.")
 detector = None
 try:
     detector = common.outlier_detector()
@@ -57,7 +57,7 @@ for i, f in enumerate(files):
         male = sex == "male"
         row = {"file": f.name, "sex": "M" if male else "F"}
         try:
-            img = common.read_upload_image(f.getvalue(), f.name)
+            img, negative = common.read_upload_checked(f.getvalue(), f.name)
             pred, feature = common.image_prediction(img, male)
         except common.ImageLoadError as exc:
             st.error(str(exc), icon=":material/broken_image:")
@@ -68,6 +68,11 @@ for i, f in enumerate(files):
             rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
             continue
         row.update(pred.as_row())
+        row["inverted_negative"] = negative
+        if negative:
+            st.info("This image looks like a negative (bone dark on a bright background), so it was inverted "
+                    "before prediction. Check the model input below: bone should be bright.",
+                    icon=":material/invert_colors:")
 
         c_img, c_num, c_sim = st.columns([1.2, 1.3, 1.5])
         with c_img:

@@ -1,0 +1,75 @@
+"""Fit the learned polarity check (is a radiograph a negative?) and measure it on held-out images.
+
+    python -m pipelines.fit_polarity [--data-dir DIR] [--out boneage/polarity.json] [--max-cases N]
+
+Fits on the training split's images and their negatives (see :mod:`boneage.polarity`), then counts, on the
+validation and internal test splits and on the official test images, how many normal images it would flip
+(must be none) and how many negatives it catches. The counts are stored with the coefficients.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir
+from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
+from boneage.polarity import COEF_PATH, PolarityCheck, fit_polarity_check
+from boneage.preprocess import squeeze_to_base
+
+
+def _load(ids: list[str], image_dir: Path, desc: str) -> list[np.ndarray]:
+    out = []
+    for cid in tqdm(ids, desc=desc, mininterval=2):
+        try:
+            out.append(squeeze_to_base(read_radiograph(safe_image_path(image_dir, cid))))
+        except ImageLoadError as exc:
+            print(f"skipped {cid}: {exc}", file=sys.stderr)
+    return out
+
+
+def held_out_counts(check: PolarityCheck, images: list[np.ndarray]) -> dict:
+    normal = np.array([check.probability(a) for a in images])
+    negative = np.array([check.probability(a.max() + a.min() - a) for a in images])
+    return {"n": len(images), "normal_flipped": int((normal >= check.threshold).sum()),
+            "negatives_caught": int((negative >= check.threshold).sum()),
+            "max_p_normal": round(float(normal.max()), 4) if len(normal) else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
+    ap.add_argument("--out", default=str(COEF_PATH))
+    ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument("--max-cases", type=int, help="use the first N cases of each set (smoke tests)")
+    args = ap.parse_args(argv)
+    try:
+        data_dir = resolve_data_dir(args.data_dir)
+    except DataDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    splits = pd.read_csv(args.splits, dtype={"id": str})
+    sets = {s: splits.loc[splits["split"] == s, "id"].tolist()[:args.max_cases] for s in ("train", "val", "test")}
+    official = sorted(p.stem for p in (data_dir / "test").glob("*.png"))[:args.max_cases]
+    train = _load(sets["train"], data_dir / "train", "training images")
+    check = fit_polarity_check(train, threshold=args.threshold,
+                               fitted_on=f"training split ({len(train)} images) and their negatives")
+    check.evaluation = {"train": held_out_counts(check, train)}
+    for name, ids, folder in (("val", sets["val"], "train"), ("test", sets["test"], "train"),
+                              ("official_test", official, "test")):
+        check.evaluation[name] = held_out_counts(check, _load(ids, data_dir / folder, name))
+    check.save(Path(args.out))
+    for name, c in check.evaluation.items():
+        print(f"{name}: n={c['n']} normal images flipped {c['normal_flipped']}, negatives caught "
+              f"{c['negatives_caught']}/{c['n']}, highest P(negative) of a normal image {c['max_p_normal']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
