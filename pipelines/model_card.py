@@ -23,6 +23,19 @@ def _fmt(x, nd=2):
     return "n/a" if x is None or (isinstance(x, float) and x != x) else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
+def _polarity_lines() -> list[str]:
+    """The learned negative-image check that runs before intensity normalisation, with its measured counts."""
+    from boneage.polarity import COEF_PATH
+
+    if not COEF_PATH.is_file():
+        return ["Negative-image check: `boneage/polarity.json` missing (`python -m pipelines.fit_polarity`).", ""]
+    ev = json.loads(COEF_PATH.read_text()).get("evaluation") or {}
+    parts = [f"{name} {c['normal_flipped']} of {c['n']} normal images flipped, {c['negatives_caught']} of "
+             f"{c['n']} negatives caught" for name, c in ev.items()]
+    return ["Negative-image check (learned, `boneage/polarity.py`, fitted on the training split): "
+            + "; ".join(parts) + ".", ""]
+
+
 def _total_train_seconds(cfg: dict) -> float:
     """Training time of this run plus the runs it was warm-started from."""
     total = float(cfg.get("train_seconds") or 0)
@@ -64,6 +77,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
              "available here at **100x100 px** (squeezed square); the official test images are native size and are "
              "brought to the same geometry (nearest-neighbour squeeze to 100x100, then background/bone intensity "
              "normalisation). The official test set was never used for training, tuning or calibration.", "",
+             *_polarity_lines(),
              "| split | cases | use |", "|---|---|---|"]
     use = {"train": "training", "val": "early stopping / model selection", "calib": "conformal calibration",
            "test": "internal test (single clinical reports as labels)"}
