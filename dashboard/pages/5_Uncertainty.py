@@ -27,7 +27,8 @@ st.markdown(
     "calibration split: a 90% interval should contain the reference bone age in 90% of cases. The *Mondrian* "
     "variant (the one shipped) is calibrated separately for each sex x age band: every candidate age is "
     "tested against the errors of its own band, so the promise holds within each group of boys or girls of "
-    "a given true age, the oldest included; the *global* one only on average. The stage classifier gives probabilities, and the age "
+    "a given true age (age bands with too few calibration cases share a group with their neighbour, listed "
+    "below); the *global* one only on average. The stage classifier gives probabilities, and the age "
     "head a Laplace scale (the absolute error it expects).")
 
 preds = common.artifact_or_none(common.predictions)
