@@ -5,10 +5,14 @@
 Latency = read the file + preprocess + network (+ conformal intervals), one radiograph at a time, after the
 model is loaded; median and 90th percentile over real official test radiographs (native size).
 Targets: load < 3 s, median < 100 ms; official test MAE <= 7.0, internal test MAE <= 8.5 months.
+``--skip-accuracy`` measures speed only and keeps the MAE fields already in ``--out`` when they were
+measured on the same weights (``model_sha256``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import platform
 import sys
 import time
@@ -17,7 +21,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
+from boneage.config import ARTIFACTS_DIR, MODEL_DIR, DataDirError, resolve_data_dir, write_json_atomic
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _accuracy_of_same_model(out: Path, model_sha: str) -> dict:
+    """With --skip-accuracy, the MAE fields of an earlier run are kept if (and only if) it measured the same
+    weights, so a speed-only rerun neither loses them nor pairs them with another model."""
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("model_sha256") != model_sha:
+        return {}
+    return {k: v for k, v in old.items() if k.endswith(("_mae_plain", "_mae_tta"))}
 
 
 def main(argv=None) -> int:
@@ -50,7 +70,7 @@ def main(argv=None) -> int:
         lat.append((time.perf_counter() - t) * 1000)
     res = {"hardware": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "model_load_s": round(load_s, 3),
            "latency_ms_median": round(float(np.median(lat)), 1), "latency_ms_p90": round(float(np.percentile(lat, 90)), 1),
-           "latency_n": len(lat)}
+           "latency_n": len(lat), "model_sha256": _sha256(MODEL_DIR / "model.pt")}
     print(f"model load: {load_s:.2f} s (target < 3 s)")
     print(f"single radiograph end to end: median {res['latency_ms_median']:.1f} ms, p90 {res['latency_ms_p90']:.1f} ms "
           f"over {len(lat)} native-size test images (target median < 100 ms)")
@@ -65,6 +85,8 @@ def main(argv=None) -> int:
                 mae = ev[name]["overall"]["mae"]
                 res[f"{name}_mae_{tag}"] = round(mae, 3)
                 print(f"{name} MAE ({tag}): {mae:.2f} months on {ev[name]['overall']['n']} cases (target <= {target})")
+    elif args.out:
+        res.update(_accuracy_of_same_model(Path(args.out), res["model_sha256"]))
     if args.out:
         write_json_atomic(Path(args.out), res)
     return 0
