@@ -23,7 +23,7 @@ from .config import MODEL_DIR, ModelConfig, model_config_from_dict
 from .imaging import ImageLoadError, read_radiograph, read_radiograph_bytes, safe_image_path
 from .inference import RawPredictions, run_network
 from .model import BoneAgeNet
-from .preprocess import preprocess_array, to_uint8
+from .preprocess import preprocess_array_checked, to_uint8
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -95,7 +95,12 @@ class BoneAgePredictor:
     # -- preprocessing -------------------------------------------------------------------------
     def preprocess(self, arr: np.ndarray) -> np.ndarray:
         """Raw 2-D radiograph -> base-size uint8 image the network sees (before resizing)."""
-        return to_uint8(preprocess_array(arr, self.cfg.base_size))
+        return self.preprocess_checked(arr)[0]
+
+    def preprocess_checked(self, arr: np.ndarray) -> tuple[np.ndarray, bool]:
+        """As :meth:`preprocess`, plus whether the radiograph was taken for a negative and inverted."""
+        img, negative = preprocess_array_checked(arr, self.cfg.base_size)
+        return to_uint8(img), negative
 
     # -- prediction ----------------------------------------------------------------------------
     def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False) -> RawPredictions:

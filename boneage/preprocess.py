@@ -49,23 +49,34 @@ def is_negative(arr: np.ndarray) -> bool:
 
 def normalize_intensity(arr: np.ndarray) -> np.ndarray:
     """Map background to 0 and dense bone to 1 (float32 in [0, 1]); see the module docstring."""
+    return normalize_intensity_checked(arr)[0]
+
+
+def normalize_intensity_checked(arr: np.ndarray) -> tuple[np.ndarray, bool]:
+    """As :func:`normalize_intensity`, plus whether the image was taken for a negative and inverted."""
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    if is_negative(arr):
+    negative = is_negative(arr)
+    if negative:
         arr = arr.max() + arr.min() - arr
     bg = _background_level(arr)
     top = float(np.percentile(arr, 99.5))
     if top - bg < 1e-6:
-        return np.zeros_like(arr, dtype=np.float32)
-    return np.clip((arr - bg) / (top - bg), 0.0, 1.0).astype(np.float32)
+        return np.zeros_like(arr, dtype=np.float32), negative
+    return np.clip((arr - bg) / (top - bg), 0.0, 1.0).astype(np.float32), negative
 
 
 def preprocess_array(arr: np.ndarray, base_size: int = BASE_SIZE) -> np.ndarray:
     """Any 2-D radiograph array -> base_size x base_size float32 in [0, 1], as the model was trained."""
+    return preprocess_array_checked(arr, base_size)[0]
+
+
+def preprocess_array_checked(arr: np.ndarray, base_size: int = BASE_SIZE) -> tuple[np.ndarray, bool]:
+    """As :func:`preprocess_array`, plus whether the radiograph was taken for a negative and inverted."""
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
-    return normalize_intensity(squeeze_to_base(arr, base_size))
+    return normalize_intensity_checked(squeeze_to_base(arr, base_size))
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -362,10 +362,8 @@ def read_upload_image(data: bytes, name: str) -> np.ndarray:
 def read_upload_checked(data: bytes, name: str) -> tuple[np.ndarray, bool]:
     """As :func:`read_upload_image`, plus whether the upload looked like a negative and was inverted."""
     from boneage.imaging import read_upload
-    from boneage.preprocess import is_negative, squeeze_to_base
 
-    arr = read_upload(data, name)
-    return predictor().preprocess(arr), is_negative(squeeze_to_base(arr, predictor().cfg.base_size))
+    return predictor().preprocess_checked(read_upload(data, name))
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
