@@ -11,21 +11,17 @@ measured on the same weights (``model_sha256``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from boneage.config import ARTIFACTS_DIR, MODEL_DIR, DataDirError, resolve_data_dir, write_json_atomic
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from boneage.config import ARTIFACTS_DIR, MODEL_DIR, write_json_atomic
+from boneage.manifest import sha256_file
+from pipelines.cli import data_dir_or_report
 
 
 def _accuracy_of_same_model(out: Path, model_sha: str) -> dict:
@@ -48,10 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "benchmark.json"), help="write the numbers as JSON here (read by the model card)")
     ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        data_dir = resolve_data_dir(args.data_dir)
-    except DataDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    data_dir = data_dir_or_report(args.data_dir)
+    if data_dir is None:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,7 +64,7 @@ def main(argv=None) -> int:
         lat.append((time.perf_counter() - t) * 1000)
     res = {"hardware": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "model_load_s": round(load_s, 3),
            "latency_ms_median": round(float(np.median(lat)), 1), "latency_ms_p90": round(float(np.percentile(lat, 90)), 1),
-           "latency_n": len(lat), "model_sha256": _sha256(MODEL_DIR / "model.pt")}
+           "latency_n": len(lat), "model_sha256": sha256_file(MODEL_DIR / "model.pt")}
     print(f"model load: {load_s:.2f} s (target < 3 s)")
     print(f"single radiograph end to end: median {res['latency_ms_median']:.1f} ms, p90 {res['latency_ms_p90']:.1f} ms "
           f"over {len(lat)} native-size test images (target median < 100 ms)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from boneage.config import ARTIFACTS_DIR, REPO_ROOT, DataDirError, ModelConfig, TrainConfig, resolve_data_dir, write_json_atomic
+from boneage.config import ARTIFACTS_DIR, REPO_ROOT, ModelConfig, TrainConfig, write_json_atomic
 from boneage.data import load_images
 from boneage.inference import run_network
 from boneage.predictor import load_model_dir
 from boneage.tables import read_cases
 from boneage.training import train_model
+from pipelines.cli import data_dir_or_report
 
 CANDIDATES = (
     ("efficientnet-lite0", 128, "ImageNet"),
@@ -41,10 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-cases", type=int, default=3000)
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "comparison.json"))
     args = ap.parse_args(argv)
-    try:
-        data_dir = resolve_data_dir(args.data_dir)
-    except DataDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    data_dir = data_dir_or_report(args.data_dir)
+    if data_dir is None:
         return 2
     splits = pd.read_csv(ARTIFACTS_DIR / "splits.csv", dtype={"id": str})
     cache = REPO_ROOT / "runs" / "cache"

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir
+from boneage.config import ARTIFACTS_DIR
 from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
 from boneage.polarity import COEF_PATH, PolarityCheck, fit_polarity_check
 from boneage.preprocess import squeeze_to_base
+from pipelines.cli import data_dir_or_report
 
 
 def _load(ids: list[str], image_dir: Path, desc: str) -> list[np.ndarray]:
@@ -48,10 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--max-cases", type=int, help="use the first N cases of each set (smoke tests)")
     args = ap.parse_args(argv)
-    try:
-        data_dir = resolve_data_dir(args.data_dir)
-    except DataDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    data_dir = data_dir_or_report(args.data_dir)
+    if data_dir is None:
         return 2
     splits = pd.read_csv(args.splits, dtype={"id": str})
     sets = {s: splits.loc[splits["split"] == s, "id"].tolist()[:args.max_cases] for s in ("train", "val", "test")}

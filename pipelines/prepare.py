@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
+from boneage.config import ARTIFACTS_DIR, write_json_atomic
 from boneage.splits import SplitConfig, make_splits
 from boneage.tables import read_cases
+from pipelines.cli import data_dir_or_report
 
 
 def prepare_splits(data_dir: Path, out: Path, cfg: SplitConfig = SplitConfig()) -> Path:
@@ -34,10 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args(argv)
-    try:
-        data_dir = resolve_data_dir(args.data_dir)
-    except DataDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    data_dir = data_dir_or_report(args.data_dir)
+    if data_dir is None:
         return 2
     out = prepare_splits(data_dir, Path(args.out), SplitConfig(seed=args.seed))
     print(f"wrote {out}")

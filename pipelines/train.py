@@ -9,16 +9,17 @@ resume) into --out. Creates artifacts/splits.csv first if it does not exist.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, DataDirError, ModelConfig, TrainConfig, resolve_data_dir
+from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, ModelConfig, TrainConfig
 from boneage.data import load_images
+from boneage.manifest import sha256_file
 from boneage.training import train_model
+from pipelines.cli import data_dir_or_report
 from pipelines.prepare import prepare_splits
 
 
@@ -46,10 +47,8 @@ def main(argv=None) -> int:
                     help="keep an exponential moving average of the weights (e.g. 0.998); 0 = off")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    try:
-        data_dir = resolve_data_dir(args.data_dir)
-    except DataDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    data_dir = data_dir_or_report(args.data_dir)
+    if data_dir is None:
         return 2
     splits_path = Path(args.splits)
     if not splits_path.is_file():
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
     va_img = load_images(va, data_dir / "train", cache_dir=cache, progress=not args.quiet)
     for cid, reason in tr_img.failed + va_img.failed:
         print(f"skipped {cid}: {reason}", file=sys.stderr)
-    split_sha = hashlib.sha256(splits_path.read_bytes()).hexdigest()
+    split_sha = sha256_file(splits_path)
     extra = {"splits_file": splits_path.name, "splits_sha256": split_sha, "data": "RSNA Pediatric Bone Age 2017, train/ at 100x100"}
     if args.init_from:
         init_cfg = Path(args.init_from) / "config.json"
