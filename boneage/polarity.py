@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .config import write_json_atomic
+
 COEF_PATH = Path(__file__).with_name("polarity.json")
 N_FEATURES = 26
 
@@ -76,8 +78,6 @@ class PolarityCheck:
         return self.probability(img) >= self.threshold
 
     def save(self, path: str | Path = COEF_PATH) -> None:
-        from .config import write_json_atomic
-
         write_json_atomic(Path(path), asdict(self))
 
     @classmethod
