@@ -25,16 +25,17 @@ def _fmt(x, nd=2):
 
 def _polarity_lines() -> list[str]:
     """The learned negative-image check that runs before intensity normalisation, with its measured counts."""
-    from boneage.polarity import COEF_PATH
+    from boneage.polarity import COEF_PATH, PolarityCheck
 
     if not COEF_PATH.is_file():
         return ["Negative-image check: `boneage/polarity.json` missing (`python -m pipelines.fit_polarity`).", ""]
-    ev = json.loads(COEF_PATH.read_text()).get("evaluation") or {}
+    check = PolarityCheck.load(COEF_PATH)
     parts = [f"{name} {c['normal_flipped']} of {c['n']} normal images flipped, {c['negatives_caught']} of "
-             f"{c['n']} negatives caught" for name, c in ev.items()]
+             f"{c['n']} negatives caught" for name, c in (check.evaluation or {}).items()]
     return ["Negative-image check (learned, `boneage/polarity.py`, fitted on the training split): "
-            + "; ".join(parts) + ". Its threshold (0.9) was raised from 0.5 after seeing that 0.5 would flip two "
-            "official test images, so the official count is not an independent check of the threshold.", ""]
+            + "; ".join(parts) + f". Its threshold ({check.threshold}) was raised from 0.5 after seeing that 0.5 "
+            "would flip two official test images, so the official count is not an independent check of the "
+            "threshold.", ""]
 
 
 def _total_train_seconds(cfg: dict) -> float:
