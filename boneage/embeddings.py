@@ -18,9 +18,8 @@ from sklearn.neighbors import KNeighborsRegressor, LocalOutlierFactor, NearestNe
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .inference import RawPredictions
+from .inference import INFERENCE_BATCH, FastNetwork, RawPredictions, forward_batch
 from .model import BoneAgeNet
-from .preprocess import to_model_input
 
 # Named depths: (module path in the network, human description). "penultimate" is the fused
 # image+sex feature the heads read.
@@ -34,8 +33,14 @@ LAYERS = {
 
 @torch.no_grad()
 def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, layers=("stage3", "stage5", "head"),
-                     batch_size: int = 128, progress=None) -> tuple[RawPredictions, dict[str, np.ndarray]]:
-    """One forward pass giving predictions, penultimate features and globally pooled earlier layers."""
+                     batch_size: int = INFERENCE_BATCH, progress=None,
+                     tta: bool = False, fast: FastNetwork | None = None) -> tuple[RawPredictions, dict[str, np.ndarray]]:
+    """One pass giving predictions, penultimate features and globally pooled earlier layers.
+
+    With ``tta`` the predictions are averaged over the zooms of :func:`forward_batch`, exactly as the
+    predictor does for an upload; every feature comes from the plain pass alone. The zoomed passes run on
+    ``fast`` when given (the plain pass needs the eager network for its layer hooks).
+    """
     model.eval()
     modules = dict(model.named_modules())
     store: dict[str, torch.Tensor] = {}
@@ -46,17 +51,17 @@ def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, la
             lambda _m, _i, out, name=name: store.__setitem__(name, out.float().mean(dim=(2, 3)))))
     ages, scales, probs, feats = [], [], [], []
     layer_feats: dict[str, list] = {n: [] for n in layers}
+    keep_layers = lambda: [layer_feats[n].append(store[n].clone()) for n in layers]  # noqa: E731
+    images_t = torch.as_tensor(images)
     male_t = torch.as_tensor(np.asarray(male).astype(np.int64))
     try:
         for start in range(0, len(images), batch_size):
-            x = to_model_input(torch.as_tensor(images[start:start + batch_size]), model.cfg.input_size)
-            out = model(x, male_t[start:start + batch_size])
+            out = forward_batch(model, images_t[start:start + batch_size], male_t[start:start + batch_size], tta,
+                                after_plain=keep_layers, fast=fast)
             ages.append(out.age)
             scales.append(out.scale)
-            probs.append(torch.softmax(out.stage_logits, 1))
-            feats.append(out.features.float())
-            for n in layers:
-                layer_feats[n].append(store[n].clone())
+            probs.append(out.stage_prob)
+            feats.append(out.features)
             if progress is not None:
                 progress(min(start + batch_size, len(images)), len(images))
     finally:

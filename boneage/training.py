@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .config import ModelConfig, TrainConfig, to_jsonable, write_json_atomic
-from .inference import run_network
+from .inference import INFERENCE_BATCH, run_network
 from .model import BoneAgeNet, laplace_nll
 from .preprocess import random_affine, to_model_input
 
@@ -180,9 +180,10 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
             n_seen += len(idx)
             bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", mae=f"{ae_sum / n_seen:.1f}")
         val_male = val_cases["male"].to_numpy()
+        val_batch = INFERENCE_BATCH if device.type == "cpu" else 256
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-            vp = run_network(model, val_images, val_male, device=device)
-            ep = run_network(ema.module, val_images, val_male, device=device) if ema is not None else None
+            vp = run_network(model, val_images, val_male, val_batch, device=device)
+            ep = run_network(ema.module, val_images, val_male, val_batch, device=device) if ema is not None else None
         vy = val_cases["boneage"].to_numpy(np.float64)
         val_mae = float(np.mean(np.abs(vp.age - vy)))
         val_nll = float(np.mean(np.log(2 * vp.scale) + np.abs(vy - vp.age) / vp.scale))

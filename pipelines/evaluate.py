@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir")
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "metrics.json"))
-    ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="average over small zooms (default: the model's stored choice, inference.tta in config.json)")
     ap.add_argument("--max-cases", type=int, help="evaluate the first N cases of each set (smoke tests)")
     args = ap.parse_args(argv)
     try:
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     res = evaluate(predictor, data_dir, Path(args.splits), args.max_cases)
-    res["tta"] = args.tta
+    res["tta"] = predictor.tta
     write_json_atomic(Path(args.out), res)
     for name in ("internal_test", "official_test"):
         o = res[name]["overall"]

@@ -83,8 +83,9 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     images = np.concatenate(images)
     log(f"loaded {len(cases)} images ({len(failed)} failed)")
     t0 = time.time()
-    raw, layer_feats = extract_features(predictor.model, images, cases["male"].to_numpy(), EARLY_LAYERS)
-    log(f"forward pass + features: {time.time() - t0:.0f}s")
+    raw, layer_feats = extract_features(predictor.model, images, cases["male"].to_numpy(), EARLY_LAYERS,
+                                        tta=predictor.tta, fast=predictor.fast_network())
+    log(f"forward pass + features (TTA {'on' if predictor.tta else 'off'}): {time.time() - t0:.0f}s")
 
     df = cases.drop(columns=["image_dir"]).copy()
     df["sex"] = np.where(df["male"], "M", "F")

@@ -27,7 +27,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", help="CSV with id and male/sex columns")
     ap.add_argument("--output", help="output CSV (default: print to stdout)")
     ap.add_argument("--model-dir", help="model folder (default: artifacts/model)")
-    ap.add_argument("--tta", action="store_true", help="average over small zooms (slower, slightly more stable)")
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="average over small zooms (default: the model's stored choice, inference.tta in config.json; "
+                         "its intervals were calibrated that way)")
     args = ap.parse_args(argv)
 
     single = args.image is not None

@@ -230,6 +230,9 @@ def test_sex_flip(model, cases):
     other = run_network(model, images[2:3], np.array([not males[2]])).age[0]
     assert res["age_as_given"] == pytest.approx(float(given), abs=1e-3)
     assert res["age_flipped"] == pytest.approx(float(other), abs=1e-3)
+    tta = E.sex_flip(model, images[2], bool(males[2]), tta=True)
+    with_tta = run_network(model, images[2:3], np.array([males[2]]), tta=True).age[0]
+    assert tta["age_as_given"] == pytest.approx(float(with_tta), abs=1e-3)
 
 
 # -- hand mask, overlay ----------------------------------------------------------------------------

@@ -100,3 +100,40 @@ def test_laplace_nll_known_answer():
     off = laplace_nll(age, scale, torch.tensor([110.0, 90.0]), std)
     assert off.item() == pytest.approx(math.log(2 * 10 / std) + 1.0, rel=1e-5)  # |err| / b = 1
     assert off.item() > exact.item()
+
+
+def test_fold_batchnorm_keeps_outputs_and_hook_points(train_image_path):
+    """Folding BatchNorm into the convolutions (inference speed-up) changes no output beyond float
+    rounding, and the layers the explanations hook (``backbone._bn1`` and the blocks) still exist."""
+    import copy
+
+    import numpy as np
+
+    from boneage.imaging import read_radiograph
+    from boneage.model import fold_batchnorm
+    from boneage.preprocess import preprocess_array, to_model_input
+
+    torch.manual_seed(0)
+    ref = BoneAgeNet(ModelConfig(input_size=128), pretrained=True).eval()
+    for m in ref.modules():  # non-trivial statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(copy.deepcopy(ref))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert isinstance(folded.backbone._bn1, torch.nn.Identity)
+    img = preprocess_array(read_radiograph(train_image_path), 100)
+    x = to_model_input(torch.as_tensor(np.stack([img, img[:, ::-1].copy()])), 128)
+    male = torch.tensor([1, 0])
+    seen = {}
+    hooks = [n.backbone._bn1.register_forward_hook(lambda _m, _i, out, key=k: seen.__setitem__(key, out))
+             for k, n in (("ref", ref), ("folded", folded))]
+    with torch.no_grad():
+        a, b = ref(x, male), folded(x, male)
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(a.age, b.age, atol=1e-2) and torch.allclose(a.scale, b.scale, atol=1e-2)
+    assert torch.allclose(a.features, b.features, atol=1e-4)
+    gap = (seen["ref"] - seen["folded"]).abs().max() / seen["ref"].abs().max()
+    assert gap < 1e-3, gap  # float rounding relative to pre-activation values of order 100
+    assert not torch.allclose(a.age[0], a.age[1])  # a real image pair, not a constant output

@@ -116,7 +116,9 @@ for col, method in zip(cols[1:], (m_a, m_b)):
                  caption=methods[method] + (f" ({layer})" if lay else ""))
 st.caption("Grad-CAM: regions whose features push the predicted age **up**. Saliency / SmoothGrad / integrated "
            "gradients / occlusion: how much each pixel matters, in either direction. Integrated gradients start "
-           "from a black image; occlusion slides a black square. Maps are scaled to their own maximum.")
+           "from a black image; occlusion slides a black square. Maps are scaled to their own maximum."
+           + (" The predicted age averages this image with two slightly zoomed copies (test-time augmentation); "
+              "the maps explain the unzoomed one." if common.predictor().tta else ""))
 
 # -- what if the sex were the other one -------------------------------------------------------------------------
 st.subheader("What if the sex were the other one?")
