@@ -78,6 +78,10 @@ class TrainConfig:
     aug_translate: float = 0.08
     aug_contrast: float = 0.2
     ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights; 0 turns it off
+    # Sampling weight of a training case ~ (training cases of its sex x age band) ** -balance_power, drawn
+    # with replacement: 0 shows every case once per epoch; 0.5 shows the rare extremes (girls of 17 and
+    # over: 33 cases against 985 boys of 11-14) more often, whose predictions regress towards the mean.
+    balance_power: float = 0.0
 
 
 def to_jsonable(obj: Any) -> Any:

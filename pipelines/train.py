@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
     ap.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay,
                     help="keep an exponential moving average of the weights (e.g. 0.998); 0 = off")
+    ap.add_argument("--balance-power", type=float, default=TrainConfig.balance_power,
+                    help="sample cases ~ (cases of their sex x age band)^-P with replacement; 0 = each case once an epoch")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     data_dir = data_dir_or_report(args.data_dir)
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
-                            ema_decay=args.ema_decay)
+                            ema_decay=args.ema_decay, balance_power=args.balance_power)
     cache = None if args.max_train_cases else args.cache_dir
     tr_img = load_images(tr, data_dir / "train", cache_dir=cache, progress=not args.quiet)
     va_img = load_images(va, data_dir / "train", cache_dir=cache, progress=not args.quiet)

@@ -58,3 +58,32 @@ def test_training_without_ema_has_no_ema_column(small_data, tmp_path):
                 TrainConfig(epochs=1, batch_size=14), progress=False)
     assert "val_mae_ema" not in pd.read_csv(tmp_path / "history.csv").columns
     assert "ema" not in torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+
+
+def test_group_balanced_sampling_weights_on_the_real_table(data_dir):
+    """--balance-power: each sex x age-band group is drawn in proportion to n ** (1 - power)."""
+    from boneage.splits import age_band
+    from boneage.training import group_sampling_weights
+    from boneage.tables import read_cases
+
+    cases = read_cases(data_dir / "train.csv").cases
+    assert group_sampling_weights(cases, 0.0) is None
+    w = group_sampling_weights(cases, 0.5).numpy()
+    assert w.shape == (len(cases),) and abs(w.sum() - 1) < 1e-9
+    group = cases["male"].astype(str) + "/" + age_band(cases["boneage"].to_numpy()).astype(str)
+    share = pd.Series(w).groupby(group.to_numpy()).sum()
+    n = group.value_counts()
+    expected = n ** 0.5 / (n ** 0.5).sum()
+    assert (share - expected[share.index]).abs().max() < 1e-9
+    rare, common = "False/17y+", "True/11-14y"
+    assert n[rare] < 100 < n[common]
+    assert share[rare] / share[common] > n[rare] / n[common] * 3  # the rare extreme is drawn far more often
+
+
+def test_training_with_balanced_sampling_runs_and_is_recorded(small_data, tmp_path):
+    tr_x, tr_c, va_x, va_c = small_data
+    tcfg = TrainConfig(epochs=1, batch_size=14, patience=10, balance_power=0.5)
+    res = train_model(tr_x, tr_c, va_x, va_c, tmp_path, ModelConfig(input_size=64), tcfg, progress=False)
+    assert (tmp_path / "model.pt").is_file() and res.best_val_mae < 200
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["train"]["balance_power"] == 0.5
