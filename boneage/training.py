@@ -69,7 +69,9 @@ def group_sampling_weights(cases: pd.DataFrame, power: float) -> torch.Tensor | 
     """Per-case sampling weights ~ (cases of the same sex x age band) ** -power, summing to 1; None for 0."""
     if power <= 0:
         return None
-    group = cases["male"].astype(bool).astype(str) + "/" + age_band(cases["boneage"].to_numpy()).astype(str)
+    sex = np.where(cases["male"].to_numpy().astype(bool), "M", "F")
+    band = age_band(cases["boneage"].to_numpy()).astype(str).to_numpy()
+    group = pd.Series([f"{s} {b}" for s, b in zip(sex, band)])  # positional: any index of ``cases`` works
     w = group.map(group.value_counts()).to_numpy(np.float64) ** -power
     return torch.tensor(w / w.sum(), dtype=torch.float64)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -78,6 +79,8 @@ def test_group_balanced_sampling_weights_on_the_real_table(data_dir):
     rare, common = "False/17y+", "True/11-14y"
     assert n[rare] < 100 < n[common]
     assert share[rare] / share[common] > n[rare] / n[common] * 3  # the rare extreme is drawn far more often
+    shuffled = cases.sample(frac=1, random_state=0)  # a non-default index must not misalign the groups
+    np.testing.assert_allclose(group_sampling_weights(shuffled, 0.5).numpy(), w[shuffled.index.to_numpy()], rtol=1e-12)
 
 
 def test_training_with_balanced_sampling_runs_and_is_recorded(small_data, tmp_path):
