@@ -51,7 +51,11 @@ def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, la
             lambda _m, _i, out, name=name: store.__setitem__(name, out.float().mean(dim=(2, 3)))))
     ages, scales, probs, feats = [], [], [], []
     layer_feats: dict[str, list] = {n: [] for n in layers}
-    keep_layers = lambda: [layer_feats[n].append(store[n].clone()) for n in layers]  # noqa: E731
+
+    def keep_layers() -> None:  # called by forward_batch right after the plain (hooked) pass
+        for n in layers:
+            layer_feats[n].append(store[n].clone())
+
     images_t = torch.as_tensor(images)
     male_t = torch.as_tensor(np.asarray(male).astype(np.int64))
     try:

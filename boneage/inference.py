@@ -70,7 +70,6 @@ class FastNetwork:
     """
 
     def __init__(self, model: BoneAgeNet):
-        self.cfg = model.cfg
         size = model.cfg.input_size
         example = (torch.zeros(2, 1, size, size).contiguous(memory_format=torch.channels_last),
                    torch.zeros(2, dtype=torch.int64))
