@@ -17,6 +17,20 @@ errors are (a regression model pulls the oldest and youngest children towards th
   group there. crepes' Mondrian classes take groups from what is known before the label only, hence
   this small numpy implementation.
 
+  **Band offsets.** Each band's scores are first centred on that band's median score *on the training
+  split* (``band_offsets``), so the score is ``(y - y_hat) / sigma - offset[band(y)]``. A score function
+  fitted on training data leaves split-conformal validity untouched; what it buys is that merged bands no
+  longer pool errors of different sign. The model regresses the extremes of age towards the mean, and at
+  the top it cannot tell a mature girl of 17 from one of 15 (its predictions for girls stop near 190
+  months, whatever the reference): the girls of 17 and over are 26 months too old for their prediction
+  on the training split as on the held-out ones (median score +2.6 sigma on both). With 4 calibration
+  cases that band had to be merged with girls of 14-17 (offset +0.3), whose narrower errors decided the
+  group's bound, and the 90 % intervals covered 2 of 4 such girls on the validation split. Centred, the
+  merged group's bounds fit both bands; calibrated on one held-out split and checked on the other
+  (calibration -> validation, validation -> calibration) the lowest group coverage at 90 % rose from
+  0.50 / 0.67 to 0.83 / 0.84, overall coverage and mean width unchanged (0.947 / 40.3 vs 0.945 / 39.7 and
+  0.904 / 37.9 vs 0.907 / 38.7 months).
+
   Why: the first Mondrian variant grouped by sex x *predicted* age band. On the internal test split its
   90 % intervals covered 65 % of boys of 17 years and over (n=26), because a child predicted at 15 years
   may well be 18, and no group formed from predictions isolates those children. The label-conditional
@@ -89,6 +103,25 @@ def merge_small_bands(counts: list[int], n_min: int) -> list[list[int]]:
     return groups
 
 
+def band_offsets(y: np.ndarray, y_hat: np.ndarray, scale: np.ndarray, male: np.ndarray,
+                 min_cases: int = 10) -> np.ndarray:
+    """Median normalised residual (y - y_hat) / scale per sex x reference age band, indexed by group code.
+
+    Meant for the *training* split: the offsets are then part of the score function, and the calibration
+    split stays untouched for the quantiles. Groups with fewer than ``min_cases`` cases get 0 (no centring)
+    rather than a median of a handful.
+    """
+    y, y_hat, scale = (np.asarray(a, float) for a in (y, y_hat, scale))
+    ok = ~np.isnan(y)
+    bins = mondrian_bins(y[ok], np.asarray(male)[ok])
+    s = (y[ok] - y_hat[ok]) / scale[ok]
+    out = np.zeros(2 * len(AGE_BAND_LABELS))
+    for b in range(len(out)):
+        if np.sum(bins == b) >= min_cases:
+            out[b] = float(np.median(s[bins == b]))
+    return out
+
+
 def _conf(level: str | float) -> float:
     return float(level) / 100 if float(level) > 1 else float(level)
 
@@ -103,7 +136,8 @@ def _score_bounds(scores: np.ndarray, conf: float) -> tuple[float, float]:
 
 @dataclass
 class BandRule:
-    """Accepted scores [q_lo, q_hi] for candidate ages in [age_lo, age_hi) of one sex."""
+    """Accepted scores [q_lo, q_hi] + offset for candidate ages in [age_lo, age_hi) of one sex; ``n`` is
+    the size of the (merged) calibration group the centred bounds q_lo, q_hi come from."""
 
     male: bool
     age_lo: float
@@ -111,6 +145,8 @@ class BandRule:
     q_lo: float
     q_hi: float
     n: int
+    offset: float = 0.0
+    group: int = 0
 
 
 @dataclass
@@ -120,6 +156,7 @@ class ConformalCalibrator:
     residuals: np.ndarray  # y - y_hat on the calibration split
     sigmas: np.ndarray  # model scale on the calibration split
     bins: np.ndarray | None = None  # Mondrian group codes of the *reference* ages, None for global
+    offsets: np.ndarray | None = None  # per group code, from the training split (band_offsets); None = zeros
 
     def __post_init__(self):
         self.residuals = np.asarray(self.residuals, float)
@@ -127,6 +164,11 @@ class ConformalCalibrator:
         self.last_fallbacks = 0
         if self.bins is not None:
             self.bins = np.asarray(self.bins, int)
+            n_codes = 2 * len(AGE_BAND_LABELS)
+            self.offsets = np.zeros(n_codes) if self.offsets is None else np.asarray(self.offsets, float)
+            if self.offsets.shape != (n_codes,):
+                raise ValueError(f"conformal offsets: expected {n_codes} values (sex x age band), got "
+                                 f"{self.offsets.shape}")
             self._rules: dict[float, list[BandRule]] = {}
         else:
             self._cps = ConformalPredictiveSystem()
@@ -134,10 +176,14 @@ class ConformalCalibrator:
 
     @classmethod
     def fit(cls, y: np.ndarray, y_hat: np.ndarray, scale: np.ndarray, male: np.ndarray | None = None,
-            mondrian: bool = True) -> "ConformalCalibrator":
+            mondrian: bool = True, offsets: np.ndarray | None = None) -> "ConformalCalibrator":
+        """``offsets`` (Mondrian only): per-group score centres from the training split, see
+        :func:`band_offsets`; None centres nothing."""
         y, y_hat = np.asarray(y, float), np.asarray(y_hat, float)
         bins = mondrian_bins(y, male) if mondrian else None
-        return cls(y - y_hat, np.asarray(scale, float), bins)
+        if not mondrian and offsets is not None:
+            raise ValueError("offsets apply to the Mondrian variant only")
+        return cls(y - y_hat, np.asarray(scale, float), bins, offsets)
 
     @property
     def mondrian(self) -> bool:
@@ -153,29 +199,39 @@ class ConformalCalibrator:
 
     def _band_rules(self, conf: float) -> list[BandRule]:
         edges, n_bands = band_edges(), len(AGE_BAND_LABELS)
-        scores, band, male = self.residuals / self.sigmas, self.bins // 2, self.bins % 2
-        rules = []
+        scores = self.residuals / self.sigmas - self.offsets[self.bins]  # centred on each band's offset
+        band, male = self.bins // 2, self.bins % 2
+        rules, g = [], 0
         for sex in (0, 1):
             counts = [int(np.sum((male == sex) & (band == b))) for b in range(n_bands)]
             for group in merge_small_bands(counts, min_group_size(conf)):
                 sel = (male == sex) & np.isin(band, group)
                 q_lo, q_hi = _score_bounds(scores[sel], conf)
-                rules.append(BandRule(bool(sex), float(edges[group[0]]), float(edges[group[-1] + 1]), q_lo, q_hi,
-                                      int(sel.sum())))
+                for b in group:  # one rule per band: shared centred bounds, the band's own offset
+                    rules.append(BandRule(bool(sex), float(edges[b]), float(edges[b + 1]), q_lo, q_hi,
+                                          int(sel.sum()), float(self.offsets[2 * b + sex]), g))
+                g += 1
         return rules
 
     def groups(self, level: str | float) -> pd.DataFrame:
         """The calibration groups of one level (after merging) with their score bounds: for reports."""
-        rules = self.rules(level) if self.mondrian else []
-        return pd.DataFrame([{"sex": "M" if r.male else "F", "age_from": r.age_lo, "age_to": r.age_hi,
-                              "n_calibration": r.n, "score_lo": r.q_lo, "score_hi": r.q_hi} for r in rules])
+        rows = {}
+        for r in self.rules(level) if self.mondrian else []:
+            row = rows.setdefault(r.group, {"sex": "M" if r.male else "F", "age_from": r.age_lo, "age_to": r.age_hi,
+                                            "n_calibration": r.n, "score_lo": r.q_lo, "score_hi": r.q_hi,
+                                            "band_offsets": []})
+            row["age_to"] = r.age_hi
+            row["band_offsets"].append(f"{r.offset:+.2f}")
+        for row in rows.values():
+            row["band_offsets"] = " / ".join(row["band_offsets"])
+        return pd.DataFrame(list(rows.values()))
 
     def _mondrian_interval(self, y_hat, scale, male, level) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = np.full(len(y_hat), np.inf), np.full(len(y_hat), -np.inf)
         for r in self.rules(level):
-            # Candidate ages y of this group accepted: q_lo <= (y - y_hat) / scale <= q_hi, inside the group.
-            p_lo = np.maximum(y_hat + scale * r.q_lo, r.age_lo)
-            p_hi = np.minimum(y_hat + scale * r.q_hi, r.age_hi)
+            # Candidate ages y of this band accepted: q_lo <= (y - y_hat) / scale - offset <= q_hi, inside it.
+            p_lo = np.maximum(y_hat + scale * (r.q_lo + r.offset), r.age_lo)
+            p_hi = np.minimum(y_hat + scale * (r.q_hi + r.offset), r.age_hi)
             ok = (male == r.male) & (p_lo <= p_hi)
             lo[ok], hi[ok] = np.minimum(lo[ok], p_lo[ok]), np.maximum(hi[ok], p_hi[ok])
         empty = ~np.isfinite(lo)
@@ -212,13 +268,14 @@ class ConformalCalibrator:
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         method = ("normalised split-conformal, Mondrian by sex x reference age band (label-conditional: each "
-                  "candidate age tested against its own band's calibration scores, interval = hull of accepted "
-                  "ages), sigma = model Laplace scale") if self.mondrian else (
+                  "candidate age tested against its own band's calibration scores, centred on the band's median "
+                  "training-split score; interval = hull of accepted ages), sigma = model Laplace scale") if self.mondrian else (
                   "normalised split-conformal predictive system (crepes ConformalPredictiveSystem, asymmetric "
                   "percentile intervals), sigma = model Laplace scale")
         out = {"method": method, "mondrian": self.mondrian, "band_edges": band_edges().tolist(),
                "residuals": np.round(self.residuals, 4).tolist(), "sigmas": np.round(self.sigmas, 4).tolist(),
-               "bins": None if self.bins is None else self.bins.tolist()}
+               "bins": None if self.bins is None else self.bins.tolist(),
+               "offsets": None if self.offsets is None else np.round(self.offsets, 4).tolist()}
         if self.mondrian:
             out["groups"] = {lvl: self.groups(lvl).round(4).to_dict("records") for lvl in LEVELS}
         return out
@@ -231,8 +288,10 @@ class ConformalCalibrator:
         d = json.loads(Path(path).read_text())
         if d.get("mondrian") and "band_edges" not in d:
             raise ValueError(f"{path} holds conformal groups by predicted age from an older version: rerun "
-                             "`python -m pipelines.precompute --only predictions` to recalibrate.")
-        return cls(np.array(d["residuals"]), np.array(d["sigmas"]), None if d["bins"] is None else np.array(d["bins"]))
+                             "`python -m pipelines.precompute --only intervals` to recalibrate.")
+        # A file without offsets (written before they existed) is the same calibrator with no centring.
+        return cls(np.array(d["residuals"]), np.array(d["sigmas"]), None if d["bins"] is None else np.array(d["bins"]),
+                   None if d.get("offsets") is None else np.array(d["offsets"]))
 
 
 def coverage_table(y, lo, hi) -> dict[str, float]:

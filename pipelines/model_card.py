@@ -138,6 +138,9 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
         lines += ["metrics.json missing: run `python -m pipelines.evaluate`.", ""]
     if cov:
         lines += ["## Prediction intervals (conformal, Mondrian by sex x reference age band, label-conditional)", "",
+                  "Calibrated on the calibration split; each band's normalised errors are centred on their median "
+                  "on the training split (`model/conformal.json`, `offsets`), so a band the model gets "
+                  "systematically wrong is not judged by the errors of the neighbour it is merged with.", "",
                   "| set | level | coverage | mean width (months) |", "|---|---|---|---|"]
         for split in ("test", "official_test"):
             for lvl in ("80", "90", "95"):

@@ -7,6 +7,8 @@ Parts (in order; ``--only`` redoes some, reading the others' outputs from disk):
   predictions  one forward pass over every case of every split and the 200 official test cases:
                predictions.parquet, conformal calibration (model/conformal.json) and coverage report,
                LOF outlier scores, penultimate features (float16) for similar-case look-up
+  intervals    (``--only`` only; part of predictions) recalibrate the conformal intervals and coverage
+               report from the stored predictions, without the network or the data
   embeddings   t-SNE / UMAP maps (2-D, 3-D) of the penultimate layer for all cases and of earlier
                layers for a subsample, and the layer-wise age-quality scores
   calibration  stage classifier calibration (reliability, ECE, Brier, entropy, confusion, ROC)
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
-from boneage.conformal import LEVELS, ConformalCalibrator, coverage_table
+from boneage.conformal import LEVELS, ConformalCalibrator, band_offsets, coverage_table
 from boneage.data import load_images
 from boneage.embeddings import LAYERS, OutlierDetector, embed_maps, extract_features, layer_age_quality
 from boneage.manifest import write_manifest
@@ -103,18 +105,7 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     p = np.clip(raw.stage_prob, 1e-12, 1)
     df["entropy"] = -(p * np.log(p)).sum(1)
 
-    # Conformal intervals, calibrated on the calibration split only.
-    cal = df["split"] == "calib"
-    male = df["male"].to_numpy()
-    for mondrian, suffix in ((True, ""), (False, "_global")):
-        cc = ConformalCalibrator.fit(df.loc[cal, "boneage"], df.loc[cal, "boneage_pred"], df.loc[cal, "uncertainty"],
-                                     male[cal.to_numpy()], mondrian=mondrian)
-        if mondrian:
-            cc.save(art / "model" / "conformal.json")
-        for lvl in LEVELS:
-            lo, hi = cc.interval(df["boneage_pred"], df["uncertainty"], male, lvl)
-            df[f"lower_{lvl}{suffix}"], df[f"upper_{lvl}{suffix}"] = lo, hi
-    reports = coverage_report(df)
+    reports = add_intervals(df, art)
 
     # Outliers: LOF fitted on training-split penultimate features.
     feats = layer_feats["penultimate"]
@@ -138,6 +129,37 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
              **{k: v.astype(np.float16) for k, v in layer_feats.items()})
     log(f"predictions: {len(df)} rows; conformal 90% coverage internal test "
         f"{reports['mondrian']['test']['90']['coverage']:.3f}")
+
+
+def add_intervals(df: pd.DataFrame, art: Path) -> dict:
+    """Conformal interval columns for every row, calibrated on the calibration split only (the Mondrian
+    variant's band offsets come from the training split); writes model/conformal.json and returns the
+    coverage report."""
+    cal, train = (df["split"] == "calib").to_numpy(), (df["split"] == "train").to_numpy()
+    male = df["male"].to_numpy()
+    y, y_hat, scale = (df[c].to_numpy(float) for c in ("boneage", "boneage_pred", "uncertainty"))
+    offsets = band_offsets(y[train], y_hat[train], scale[train], male[train])
+    for mondrian, suffix in ((True, ""), (False, "_global")):
+        cc = ConformalCalibrator.fit(y[cal], y_hat[cal], scale[cal], male[cal], mondrian=mondrian,
+                                     offsets=offsets if mondrian else None)
+        if mondrian:
+            cc.save(art / "model" / "conformal.json")
+        for lvl in LEVELS:
+            lo, hi = cc.interval(y_hat, scale, male, lvl)
+            df[f"lower_{lvl}{suffix}"], df[f"upper_{lvl}{suffix}"] = lo, hi
+    return coverage_report(df)
+
+
+def part_intervals(art: Path, log) -> None:
+    """Recalibrate the intervals from the stored predictions, without running the network again."""
+    path = art / "predictions.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `python -m pipelines.precompute --only predictions` first")
+    df = pd.read_parquet(path)
+    reports = add_intervals(df, art)
+    _write_parquet(df, path)
+    write_json_atomic(art / "coverage.json", reports)
+    log(f"intervals: conformal 90% coverage internal test {reports['mondrian']['test']['90']['coverage']:.3f}")
 
 
 def coverage_report(df: pd.DataFrame) -> dict:
@@ -284,7 +306,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir")
     ap.add_argument("--artifacts", default=str(ARTIFACTS_DIR), help="artifact folder (holds model/ and splits.csv)")
-    ap.add_argument("--only", nargs="+", choices=(*PARTS, "manifest"),
+    ap.add_argument("--only", nargs="+", choices=(*PARTS, "intervals", "manifest"),
                     help="redo only these parts ('manifest' alone: just rewrite the manifest, e.g. after the model "
                          "card or benchmark changed)")
     ap.add_argument("--max-cases", type=int, help="at most N cases per split (smoke tests)")
@@ -301,6 +323,8 @@ def main(argv=None) -> int:
         if "predictions" in parts:
             data_dir = resolve_data_dir(args.data_dir)
             part_predictions(art, data_dir, args.max_cases, log)
+        elif "intervals" in parts:
+            part_intervals(art, log)
         if "embeddings" in parts:
             part_embeddings(art, log, subsample=min(args.subsample, args.max_cases * 5) if args.max_cases else args.subsample)
         if "calibration" in parts:

@@ -18,7 +18,7 @@ def test_stale_conformal_file_keeps_predictions_and_names_the_fix(tmp_path):
     (model_dir / "conformal.json").write_text(json.dumps({"mondrian": True, "pred_band_edges": [60, 120, 168],
                                                           "residuals": [1.0], "sigmas": [1.0], "bins": [0]}))
     p = load_predictor(model_dir)
-    assert p.conformal is None and "pipelines.precompute --only predictions" in p.conformal_problem
+    assert p.conformal is None and "pipelines.precompute --only intervals" in p.conformal_problem
     import numpy as np
 
     pred = p.predict_array(np.random.default_rng(0).uniform(0, 255, (100, 100)), male=True)

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.conformal import ConformalCalibrator, merge_small_bands, min_group_size, mondrian_bins
+from boneage.conformal import (ConformalCalibrator, band_offsets, merge_small_bands, min_group_size,
+                               mondrian_bins)
 from boneage.embeddings import OutlierDetector
 from boneage.manifest import check_manifest, write_manifest
 
@@ -118,15 +119,60 @@ def test_mondrian_calibration_with_tiny_groups_still_gives_finite_intervals():
 def test_conformal_from_an_older_version_is_refused_with_a_fix(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"mondrian": True, "pred_band_edges": [60, 120, 168],
                                                  "residuals": [1.0], "sigmas": [1.0], "bins": [0]}))
-    with pytest.raises(ValueError, match="pipelines.precompute --only predictions"):
+    with pytest.raises(ValueError, match="pipelines.precompute --only intervals"):
         ConformalCalibrator.load(tmp_path / "c.json")
+
+
+def _biased_top_band(n: int, rng: np.random.Generator):
+    """Girls only; those of 17+ (204+ months) are rare and predicted ~2.5 scales too young, the way the
+    model squeezes mature girls towards the mean; everyone else has centred Laplace errors."""
+    y = np.concatenate([rng.uniform(150, 204, n), rng.uniform(204, 228, max(n // 40, 1))])
+    scale = np.full(len(y), 8.0)
+    shift = np.where(y >= 204, 2.5 * 8.0, 0.0)
+    y_hat = y - shift - rng.laplace(0, 0.5 * scale)
+    return y, y_hat, scale, np.zeros(len(y), bool)
+
+
+def test_band_offsets_are_the_median_score_per_group_and_zero_where_too_few():
+    rng = np.random.default_rng(5)
+    y, y_hat, scale, male = _biased_top_band(4000, rng)
+    off = band_offsets(y, y_hat, scale, male)
+    top, mid = mondrian_bins([210.0], [False])[0], mondrian_bins([180.0], [False])[0]
+    assert abs(off[top] - 2.5) < 0.15 and abs(off[mid]) < 0.1
+    assert np.all(off[1::2] == 0)  # no boys at all: nothing to centre
+    few = band_offsets(y[:5], y_hat[:5], scale[:5], male[:5], min_cases=10)
+    assert np.all(few == 0)
+    with_nan = band_offsets(np.append(y, np.nan), np.append(y_hat, 100.0), np.append(scale, 8.0), np.append(male, False))
+    np.testing.assert_allclose(with_nan, off)  # unlabelled rows are ignored
+
+
+def test_band_offsets_rescue_a_rare_band_merged_with_its_neighbour():
+    """Too few calibration cases for the biased top band at 90 %: merged with its neighbour, whose errors
+    decide the bound, the band is missed; centred by offsets from a separate training sample, it is covered,
+    and the other band keeps its nominal coverage."""
+    rng = np.random.default_rng(6)
+    train, cal, test = _biased_top_band(4000, rng), _biased_top_band(400, rng), _biased_top_band(40000, rng)
+    offsets = band_offsets(*train)
+    assert (mondrian_bins(cal[0], cal[3]) == mondrian_bins([210.0], [False])[0]).sum() < min_group_size("90")
+    y, y_hat, scale, male = test
+    top = y >= 204
+    cover = {}
+    for name, off in (("plain", None), ("centred", offsets)):
+        lo, hi = ConformalCalibrator.fit(*cal, offsets=off).interval(y_hat, scale, male, "90")
+        inside = (y >= lo) & (y <= hi)
+        cover[name] = (inside[top].mean(), inside[~top].mean())
+    assert cover["plain"][0] < 0.5 and cover["centred"][0] > 0.85, cover
+    assert abs(cover["centred"][1] - 0.9) < 0.03, cover
+    with pytest.raises(ValueError, match="Mondrian"):
+        ConformalCalibrator.fit(*cal, mondrian=False, offsets=offsets)
 
 
 def test_conformal_round_trips_through_json(tmp_path):
     rng = np.random.default_rng(1)
-    cal = ConformalCalibrator.fit(*_synthetic(2000, rng))
+    cal = ConformalCalibrator.fit(*_synthetic(2000, rng), offsets=np.linspace(-1, 1, 14))
     cal.save(tmp_path / "c.json")
     back = ConformalCalibrator.load(tmp_path / "c.json")
+    np.testing.assert_allclose(back.offsets, cal.offsets, atol=1e-4)  # stored to 4 decimals
     _, y_hat, scale, male = _synthetic(50, rng)
     for lvl in LEVELS:
         np.testing.assert_allclose(back.interval(y_hat, scale, male, lvl), cal.interval(y_hat, scale, male, lvl),
@@ -190,3 +236,29 @@ def test_precompute_end_to_end_on_real_cases(tmp_path, data_dir, subprocess_env)
     assert check_manifest(art) == []
     listed = {f["path"] for f in json.loads((art / "manifest.json").read_text())["files"]}
     assert {"predictions.parquet", "coverage.json", "model/conformal.json", "stage_calibration.json"} <= listed
+
+
+def test_shipped_intervals_are_reproduced_from_the_stored_predictions(tmp_path):
+    """`--only intervals` on the committed predictions gives the committed calibration and coverage report,
+    with band offsets from the training split, and meets the coverage target per group on the internal test
+    split."""
+    from pipelines.precompute import part_intervals
+
+    art = tmp_path / "artifacts"
+    (art / "model").mkdir(parents=True)
+    shutil.copy(REPO / "artifacts" / "predictions.parquet", art / "predictions.parquet")
+    part_intervals(art, log=lambda msg: None)
+    shipped = json.loads((REPO / "artifacts" / "model" / "conformal.json").read_text())
+    redone = json.loads((art / "model" / "conformal.json").read_text())
+    assert redone["offsets"] == shipped["offsets"] and redone["groups"] == shipped["groups"]
+    df = pd.read_parquet(REPO / "artifacts" / "predictions.parquet")
+    train = df[df["split"] == "train"]
+    np.testing.assert_allclose(redone["offsets"], band_offsets(train["boneage"], train["boneage_pred"],
+                                                              train["uncertainty"], train["male"]), atol=1e-4)
+    coverage = json.loads((art / "coverage.json").read_text())
+    assert coverage == json.loads((REPO / "artifacts" / "coverage.json").read_text())
+    test90 = coverage["mondrian"]["test"]["90"]
+    assert 0.88 <= test90["coverage"] <= 0.92
+    assert min(g["coverage"] for g in test90["by_group"].values()) >= 0.8
+    redone_df = pd.read_parquet(art / "predictions.parquet")
+    pd.testing.assert_frame_equal(redone_df, df)

@@ -28,7 +28,9 @@ st.markdown(
     "variant (the one shipped) is calibrated separately for each sex x age band: every candidate age is "
     "tested against the errors of its own band, so the promise holds within each group of boys or girls of "
     "a given true age (age bands with too few calibration cases share a group with their neighbour, listed "
-    "below); the *global* one only on average. The stage classifier gives probabilities, and the age "
+    "below; each band's errors are first centred on the model's typical error for that band on the training "
+    "split, so a rare band the model gets systematically wrong, such as mature girls, is not judged by its "
+    "neighbour's errors); the *global* one only on average. The stage classifier gives probabilities, and the age "
     "head a Laplace scale (the absolute error it expects).")
 
 preds = common.artifact_or_none(common.predictions)
@@ -133,7 +135,8 @@ if coverage is not None:
                     st.markdown("Calibration cases and accepted error range (in units of the model's own scale) "
                                 f"per group at {lvl}%. Age bands with too few calibration cases for this level are "
                                 "merged with their inner neighbour (ages in months; the last group runs to the "
-                                "top of the range).")
+                                "top of the range). `band_offsets`: each band's median training-split error "
+                                "(same units), added to the accepted range for candidate ages in that band.")
                     st.dataframe(pd.DataFrame(cal_groups), hide_index=True,
                                  column_config={"score_lo": st.column_config.NumberColumn(format="%.2f"),
                                                 "score_hi": st.column_config.NumberColumn(format="%.2f")})
