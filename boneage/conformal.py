@@ -267,11 +267,13 @@ class ConformalCalibrator:
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        method = ("normalised split-conformal, Mondrian by sex x reference age band (label-conditional: each "
-                  "candidate age tested against its own band's calibration scores, centred on the band's median "
-                  "training-split score; interval = hull of accepted ages), sigma = model Laplace scale") if self.mondrian else (
-                  "normalised split-conformal predictive system (crepes ConformalPredictiveSystem, asymmetric "
-                  "percentile intervals), sigma = model Laplace scale")
+        if self.mondrian:
+            method = ("normalised split-conformal, Mondrian by sex x reference age band (label-conditional: each "
+                      "candidate age tested against its own band's calibration scores, centred on the band's median "
+                      "training-split score; interval = hull of accepted ages), sigma = model Laplace scale")
+        else:
+            method = ("normalised split-conformal predictive system (crepes ConformalPredictiveSystem, asymmetric "
+                      "percentile intervals), sigma = model Laplace scale")
         out = {"method": method, "mondrian": self.mondrian, "band_edges": band_edges().tolist(),
                "residuals": np.round(self.residuals, 4).tolist(), "sigmas": np.round(self.sigmas, 4).tolist(),
                "bins": None if self.bins is None else self.bins.tolist(),
