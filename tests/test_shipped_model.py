@@ -84,3 +84,14 @@ def test_shipped_model_loads_in_a_fresh_process_without_data_dir(tmp_path, repo_
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OK ")
+
+
+def test_library_call_reproduces_the_precomputed_predictions_and_intervals(shipped, labelled_cases, data_dir):
+    """What `boneage.load_predictor()` returns for an official test image is what the dashboard shows for it
+    (artifacts/predictions.parquet): same age and the same conformal intervals, band offsets included."""
+    out = shipped.predict_cases(labelled_cases, data_dir / "test").set_index("id")
+    stored = pd.read_parquet(MODEL_DIR.parent / "predictions.parquet")
+    stored = stored[stored["split"] == "official_test"].set_index("id").loc[out.index]
+    np.testing.assert_allclose(out["boneage_pred"], stored["boneage_pred"], atol=0.05)
+    for col in ("lower_80", "upper_80", "lower_90", "upper_90", "lower_95", "upper_95"):
+        np.testing.assert_allclose(out[col], stored[col], atol=0.1, err_msg=col)
