@@ -181,10 +181,12 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
         for e in exps:
             if "val_mae_by_epoch" in e:
                 detail = "validation MAE by epoch " + ", ".join(str(v) for v in e["val_mae_by_epoch"])
-            else:
+            elif "results" in e:
                 detail = "; ".join(f"{k}: " + ", ".join(f"{s} {v}" for s, v in r.items())
-                                   for k, r in e.get("results", {}).items())
-            lines.append(f"- {e['name']}: `{e['command']}`; {detail}; {e['decision']}.")
+                                   for k, r in e["results"].items())
+            else:
+                detail = "validation MAE " + ", ".join(f"{k} {v}" for k, v in e.get("val_mae_averages", {}).items())
+            lines.append(f"- {e['name']}: `{e['command']}`; " + (f"{detail}; " if detail else "") + f"{e['decision']}.")
         lines.append("")
     hist = art / "model" / "history.csv"
     if hist.is_file():
