@@ -7,6 +7,7 @@ layer encodes maturity; showing both lets a user see where domain shift lives.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from sklearn.neighbors import KNeighborsRegressor, LocalOutlierFactor, NearestNe
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .inference import INFERENCE_BATCH, FastNetwork, RawPredictions, forward_batch
+from .inference import INFERENCE_BATCH, FastNetwork, Member, RawPredictions, forward_batch
 from .model import BoneAgeNet
 
 # Named depths: (module path in the network, human description). "penultimate" is the fused
@@ -34,12 +35,14 @@ LAYERS = {
 @torch.no_grad()
 def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, layers=("stage3", "stage5", "head"),
                      batch_size: int = INFERENCE_BATCH, progress=None,
-                     tta: bool = False, fast: FastNetwork | None = None) -> tuple[RawPredictions, dict[str, np.ndarray]]:
+                     tta: bool = False, fast: FastNetwork | None = None,
+                     members: Sequence[Member] = ()) -> tuple[RawPredictions, dict[str, np.ndarray]]:
     """One pass giving predictions, penultimate features and globally pooled earlier layers.
 
     With ``tta`` the predictions are averaged over the zooms of :func:`forward_batch`, exactly as the
     predictor does for an upload; every feature comes from the plain pass alone. The zoomed passes run on
-    ``fast`` when given (the plain pass needs the eager network for its layer hooks).
+    ``fast`` when given (the plain pass needs the eager network for its layer hooks). ``members`` (an
+    ensemble) are averaged into the predictions only.
     """
     model.eval()
     modules = dict(model.named_modules())
@@ -61,7 +64,7 @@ def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, la
     try:
         for start in range(0, len(images), batch_size):
             out = forward_batch(model, images_t[start:start + batch_size], male_t[start:start + batch_size], tta,
-                                after_plain=keep_layers, fast=fast)
+                                after_plain=keep_layers, fast=fast, members=members)
             ages.append(out.age)
             scales.append(out.scale)
             probs.append(out.stage_prob)

@@ -42,7 +42,7 @@ from captum.attr import (
     Saliency,
 )
 
-from .inference import run_network
+from .inference import Member, run_network
 from .model import BoneAgeNet, EfficientNetLite
 from .preprocess import to_model_input
 
@@ -501,13 +501,15 @@ def layer_activations(model: BoneAgeNet, image: np.ndarray, male: bool, layer: s
 
 
 @torch.no_grad()
-def sex_flip(model: BoneAgeNet, image: np.ndarray, male: bool, tta: bool = False) -> dict:
+def sex_flip(model: BoneAgeNet, image: np.ndarray, male: bool, tta: bool = False,
+             members: Sequence[Member] = ()) -> dict:
     """Predicted age with the sex as given and with the other sex (months): how much the sex input,
-    rather than the image, drives the prediction. ``tta`` as the predictor uses it, so "as given" is the
-    very prediction shown beside it."""
+    rather than the image, drives the prediction. ``tta`` and ``members`` as the predictor uses them, so
+    "as given" is the very prediction shown beside it."""
     x = _as_input(image)[:, 0]
     with _eval_mode(model):
-        ages = run_network(model, x.expand(2, -1, -1), np.array([bool(male), not bool(male)]), tta=tta).age
+        ages = run_network(model, x.expand(2, -1, -1), np.array([bool(male), not bool(male)]), tta=tta,
+                           members=members).age
     given, flipped = float(ages[0]), float(ages[1])
     return {"age_as_given": given, "age_flipped": flipped, "difference": flipped - given,
             "male_as_given": bool(male)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +82,18 @@ class FastNetwork:
         return BoneAgeOutput(age=age, scale=scale, stage_logits=logits, features=features)
 
 
+@dataclass(frozen=True)
+class Member:
+    """A further trained network whose predictions are averaged with the primary network's (an ensemble).
+
+    Why only predictions: independently trained networks make partly independent errors, so their mean
+    is more accurate; features, layer hooks and explanations stay those of the primary network, so
+    nearest neighbours, outlier scores and heatmaps mean the same with or without members.
+    """
+    model: BoneAgeNet
+    fast: "FastNetwork | None" = None
+
+
 _FAST: "weakref.WeakKeyDictionary[BoneAgeNet, FastNetwork]" = weakref.WeakKeyDictionary()
 _FAST_LOCK = threading.Lock()
 
@@ -100,40 +112,45 @@ def fast_network_for(model: BoneAgeNet) -> FastNetwork:
 @torch.no_grad()
 def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, tta: bool = False,
                   after_plain: Callable[[], None] | None = None, device: str | torch.device = "cpu",
-                  fast: FastNetwork | None = None) -> BatchOutput:
+                  fast: FastNetwork | None = None, members: Sequence[Member] = ()) -> BatchOutput:
     """One batch through the network, averaged over :data:`TTA_ZOOMS` when ``tta``.
 
     ``after_plain`` runs right after the plain pass: forward hooks that collect layer features read
     them there, before the zoomed passes overwrite them; that pass therefore runs on the eager ``model``.
-    Every other pass runs on ``fast`` when given.
+    Every other pass runs on ``fast`` when given. ``members`` (an ensemble) run the same passes, each at
+    its own input size; every network weighs the same in the mean, the features are ``model``'s.
     """
     zooms = TTA_ZOOMS if tta else (1.0,)
     male = male.to(device)
     age = scale = prob = 0
     features = None
-    for z in zooms:
-        x = to_model_input(images, model.cfg.input_size, zoom_theta(len(images), z))
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        hooked = features is None and after_plain is not None
-        out = model(x, male) if fast is None or hooked else fast(x, male)
-        age = age + out.age
-        scale = scale + out.scale
-        prob = prob + torch.softmax(out.stage_logits, 1)
-        if features is None:
-            features = out.features.float()
-            if after_plain is not None:
-                after_plain()
-    k = len(zooms)
-    return BatchOutput(age / k, scale / k, prob / k, features)
+    nets = [(model, fast)] + [(m.model, m.fast) for m in members]
+    for k, (net, net_fast) in enumerate(nets):
+        for z in zooms:
+            x = to_model_input(images, net.cfg.input_size, zoom_theta(len(images), z))
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            hooked = k == 0 and features is None and after_plain is not None
+            out = net(x, male) if net_fast is None or hooked else net_fast(x, male)
+            age = age + out.age
+            scale = scale + out.scale
+            prob = prob + torch.softmax(out.stage_logits, 1)
+            if features is None:
+                features = out.features.float()
+                if after_plain is not None:
+                    after_plain()
+    n = len(zooms) * len(nets)
+    return BatchOutput(age / n, scale / n, prob / n, features)
 
 
 @torch.no_grad()
 def run_network(model: BoneAgeNet, images: np.ndarray | torch.Tensor, male: np.ndarray | torch.Tensor,
                 batch_size: int = INFERENCE_BATCH, return_features: bool = False, tta: bool = False,
-                device: str | torch.device = "cpu", fast: FastNetwork | None = None) -> RawPredictions:
+                device: str | torch.device = "cpu", fast: FastNetwork | None = None,
+                members: Sequence[Member] = ()) -> RawPredictions:
     """Predict on (N, H, W) uint8 or float images in [0, 1] (already preprocessed to base geometry).
 
-    ``tta`` averages age, scale and stage probabilities over a few small zooms, which reduces variance.
+    ``tta`` averages age, scale and stage probabilities over a few small zooms, which reduces variance;
+    ``members`` average further networks in (see :class:`Member`).
     """
     model.eval()
     images = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
@@ -141,7 +158,7 @@ def run_network(model: BoneAgeNet, images: np.ndarray | torch.Tensor, male: np.n
     ages, scales, probs, feats = [], [], [], []
     for start in range(0, len(images), batch_size):
         out = forward_batch(model, images[start:start + batch_size], male[start:start + batch_size], tta,
-                            device=device, fast=fast)
+                            device=device, fast=fast, members=members)
         ages.append(out.age.cpu())
         scales.append(out.scale.cpu())
         probs.append(out.stage_prob.cpu())

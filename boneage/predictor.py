@@ -21,7 +21,7 @@ import torch
 
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
 from .imaging import ImageLoadError, read_radiograph, read_radiograph_bytes, safe_image_path
-from .inference import FastNetwork, RawPredictions, fast_network_for, run_network
+from .inference import FastNetwork, Member, RawPredictions, fast_network_for, run_network
 from .model import BoneAgeNet, fold_batchnorm
 from .preprocess import preprocess_array_checked, to_uint8
 
@@ -69,27 +69,70 @@ def load_model_dir(model_dir: str | os.PathLike = MODEL_DIR) -> tuple[BoneAgeNet
     return model, config
 
 
+def member_dirs(model_dir: str | os.PathLike, config: dict) -> list[Path]:
+    """The ensemble members' folders (``inference.members`` in config.json, relative to the model folder)."""
+    model_dir = Path(model_dir).resolve()
+    dirs = []
+    for rel in config.get("inference", {}).get("members", []):
+        d = (model_dir / rel).resolve()
+        if not d.is_relative_to(model_dir):
+            raise ValueError(f"ensemble member {rel!r} in {model_dir / 'config.json'} lies outside the model folder")
+        dirs.append(d)
+    return dirs
+
+
+def load_members(model_dir: str | os.PathLike, config: dict) -> tuple[BoneAgeNet, ...]:
+    """Load every ensemble member of a model folder; a missing file is an error naming it, never a quiet
+    fall-back to fewer networks (the conformal intervals were calibrated on the whole ensemble)."""
+    base = model_config_from_dict(config["model"]).base_size
+    members = []
+    for d in member_dirs(model_dir, config):
+        net, _ = load_model_dir(d)
+        if net.cfg.base_size != base:
+            raise ValueError(f"ensemble member {d} expects {net.cfg.base_size} px images, the model {base} px")
+        members.append(net)
+    return tuple(members)
+
+
 class BoneAgePredictor:
-    """A loaded model plus its preprocessing; thread-safe for inference (no state changes)."""
+    """A loaded model plus its preprocessing; thread-safe for inference (no state changes).
+
+    ``members`` are further networks averaged into every prediction (an ensemble, listed in the model's
+    config.json); features and explanations come from ``model`` alone.
+    """
 
     def __init__(self, model: BoneAgeNet, config: dict, conformal=None, tta: bool = False,
-                 conformal_problem: str = ""):
+                 conformal_problem: str = "", members: tuple[BoneAgeNet, ...] = ()):
         self.model = model
         self.config = config
         self.cfg: ModelConfig = model.cfg
         self.conformal = conformal
         self.conformal_problem = conformal_problem  # why there are no intervals, when a file is unusable
         self.tta = tta
+        self.members = tuple(members)
 
     def fast_network(self) -> FastNetwork:
         """The traced copy of the network for predictions, built on first use and shared by every
         predictor of the same loaded model."""
         return fast_network_for(self.model)
 
+    def ensemble(self) -> list[Member]:
+        """The members with their traced copies, for :func:`boneage.inference.run_network`."""
+        return [Member(m, fast_network_for(m)) for m in self.members]
+
+    def with_options(self, tta: bool | None = None, ensemble: bool | None = None) -> "BoneAgePredictor":
+        """The same loaded networks with TTA and/or the ensemble members switched (None keeps them)."""
+        members = self.members if ensemble is None or ensemble else ()
+        return BoneAgePredictor(self.model, self.config, self.conformal, self.tta if tta is None else tta,
+                                self.conformal_problem, members)
+
     @classmethod
-    def from_dir(cls, model_dir: str | os.PathLike = MODEL_DIR, tta: bool | None = None) -> "BoneAgePredictor":
-        """``tta=None`` takes the model's own default (``inference.tta`` in its config.json)."""
+    def from_dir(cls, model_dir: str | os.PathLike = MODEL_DIR, tta: bool | None = None,
+                 ensemble: bool = True) -> "BoneAgePredictor":
+        """``tta=None`` takes the model's own default (``inference.tta`` in its config.json);
+        ``ensemble=False`` leaves the members out (for comparisons: the intervals assume them)."""
         model, config = load_model_dir(model_dir)
+        members = load_members(model_dir, config) if ensemble else ()
         conformal, problem = None, ""
         cal_path = Path(model_dir) / "conformal.json"
         if cal_path.is_file():
@@ -101,7 +144,7 @@ class BoneAgePredictor:
                 problem = f"Prediction intervals unavailable: {exc}"
         if tta is None:
             tta = default_tta(config)
-        return cls(model, config, conformal, tta, problem)
+        return cls(model, config, conformal, tta, problem, members)
 
     # -- preprocessing -------------------------------------------------------------------------
     def preprocess(self, arr: np.ndarray) -> np.ndarray:
@@ -116,7 +159,7 @@ class BoneAgePredictor:
     # -- prediction ----------------------------------------------------------------------------
     def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False) -> RawPredictions:
         return run_network(self.model, images, np.asarray(male).astype(bool), return_features=return_features,
-                           tta=self.tta, fast=self.fast_network())
+                           tta=self.tta, fast=self.fast_network(), members=self.ensemble())
 
     def _to_predictions(self, raw: RawPredictions, male: np.ndarray) -> list[Prediction]:
         names = list(self.cfg.stages.names)
@@ -181,18 +224,20 @@ def default_tta(config: dict) -> bool:
     return bool(config.get("inference", {}).get("tta", False))
 
 
-def load_predictor(model_dir: str | os.PathLike | None = None, tta: bool | None = None) -> BoneAgePredictor:
+def load_predictor(model_dir: str | os.PathLike | None = None, tta: bool | None = None,
+                   ensemble: bool = True) -> BoneAgePredictor:
     """The shipped model, loaded once per process (a given ``model_dir`` always loads afresh).
 
-    ``tta=None`` uses the model's stored default; True or False overrides it.
+    ``tta=None`` uses the model's stored default; True or False overrides it. ``ensemble=False`` predicts
+    with the primary network alone.
     """
     global _DEFAULT
     if model_dir is not None:
-        return BoneAgePredictor.from_dir(model_dir, tta=tta)
+        return BoneAgePredictor.from_dir(model_dir, tta=tta, ensemble=ensemble)
     if _DEFAULT is None:
         _DEFAULT = BoneAgePredictor.from_dir(MODEL_DIR)
-    if tta is not None and _DEFAULT.tta != tta:
-        return BoneAgePredictor(_DEFAULT.model, _DEFAULT.config, _DEFAULT.conformal, tta, _DEFAULT.conformal_problem)
+    if (tta is not None and _DEFAULT.tta != tta) or not ensemble:
+        return _DEFAULT.with_options(tta=tta, ensemble=ensemble)
     return _DEFAULT
 
 

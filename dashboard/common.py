@@ -337,7 +337,7 @@ def activation_mosaic(maps: np.ndarray, cols: int = 8, cell: int = 56, gap: int 
 def image_sex_flip(image: np.ndarray, male: bool) -> dict:
     from boneage import explain
 
-    return explain.sex_flip(explain_model(), image, bool(male), tta=predictor().tta)
+    return explain.sex_flip(explain_model(), image, bool(male), tta=predictor().tta, members=predictor().ensemble())
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

@@ -24,6 +24,18 @@ from boneage.manifest import sha256_file
 from pipelines.cli import data_dir_or_report
 
 
+# Accuracy variants: TTA off / on, and the same with the ensemble members (when the model has any).
+ACCURACY_TAGS = ("plain", "tta", "plain_ensemble", "tta_ensemble")
+
+
+def model_fingerprint(model_dir: Path = MODEL_DIR) -> str:
+    """sha256 of the primary weights, joined with each ensemble member's: which networks were measured."""
+    from boneage.predictor import member_dirs
+
+    config = json.loads((model_dir / "config.json").read_text())
+    return "+".join(sha256_file(d / "model.pt") for d in [model_dir] + member_dirs(model_dir, config))
+
+
 def _accuracy_of_same_model(out: Path, model_sha: str) -> dict:
     """With --skip-accuracy, the MAE fields of an earlier run are kept if (and only if) it measured the same
     weights, so a speed-only rerun neither loses them nor pairs them with another model."""
@@ -33,7 +45,7 @@ def _accuracy_of_same_model(out: Path, model_sha: str) -> dict:
         return {}
     if old.get("model_sha256") != model_sha:
         return {}
-    return {k: v for k, v in old.items() if k.endswith(("_mae_plain", "_mae_tta"))}
+    return {k: v for k, v in old.items() if k.endswith(tuple(f"_mae_{tag}" for tag in ACCURACY_TAGS))}
 
 
 def main(argv=None) -> int:
@@ -67,21 +79,22 @@ def main(argv=None) -> int:
     res = {"hardware": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "model_load_s": round(load_s, 3),
            "first_prediction_s": round(first_s, 3),
            "latency_ms_median": round(float(np.median(lat)), 1), "latency_ms_p90": round(float(np.percentile(lat, 90)), 1),
-           "latency_n": len(lat), "latency_tta": predictor.tta, "model_sha256": sha256_file(MODEL_DIR / "model.pt")}
+           "latency_n": len(lat), "latency_tta": predictor.tta, "networks": 1 + len(predictor.members), "model_sha256": model_fingerprint()}
     print(f"model load: {load_s:.2f} s (target < 3 s); first prediction (traces the network once): {first_s:.2f} s")
     print(f"single radiograph end to end: median {res['latency_ms_median']:.1f} ms, p90 {res['latency_ms_p90']:.1f} ms "
           f"over {len(lat)} native-size test images, TTA {'on' if predictor.tta else 'off'} (target median < 100 ms)")
     if not args.skip_accuracy:
         from pipelines.evaluate import evaluate
 
-        for tta in (False, True):
-            predictor.tta = tta
-            ev = evaluate(predictor, data_dir, ARTIFACTS_DIR / "splits.csv")
-            tag = "tta" if tta else "plain"
-            for name, target in (("official_test", 7.0), ("internal_test", 8.5)):
-                mae = ev[name]["overall"]["mae"]
-                res[f"{name}_mae_{tag}"] = round(mae, 3)
-                print(f"{name} MAE ({tag}): {mae:.2f} months on {ev[name]['overall']['n']} cases (target <= {target})")
+        for ensemble in (False, True) if predictor.members else (False,):
+            for tta in (False, True):
+                ev = evaluate(predictor.with_options(tta=tta, ensemble=ensemble), data_dir, ARTIFACTS_DIR / "splits.csv")
+                tag = ("tta" if tta else "plain") + ("_ensemble" if ensemble else "")
+                for name, target in (("official_test", 7.0), ("internal_test", 8.5)):
+                    mae = ev[name]["overall"]["mae"]
+                    res[f"{name}_mae_{tag}"] = round(mae, 3)
+                    print(f"{name} MAE ({tag}): {mae:.2f} months on {ev[name]['overall']['n']} cases "
+                          f"(target <= {target})")
     elif args.out:
         res.update(_accuracy_of_same_model(Path(args.out), res["model_sha256"]))
     if args.out:

@@ -49,16 +49,20 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "metrics.json"))
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="average over small zooms (default: the model's stored choice, inference.tta in config.json)")
+    ap.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=True,
+                    help="average the ensemble members listed in config.json (default); --no-ensemble: the "
+                    "primary network alone")
     ap.add_argument("--max-cases", type=int, help="evaluate the first N cases of each set (smoke tests)")
     args = ap.parse_args(argv)
     try:
         data_dir = resolve_data_dir(args.data_dir)
-        predictor = load_predictor(args.model_dir, tta=args.tta)
+        predictor = load_predictor(args.model_dir, tta=args.tta, ensemble=args.ensemble)
     except (DataDirError, ModelNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     res = evaluate(predictor, data_dir, Path(args.splits), args.max_cases)
     res["tta"] = predictor.tta
+    res["networks"] = 1 + len(predictor.members)
     write_json_atomic(Path(args.out), res)
     for name in ("internal_test", "official_test"):
         o = res[name]["overall"]

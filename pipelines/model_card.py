@@ -63,6 +63,26 @@ def _stage_lines(cfg: dict) -> list[str]:
     return out
 
 
+def _ensemble_lines(art: Path, cfg: dict) -> list[str]:
+    """The further networks averaged into every prediction (``inference.members``), each with its own
+    training facts, and the validation comparison that admitted them."""
+    members = cfg.get("inference", {}).get("members", [])
+    if not members:
+        return []
+    out = [f"- Ensemble: every prediction averages this network with {len(members)} more, trained separately "
+           "(features, outlier scores and heatmaps come from the network above alone). "
+           f"Why: {cfg['inference'].get('members_chosen_on', 'n/a')}"]
+    for rel in members:
+        mc = _load(art / "model" / rel / "config.json") or {}
+        mm, mt = mc.get("model", {}), mc.get("train", {})
+        out.append(f"  - `{rel}`: {mm.get('backbone')} at {mm.get('input_size')} px, ImageNet init, seed "
+                   f"{mt.get('seed')}, {mc.get('epochs_run')} epochs (best epoch {mc.get('best_epoch')}, validation MAE "
+                   f"{_fmt(mc.get('best_val_mae'))} months, {mc.get('best_weights', 'raw')} weights), peak lr "
+                   f"{mt.get('lr')}, weight EMA {mt.get('ema_decay')}; {_fmt(_total_train_seconds(mc) / 60, 0)} min on "
+                   f"{mc.get('hardware')}")
+    return out
+
+
 def _group_bias_lines(art: Path) -> list[str]:
     """The sex x reference-band groups of the internal test whose bias interval excludes zero, largest
     first: where the model is systematically off, read from the fairness audit rather than restated."""
@@ -120,7 +140,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
               f"weights, shipped: {cfg.get('best_weights', 'raw')} weights" if t.get("ema_decay") else ""),
               *_stage_lines(cfg),
               f"- Hardware: {cfg.get('hardware')} ({cfg.get('device')}), torch {cfg.get('torch')}; training time "
-              f"{_fmt(_total_train_seconds(cfg) / 60, 0)} min in all", ""]
+              f"{_fmt(_total_train_seconds(cfg) / 60, 0)} min in all",
+              *_ensemble_lines(art, cfg), ""]
     lines += ["## Metrics", ""]
     if metrics:
         lines += ["| set | n | MAE | RMSE | bias | R^2 | within 12 mo | stage acc | stage QWK |", "|---|---|---|---|---|---|---|---|---|"]
@@ -132,8 +153,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
         for name in ("internal_test", "official_test"):
             bs = metrics[name]["by_sex"]
             lines.append(f"- {name}: " + ", ".join(f"{s} {_fmt(v['mae'])} (n={v['n']})" for s, v in sorted(bs.items())))
-        lines += ["", f"Test-time augmentation in these numbers: {'on' if metrics.get('tta') else 'off'} "
-                  "(`python -m pipelines.evaluate`).", ""]
+        lines += ["", f"Test-time augmentation in these numbers: {'on' if metrics.get('tta') else 'off'}; networks "
+                  f"averaged: {metrics.get('networks', 1)} (`python -m pipelines.evaluate`).", ""]
     else:
         lines += ["metrics.json missing: run `python -m pipelines.evaluate`.", ""]
     if cov:
@@ -175,6 +196,13 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                       f"{bench['official_test_mae_plain']} without -> {bench['official_test_mae_tta']} with, internal "
                       f"test {bench['internal_test_mae_plain']} -> {bench['internal_test_mae_tta']} months "
                       f"(`python -m pipelines.benchmark`). {default}", ""]
+        if "official_test_mae_tta_ensemble" in bench:
+            lines += [f"Ensemble ({bench.get('networks')} networks, TTA on): official test MAE "
+                      f"{bench['official_test_mae_tta']} with the first network alone -> "
+                      f"{bench['official_test_mae_tta_ensemble']} averaged, internal test {bench['internal_test_mae_tta']} "
+                      f"-> {bench['internal_test_mae_tta_ensemble']} months (without TTA: official "
+                      f"{bench['official_test_mae_plain_ensemble']}, internal {bench['internal_test_mae_plain_ensemble']}).",
+                      ""]
     exps = (_load(art / "experiments.json") or {}).get("experiments", [])
     if exps:
         lines += ["## Other training runs (not shipped)", ""]

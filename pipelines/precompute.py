@@ -86,8 +86,10 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     log(f"loaded {len(cases)} images ({len(failed)} failed)")
     t0 = time.time()
     raw, layer_feats = extract_features(predictor.model, images, cases["male"].to_numpy(), EARLY_LAYERS,
-                                        tta=predictor.tta, fast=predictor.fast_network())
-    log(f"forward pass + features (TTA {'on' if predictor.tta else 'off'}): {time.time() - t0:.0f}s")
+                                        tta=predictor.tta, fast=predictor.fast_network(),
+                                        members=predictor.ensemble())
+    log(f"forward pass + features (TTA {'on' if predictor.tta else 'off'}, {1 + len(predictor.members)} "
+        f"network(s)): {time.time() - t0:.0f}s")
 
     df = cases.drop(columns=["image_dir"]).copy()
     df["sex"] = np.where(df["male"], "M", "F")
@@ -340,7 +342,8 @@ def main(argv=None) -> int:
         return 2
     model_cfg = json.loads((art / "model" / "config.json").read_text())
     write_manifest(art, {"backbone": model_cfg["model"]["backbone"], "input_size": model_cfg["model"]["input_size"],
-                         "best_epoch": model_cfg.get("best_epoch"), "best_val_mae": model_cfg.get("best_val_mae")})
+                         "best_epoch": model_cfg.get("best_epoch"), "best_val_mae": model_cfg.get("best_val_mae"),
+                         "ensemble_members": model_cfg.get("inference", {}).get("members", [])})
     log(f"done: {', '.join(parts)}; manifest written")
     return 0
 

@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.benchmark import ACCURACY_TAGS, model_fingerprint
+
 REPO = Path(__file__).resolve().parent.parent
-SHA = hashlib.sha256((REPO / "artifacts" / "model" / "model.pt").read_bytes()).hexdigest()
+PRIMARY_SHA = hashlib.sha256((REPO / "artifacts" / "model" / "model.pt").read_bytes()).hexdigest()
+SHA = model_fingerprint()  # the primary's sha256, then each ensemble member's, joined by "+"
+
+
+def test_fingerprint_names_the_primary_weights_first_and_every_member():
+    config = json.loads((REPO / "artifacts" / "model" / "config.json").read_text())
+    parts = SHA.split("+")
+    assert parts[0] == PRIMARY_SHA
+    assert len(parts) == 1 + len(config.get("inference", {}).get("members", []))
 
 
 @pytest.mark.parametrize("same_model", [True, False])
@@ -26,4 +36,4 @@ def test_skip_accuracy_keeps_mae_only_for_the_same_weights(data_dir, tmp_path, s
     if same_model:
         assert res["official_test_mae_plain"] == 7.5 and res["internal_test_mae_tta"] == 8.4
     else:
-        assert not any(k.endswith(("_mae_plain", "_mae_tta")) for k in res)
+        assert not any(k.endswith(tuple(f"_mae_{t}" for t in ACCURACY_TAGS)) for k in res)
