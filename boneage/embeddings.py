@@ -34,46 +34,34 @@ LAYERS = {
 
 @torch.no_grad()
 def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, layers=("stage3", "stage5", "head"),
-                     batch_size: int = INFERENCE_BATCH, progress=None,
-                     tta: bool = False, fast: FastNetwork | None = None,
+                     batch_size: int = INFERENCE_BATCH, progress=None, tta: bool = False,
                      members: Sequence[Member] = ()) -> tuple[RawPredictions, dict[str, np.ndarray]]:
     """One pass giving predictions, penultimate features and globally pooled earlier layers.
 
     With ``tta`` the predictions are averaged over the zooms of :func:`forward_batch`, exactly as the
-    predictor does for an upload; every feature comes from the plain pass alone. The zoomed passes run on
-    ``fast`` when given (the plain pass needs the eager network for its layer hooks). ``members`` (an
-    ensemble) are averaged into the predictions only.
+    predictor does for an upload; every feature comes from the plain pass alone. All passes run on a
+    traced copy of the network with the layers as extra outputs (:class:`FastNetwork`), about twice as
+    fast as the eager network with forward hooks. ``members`` (an ensemble) are averaged into the
+    predictions only.
     """
     model.eval()
-    modules = dict(model.named_modules())
-    store: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name in layers:
-        path = LAYERS[name][0]
-        hooks.append(modules[path].register_forward_hook(
-            lambda _m, _i, out, name=name: store.__setitem__(name, out.float().mean(dim=(2, 3)))))
+    paths = [LAYERS[name][0] for name in layers]
+    fast = FastNetwork(model, paths)
     ages, scales, probs, feats = [], [], [], []
     layer_feats: dict[str, list] = {n: [] for n in layers}
-
-    def keep_layers() -> None:  # called by forward_batch right after the plain (hooked) pass
-        for n in layers:
-            layer_feats[n].append(store[n].clone())
-
     images_t = torch.as_tensor(images)
     male_t = torch.as_tensor(np.asarray(male).astype(np.int64))
-    try:
-        for start in range(0, len(images), batch_size):
-            out = forward_batch(model, images_t[start:start + batch_size], male_t[start:start + batch_size], tta,
-                                after_plain=keep_layers, fast=fast, members=members)
-            ages.append(out.age)
-            scales.append(out.scale)
-            probs.append(out.stage_prob)
-            feats.append(out.features)
-            if progress is not None:
-                progress(min(start + batch_size, len(images)), len(images))
-    finally:
-        for h in hooks:
-            h.remove()
+    for start in range(0, len(images), batch_size):
+        out = forward_batch(model, images_t[start:start + batch_size], male_t[start:start + batch_size], tta,
+                            fast=fast, members=members)
+        ages.append(out.age)
+        scales.append(out.scale)
+        probs.append(out.stage_prob)
+        feats.append(out.features)
+        for name, path in zip(layers, paths):
+            layer_feats[name].append(out.layers[path])
+        if progress is not None:
+            progress(min(start + batch_size, len(images)), len(images))
     cat = lambda xs: torch.cat(xs).numpy()  # noqa: E731
     raw = RawPredictions(cat(ages), cat(scales), cat(probs), cat(feats))
     return raw, {"penultimate": raw.features, **{n: cat(v) for n, v in layer_feats.items()}}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ class BatchOutput:
     scale: torch.Tensor
     stage_prob: torch.Tensor
     features: torch.Tensor  # plain pass only
+    layers: dict[str, torch.Tensor] = field(default_factory=dict)  # pooled layer features (plain pass)
 
 
 def zoom_theta(n: int, zoom: float) -> torch.Tensor | None:
@@ -49,15 +50,18 @@ def zoom_theta(n: int, zoom: float) -> torch.Tensor | None:
 
 
 class _TupleOutputs(nn.Module):
-    """The network with a tuple output, which tracing needs."""
+    """The network with a tuple output, which tracing needs, followed by the globally pooled outputs of
+    ``layer_paths`` (filled by forward hooks while tracing, so the traced graph computes them too)."""
 
-    def __init__(self, model: BoneAgeNet):
+    def __init__(self, model: BoneAgeNet, layer_paths: Sequence[str] = ()):
         super().__init__()
         self.model = model
+        self.layer_paths = tuple(layer_paths)
+        self.pooled: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, male: torch.Tensor):
         out = self.model(x, male)
-        return out.age, out.scale, out.stage_logits, out.features
+        return (out.age, out.scale, out.stage_logits, out.features, *(self.pooled[p] for p in self.layer_paths))
 
 
 class FastNetwork:
@@ -65,21 +69,39 @@ class FastNetwork:
 
     Why: on the 2-core CPU it runs a 160 px image in about 6-7 ms against 11-15 ms for the eager network
     (oneDNN convolutions with pre-packed weights). Predictions match the eager network to float rounding
-    (tests/test_inference.py). It cannot run hooks or gradients: explanations and layer features use the
-    eager network, and the weights must not change after tracing.
+    (tests/test_inference.py). It cannot run hooks or gradients, so explanations use the eager network and
+    the weights must not change after tracing. ``layer_paths`` (module names) are traced in as extra
+    outputs, each globally average-pooled: the layer-wise features of the precompute without a slow eager
+    pass.
     """
 
-    def __init__(self, model: BoneAgeNet):
+    def __init__(self, model: BoneAgeNet, layer_paths: Sequence[str] = ()):
         size = model.cfg.input_size
         example = (torch.zeros(2, 1, size, size).contiguous(memory_format=torch.channels_last),
                    torch.zeros(2, dtype=torch.int64))
-        with torch.no_grad():
-            traced = torch.jit.trace(_TupleOutputs(model).eval(), example, check_trace=False)
-            self.module = torch.jit.optimize_for_inference(traced)
+        wrapper = _TupleOutputs(model, layer_paths).eval()
+        modules = dict(model.named_modules())
+        hooks = [modules[p].register_forward_hook(
+            lambda _m, _i, out, p=p: wrapper.pooled.__setitem__(p, out.float().mean(dim=(2, 3))))
+            for p in wrapper.layer_paths]
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(wrapper, example, check_trace=False)
+                self.module = torch.jit.optimize_for_inference(traced)
+        finally:  # the eager network (explanations) must not keep the hooks
+            for h in hooks:
+                h.remove()
+            wrapper.pooled.clear()
+        self.layer_paths = wrapper.layer_paths
+
+    def with_layers(self, x: torch.Tensor, male: torch.Tensor) -> tuple[BoneAgeOutput, dict[str, torch.Tensor]]:
+        """The outputs plus the pooled features of each of ``layer_paths`` (N, channels)."""
+        age, scale, logits, features, *layers = self.module(x, male)
+        return (BoneAgeOutput(age=age, scale=scale, stage_logits=logits, features=features),
+                dict(zip(self.layer_paths, layers)))
 
     def __call__(self, x: torch.Tensor, male: torch.Tensor) -> BoneAgeOutput:
-        age, scale, logits, features = self.module(x, male)
-        return BoneAgeOutput(age=age, scale=scale, stage_logits=logits, features=features)
+        return self.with_layers(x, male)[0]
 
 
 @dataclass(frozen=True)
@@ -111,35 +133,37 @@ def fast_network_for(model: BoneAgeNet) -> FastNetwork:
 
 @torch.no_grad()
 def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, tta: bool = False,
-                  after_plain: Callable[[], None] | None = None, device: str | torch.device = "cpu",
-                  fast: FastNetwork | None = None, members: Sequence[Member] = ()) -> BatchOutput:
+                  device: str | torch.device = "cpu", fast: FastNetwork | None = None,
+                  members: Sequence[Member] = ()) -> BatchOutput:
     """One batch through the network, averaged over :data:`TTA_ZOOMS` when ``tta``.
 
-    ``after_plain`` runs right after the plain pass: forward hooks that collect layer features read
-    them there, before the zoomed passes overwrite them; that pass therefore runs on the eager ``model``.
-    Every other pass runs on ``fast`` when given. ``members`` (an ensemble) run the same passes, each at
-    its own input size; every network weighs the same in the mean, the features are ``model``'s.
+    Every pass runs on ``fast`` when given (else on the eager ``model``); the pooled layer features of a
+    ``fast`` traced with ``layer_paths`` come from the plain pass, like the penultimate features.
+    ``members`` (an ensemble) run the same passes, each at its own input size; every network weighs the
+    same in the mean, the features are ``model``'s.
     """
     zooms = TTA_ZOOMS if tta else (1.0,)
     male = male.to(device)
     age = scale = prob = 0
-    features = None
+    features, layers = None, {}
     nets = [(model, fast)] + [(m.model, m.fast) for m in members]
-    for k, (net, net_fast) in enumerate(nets):
+    for net, net_fast in nets:
         for z in zooms:
             x = to_model_input(images, net.cfg.input_size, zoom_theta(len(images), z))
             x = x.to(device).contiguous(memory_format=torch.channels_last)
-            hooked = k == 0 and features is None and after_plain is not None
-            out = net(x, male) if net_fast is None or hooked else net_fast(x, male)
+            if net_fast is None:
+                out = net(x, male)
+            elif features is None:
+                out, layers = net_fast.with_layers(x, male)
+            else:
+                out = net_fast(x, male)
             age = age + out.age
             scale = scale + out.scale
             prob = prob + torch.softmax(out.stage_logits, 1)
             if features is None:
                 features = out.features.float()
-                if after_plain is not None:
-                    after_plain()
     n = len(zooms) * len(nets)
-    return BatchOutput(age / n, scale / n, prob / n, features)
+    return BatchOutput(age / n, scale / n, prob / n, features, layers)
 
 
 @torch.no_grad()

@@ -86,8 +86,7 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     log(f"loaded {len(cases)} images ({len(failed)} failed)")
     t0 = time.time()
     raw, layer_feats = extract_features(predictor.model, images, cases["male"].to_numpy(), EARLY_LAYERS,
-                                        tta=predictor.tta, fast=predictor.fast_network(),
-                                        members=predictor.ensemble())
+                                        tta=predictor.tta, members=predictor.ensemble())
     log(f"forward pass + features (TTA {'on' if predictor.tta else 'off'}, {1 + len(predictor.members)} "
         f"network(s)): {time.time() - t0:.0f}s")
 

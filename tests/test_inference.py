@@ -105,3 +105,39 @@ def test_fast_network_matches_the_eager_network(shipped, images):
             np.testing.assert_allclose(traced.scale, eager.scale, atol=0.01)
             np.testing.assert_allclose(traced.stage_prob, eager.stage_prob, atol=1e-4)
             np.testing.assert_allclose(traced.features, eager.features, atol=1e-3)
+
+
+def test_traced_layer_features_match_eager_hooks_and_leave_no_hooks(shipped, images):
+    """The precompute's layer features come from a traced network with the pooled layers as extra
+    outputs; they must equal what forward hooks on the eager network see, and the eager network (used by
+    the explanations) must not keep any hook."""
+    import torch
+
+    from boneage.embeddings import LAYERS
+    from boneage.inference import FastNetwork
+    from boneage.preprocess import to_model_input
+
+    imgs, male, _ = images
+    paths = [LAYERS[n][0] for n in ("stage3", "stage5", "head")]
+    modules = dict(shipped.model.named_modules())
+    fast = FastNetwork(shipped.model, paths)
+    assert all(not modules[p]._forward_hooks for p in paths)
+    seen = {}
+    hooks = [modules[p].register_forward_hook(lambda _m, _i, out, p=p: seen.__setitem__(p, out.mean(dim=(2, 3))))
+             for p in paths]
+    try:
+        x = to_model_input(torch.as_tensor(imgs), shipped.cfg.input_size).contiguous(memory_format=torch.channels_last)
+        m = torch.as_tensor(male.astype(np.int64))
+        with torch.no_grad():
+            eager = shipped.model(x, m)
+            out, layers = fast.with_layers(x, m)
+    finally:
+        for h in hooks:
+            h.remove()
+    np.testing.assert_allclose(out.age.numpy(), eager.age.numpy(), atol=0.01)
+    for p in paths:
+        assert layers[p].shape == seen[p].shape
+        np.testing.assert_allclose(layers[p].numpy(), seen[p].numpy(), rtol=1e-3, atol=1e-3)
+    _, feats = extract_features(shipped.model, imgs, male, ("stage3", "stage5", "head"), batch_size=7)
+    for name, p in zip(("stage3", "stage5", "head"), paths):
+        np.testing.assert_allclose(feats[name], seen[p].numpy(), rtol=1e-3, atol=1e-3)

@@ -118,7 +118,10 @@ st.caption("Grad-CAM: regions whose features push the predicted age **up**. Sali
            "gradients / occlusion: how much each pixel matters, in either direction. Integrated gradients start "
            "from a black image; occlusion slides a black square. Maps are scaled to their own maximum."
            + (" The predicted age averages this image with two slightly zoomed copies (test-time augmentation); "
-              "the maps explain the unzoomed one." if common.predictor().tta else ""))
+              "the maps explain the unzoomed one." if common.predictor().tta else "")
+           + (f" The predicted age also averages {len(common.predictor().members)} more separately trained "
+              "network(s) (an ensemble); the maps and layers shown are those of the first network."
+              if common.predictor().members else ""))
 
 # -- what if the sex were the other one -------------------------------------------------------------------------
 st.subheader("What if the sex were the other one?")
