@@ -42,19 +42,34 @@ class StageConfig:
 class ModelConfig:
     """Network and input geometry.
 
-    ``base_size`` is the geometry the training radiographs were squeezed to (100x100, nearest neighbour);
-    every image is first brought to it, then resized to ``input_size`` for the network.
+    ``base_size``, ``fit``, ``framing`` and ``framing_margin`` are the input geometry (see
+    :mod:`boneage.geometry`): every image is first brought to the base image by them, then resized to
+    ``input_size`` for the network. Older config files without ``fit``/``framing`` mean the original
+    squeeze of the whole film.
     """
 
     backbone: str = "efficientnet-lite0"
     input_size: int = 128
     base_size: int = 100
+    fit: str = "squeeze"
+    framing: str = "none"
+    framing_margin: float = 0.06
+    # Trained with mirrored copies; every prediction averages the image and its mirror (boneage.inference),
+    # so a right hand, or a film exported mirrored, reads as the left hand would.
+    mirror_invariant: bool = False
     sex_embed_dim: int = 16
     hidden_dim: int = 256
     dropout: float = 0.2
     age_mean: float = 127.3
     age_std: float = 41.2
     stages: StageConfig = field(default_factory=StageConfig)
+
+    @property
+    def geometry(self):
+        """The :class:`boneage.geometry.Geometry` every input of this model is prepared with."""
+        from .geometry import Geometry
+
+        return Geometry.of(self)
 
 
 @dataclass
@@ -77,6 +92,11 @@ class TrainConfig:
     aug_scale: float = 0.12
     aug_translate: float = 0.08
     aug_contrast: float = 0.2
+    # Acquisition differences the framing does not remove: each image is, with probability 1/2, brought down
+    # to a random 1 - aug_resolution .. 1 of its resolution and back (a smaller or re-scaled film), and gets
+    # Gaussian noise of a random SD up to aug_noise (JPEG and detector noise). 0 turns either off.
+    aug_resolution: float = 0.0
+    aug_noise: float = 0.0
     ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights; 0 turns it off
     # Sampling weight of a training case ~ (training cases of its sex x age band) ** -balance_power, drawn
     # with replacement: 0 shows every case once per epoch; 0.5 shows the rare extremes (girls of 17 and

@@ -15,7 +15,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from .imaging import ImageLoadError, read_radiograph, safe_image_path
-from .preprocess import BASE_SIZE, preprocess_array, to_uint8
+from .geometry import Geometry
+from .preprocess import BASE_SIZE, _geometry, preprocess_array, to_uint8
 
 
 @dataclass
@@ -25,22 +26,27 @@ class LoadedImages:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
 
-def load_case_image(image_dir: str | os.PathLike, case_id: str, base_size: int = BASE_SIZE) -> np.ndarray:
-    """One case's preprocessed image (base x base float32 in [0, 1]); raises ImageLoadError."""
-    return preprocess_array(read_radiograph(safe_image_path(image_dir, case_id)), base_size)
+def load_case_image(image_dir: str | os.PathLike, case_id: str, geometry: Geometry | int = BASE_SIZE) -> np.ndarray:
+    """One case's preprocessed image (base x base float32 in [0, 1]) in the model's ``geometry``;
+    raises ImageLoadError."""
+    return preprocess_array(read_radiograph(safe_image_path(image_dir, case_id)), geometry)
 
 
-def load_images(cases: pd.DataFrame, image_dir: str | os.PathLike, base_size: int = BASE_SIZE,
+def load_images(cases: pd.DataFrame, image_dir: str | os.PathLike, geometry: Geometry | int = BASE_SIZE,
                 cache_dir: str | os.PathLike | None = None, progress: bool = True) -> LoadedImages:
     """Load and preprocess every case; unreadable or missing files are reported and skipped.
 
     With ``cache_dir`` the preprocessed array is kept as .npz keyed by the ids, folder and preprocessing
-    size, so retraining does not decode 12,611 PNGs again.
+    geometry, so retraining does not decode 12,611 PNGs again.
     """
+    geometry = _geometry(geometry)
+    base_size = geometry.base_size
+    # The original geometry keeps its original cache key, so existing caches stay valid.
+    gkey = str(base_size) if geometry == Geometry(base_size) else geometry.key()
     ids = cases["id"].astype(str).tolist()
     cache_path = None
     if cache_dir is not None:
-        key = hashlib.sha1(("|".join(ids) + str(Path(image_dir).resolve()) + f"|{base_size}|v2").encode()).hexdigest()[:16]
+        key = hashlib.sha1(("|".join(ids) + str(Path(image_dir).resolve()) + f"|{gkey}|v2").encode()).hexdigest()[:16]
         cache_path = Path(cache_dir) / f"images_{key}.npz"
         if cache_path.is_file():
             z = np.load(cache_path, allow_pickle=False)
@@ -51,7 +57,7 @@ def load_images(cases: pd.DataFrame, image_dir: str | os.PathLike, base_size: in
     images, keep, failed = [], [], []
     for i, cid in enumerate(tqdm(ids, desc="loading images", disable=not progress, mininterval=2)):
         try:
-            images.append(to_uint8(load_case_image(image_dir, cid, base_size)))
+            images.append(to_uint8(load_case_image(image_dir, cid, geometry)))
             keep.append(i)
         except ImageLoadError as exc:
             failed.append((cid, str(exc)))

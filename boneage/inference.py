@@ -40,13 +40,27 @@ class BatchOutput:
     layers: dict[str, torch.Tensor] = field(default_factory=dict)  # pooled layer features (plain pass)
 
 
-def zoom_theta(n: int, zoom: float) -> torch.Tensor | None:
-    """Affine matrices that zoom every image of a batch about its centre (None for no zoom)."""
-    if zoom == 1.0:
+def zoom_theta(n: int, zoom: float, mirror: bool = False) -> torch.Tensor | None:
+    """Affine matrices that zoom (and mirror left-right) every image of a batch about its centre (None for
+    neither)."""
+    if zoom == 1.0 and not mirror:
         return None
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
+    if mirror:
+        theta[:, 0, 0] = -theta[:, 0, 0]
     return theta
+
+
+def views(model: BoneAgeNet, tta: bool) -> list[tuple[float, bool]]:
+    """The (zoom, mirrored) passes a prediction of ``model`` averages, the plain image first.
+
+    A model whose config says ``mirror_invariant`` (trained with mirrored copies) always averages each
+    view with its mirror image, so a right hand (a mirrored film) gets exactly the reading of the left.
+    """
+    zooms = TTA_ZOOMS if tta else (1.0,)
+    mirrors = (False, True) if getattr(model.cfg, "mirror_invariant", False) else (False,)
+    return [(z, m) for m in mirrors for z in zooms]
 
 
 class _TupleOutputs(nn.Module):
@@ -135,21 +149,23 @@ def fast_network_for(model: BoneAgeNet) -> FastNetwork:
 def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, tta: bool = False,
                   device: str | torch.device = "cpu", fast: FastNetwork | None = None,
                   members: Sequence[Member] = ()) -> BatchOutput:
-    """One batch through the network, averaged over :data:`TTA_ZOOMS` when ``tta``.
+    """One batch through the network, averaged over :data:`TTA_ZOOMS` when ``tta`` and over the mirror
+    image when the network is mirror-invariant (:func:`views`).
 
     Every pass runs on ``fast`` when given (else on the eager ``model``); the pooled layer features of a
     ``fast`` traced with ``layer_paths`` come from the plain pass, like the penultimate features.
     ``members`` (an ensemble) run the same passes, each at its own input size; every network weighs the
     same in the mean, the features are ``model``'s.
     """
-    zooms = TTA_ZOOMS if tta else (1.0,)
     male = male.to(device)
     age = scale = prob = 0
     features, layers = None, {}
     nets = [(model, fast)] + [(m.model, m.fast) for m in members]
+    n = 0
     for net, net_fast in nets:
-        for z in zooms:
-            x = to_model_input(images, net.cfg.input_size, zoom_theta(len(images), z))
+        for z, mirror in views(net, tta):
+            n += 1
+            x = to_model_input(images, net.cfg.input_size, zoom_theta(len(images), z, mirror))
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             if net_fast is None:
                 out = net(x, male)
@@ -162,7 +178,6 @@ def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, t
             prob = prob + torch.softmax(out.stage_logits, 1)
             if features is None:
                 features = out.features.float()
-    n = len(zooms) * len(nets)
     return BatchOutput(age / n, scale / n, prob / n, features, layers)
 
 

@@ -84,12 +84,13 @@ def member_dirs(model_dir: str | os.PathLike, config: dict) -> list[Path]:
 def load_members(model_dir: str | os.PathLike, config: dict) -> tuple[BoneAgeNet, ...]:
     """Load every ensemble member of a model folder; a missing file is an error naming it, never a quiet
     fall-back to fewer networks (the conformal intervals were calibrated on the whole ensemble)."""
-    base = model_config_from_dict(config["model"]).base_size
+    base = model_config_from_dict(config["model"]).geometry
     members = []
     for d in member_dirs(model_dir, config):
         net, _ = load_model_dir(d)
-        if net.cfg.base_size != base:
-            raise ValueError(f"ensemble member {d} expects {net.cfg.base_size} px images, the model {base} px")
+        if net.cfg.geometry != base:
+            raise ValueError(f"ensemble member {d} reads images prepared as {net.cfg.geometry.key()}, "
+                             f"the model as {base.key()} (base size-fit-framing-margin)")
         members.append(net)
     return tuple(members)
 
@@ -153,7 +154,7 @@ class BoneAgePredictor:
 
     def preprocess_checked(self, arr: np.ndarray) -> tuple[np.ndarray, bool]:
         """As :meth:`preprocess`, plus whether the radiograph was taken for a negative and inverted."""
-        img, negative = preprocess_array_checked(arr, self.cfg.base_size)
+        img, negative = preprocess_array_checked(arr, self.cfg.geometry)
         return to_uint8(img), negative
 
     # -- prediction ----------------------------------------------------------------------------

@@ -9,36 +9,32 @@ Why this order:
    most training images, a grey plate in many official test images) and is mapped to 0; the 99.5th
    percentile (dense bone) is mapped to 1. Negatives (bone dark, background bright) are flipped first
    when the learned check of :mod:`boneage.polarity` is confident.
+3. Framing last (:mod:`boneage.geometry`), on the normalised image, when the model's geometry asks for it.
+
+The geometry (base size, fit, framing) belongs to the model: :func:`prepare` takes the
+:class:`boneage.geometry.Geometry` of the model that will read the image.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from .geometry import Framing, Geometry, background_level, fit_to_base, frame
 from .polarity import default_check
 
-BASE_SIZE = 100
+BASE_SIZE = 100  # the base size of the RSNA training files; a model's own geometry is in its config
 
 
 def squeeze_to_base(arr: np.ndarray, base_size: int = BASE_SIZE) -> np.ndarray:
     """Resize a 2-D image to base_size x base_size (aspect ratio not kept) with nearest neighbour."""
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.shape == (base_size, base_size):
-        return arr
-    im = Image.fromarray(arr, mode="F")
-    return np.asarray(im.resize((base_size, base_size), Image.NEAREST), dtype=np.float32)
+    return fit_to_base(arr, Geometry(base_size))
 
 
 def _background_level(arr: np.ndarray, bins: int = 64) -> float:
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return lo
-    hist, edges = np.histogram(arr, bins=bins, range=(lo, hi))
-    hist = np.convolve(hist, np.ones(3) / 3, mode="same")
-    k = int(np.argmax(hist))
-    return float(edges[k] + edges[k + 1]) / 2
+    return background_level(arr, bins)
 
 
 def is_negative(arr: np.ndarray) -> bool:
@@ -67,16 +63,41 @@ def normalize_intensity_checked(arr: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.clip((arr - bg) / (top - bg), 0.0, 1.0).astype(np.float32), negative
 
 
-def preprocess_array(arr: np.ndarray, base_size: int = BASE_SIZE) -> np.ndarray:
-    """Any 2-D radiograph array -> base_size x base_size float32 in [0, 1], as the model was trained."""
-    return preprocess_array_checked(arr, base_size)[0]
+@dataclass
+class Prepared:
+    """A radiograph as the network reads it, and what was done to get there."""
+
+    image: np.ndarray  # (base, base) float32 in [0, 1]
+    negative: bool  # taken for a negative and inverted
+    framing: Framing
 
 
-def preprocess_array_checked(arr: np.ndarray, base_size: int = BASE_SIZE) -> tuple[np.ndarray, bool]:
-    """As :func:`preprocess_array`, plus whether the radiograph was taken for a negative and inverted."""
+def _geometry(geometry: Geometry | int) -> Geometry:
+    return geometry if isinstance(geometry, Geometry) else Geometry(int(geometry))
+
+
+def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
+    """Any 2-D radiograph array -> the model's base image: fit, intensity, framing (module docstring).
+
+    An ``int`` geometry means that base size with the original squeeze and no framing."""
+    arr = np.asarray(arr)
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
-    return normalize_intensity_checked(squeeze_to_base(arr, base_size))
+    geometry = _geometry(geometry)
+    img, negative = normalize_intensity_checked(fit_to_base(arr, geometry))
+    img, framing = frame(img, geometry)
+    return Prepared(img, negative, framing)
+
+
+def preprocess_array(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> np.ndarray:
+    """Any 2-D radiograph array -> base image float32 in [0, 1], as the model was trained."""
+    return prepare(arr, geometry).image
+
+
+def preprocess_array_checked(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> tuple[np.ndarray, bool]:
+    """As :func:`preprocess_array`, plus whether the radiograph was taken for a negative and inverted."""
+    p = prepare(arr, geometry)
+    return p.image, p.negative
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

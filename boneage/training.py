@@ -60,6 +60,23 @@ def _augment_intensity(x: torch.Tensor, strength: float, gen: torch.Generator) -
     return (x.clamp(0, 1) ** gamma * contrast).clamp(0, 1)
 
 
+def _augment_degradation(x: torch.Tensor, resolution: float, noise: float, gen: torch.Generator) -> torch.Tensor:
+    """Resolution loss and noise on (N, H, W) [0,1] images (see ``TrainConfig.aug_resolution``)."""
+    n, h, w = x.shape
+    if resolution > 0:
+        s = 1 - float(torch.rand(1, generator=gen)) * resolution  # one factor a batch: a single resize
+        pick = torch.rand(n, generator=gen) < 0.5
+        if pick.any() and s < 0.99:
+            small = F.interpolate(x[pick].unsqueeze(1), size=(max(8, round(h * s)), max(8, round(w * s))),
+                                  mode="area")
+            x = x.clone()
+            x[pick] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    if noise > 0:
+        sd = torch.rand(n, 1, 1, generator=gen) * noise
+        x = x + torch.randn(x.shape, generator=gen) * sd
+    return x.clamp(0, 1)
+
+
 def stage_targets(age: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     s = cfg.stages
     return (age >= s.child_below_months).long() + (age >= s.adult_from_months).long()
@@ -173,7 +190,9 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
                 continue
             xb = x_all[idx].float() / 255.0
             xb = _augment_intensity(xb, train_cfg.aug_contrast, gen)
-            theta = random_affine(len(idx), train_cfg.aug_rotate_deg, train_cfg.aug_scale, train_cfg.aug_translate, gen)
+            xb = _augment_degradation(xb, train_cfg.aug_resolution, train_cfg.aug_noise, gen)
+            theta = random_affine(len(idx), train_cfg.aug_rotate_deg, train_cfg.aug_scale, train_cfg.aug_translate, gen,
+                                  flip=model_cfg.mirror_invariant)
             x = to_model_input(xb, model_cfg.input_size, theta).to(device)
             if device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)

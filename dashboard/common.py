@@ -103,7 +103,8 @@ def image_dir_for(split: str) -> Path | None:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def case_image(case_id: str, split: str) -> np.ndarray | None:
-    """Preprocessed 100x100 uint8 image of a case (what the network sees), or None without data."""
+    """Preprocessed base-size uint8 image of a case in the shipped model's geometry (what the network
+    sees), or None without data."""
     from boneage.data import load_case_image
     from boneage.preprocess import to_uint8
 
@@ -111,7 +112,7 @@ def case_image(case_id: str, split: str) -> np.ndarray | None:
     if folder is None:
         return None
     try:
-        return to_uint8(load_case_image(folder, case_id))
+        return to_uint8(load_case_image(folder, case_id, predictor().cfg.geometry))
     except ImageLoadError as exc:
         st.warning(str(exc))
         return None

@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     candidate, _ = load_model_dir(candidate_dir)
     splits = pd.read_csv(args.splits, dtype={"id": str})
     val = load_images(splits[splits["split"] == "val"].reset_index(drop=True), data_dir / "train",
-                      predictor.cfg.base_size, cache_dir=args.cache_dir, progress=False)
+                      predictor.cfg.geometry, cache_dir=args.cache_dir, progress=False)
     male = val.cases["male"].to_numpy().astype(bool)
     res = {"candidate": str(candidate_dir), "validation_cases": len(val.images),
            **compare(predictor, candidate, val.images, male, val.cases["boneage"].to_numpy(float))}

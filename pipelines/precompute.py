@@ -77,7 +77,7 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     frames, images = [], []
     failed = []
     for image_dir, group in cases.groupby("image_dir", sort=False):
-        loaded = load_images(group.reset_index(drop=True), image_dir, cfg.base_size, progress=False)
+        loaded = load_images(group.reset_index(drop=True), image_dir, cfg.geometry, progress=False)
         failed += loaded.failed
         frames.append(loaded.cases)
         images.append(loaded.images)
@@ -288,7 +288,8 @@ def part_atlas(art: Path, data_dir: Path, log) -> None:
 
     def load(case_id: str, split: str):
         try:
-            return to_uint8(load_case_image(data_dir / ("test" if split == "official_test" else "train"), case_id))
+            return to_uint8(load_case_image(data_dir / ("test" if split == "official_test" else "train"), case_id,
+                                            predictor.cfg.geometry))
         except ImageLoadError:
             return None
 

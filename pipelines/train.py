@@ -47,6 +47,19 @@ def main(argv=None) -> int:
                     help="keep an exponential moving average of the weights (e.g. 0.998); 0 = off")
     ap.add_argument("--balance-power", type=float, default=TrainConfig.balance_power,
                     help="sample cases ~ (cases of their sex x age band)^-P with replacement; 0 = each case once an epoch")
+    ap.add_argument("--base-size", type=int, default=ModelConfig.base_size,
+                    help="side of the base image every radiograph is brought to (100: the RSNA files here)")
+    ap.add_argument("--fit", choices=("squeeze", "letterbox"), default=ModelConfig.fit,
+                    help="squeeze the film to a square (as the 100 px files were) or keep its aspect ratio")
+    ap.add_argument("--framing", choices=("none", "hand", "hand-upright"), default=ModelConfig.framing,
+                    help="read the whole film, or a square around the hand (optionally turned upright)")
+    ap.add_argument("--mirror-invariant", action="store_true",
+                    help="train with mirrored copies and average every prediction with its mirror image")
+    ap.add_argument("--aug-rotate", type=float, default=TrainConfig.aug_rotate_deg, help="max rotation, degrees")
+    ap.add_argument("--aug-contrast", type=float, default=TrainConfig.aug_contrast, help="gamma/contrast strength")
+    ap.add_argument("--aug-resolution", type=float, default=TrainConfig.aug_resolution,
+                    help="max fraction of resolution lost (half the images, down and up again); 0 = off")
+    ap.add_argument("--aug-noise", type=float, default=TrainConfig.aug_noise, help="max Gaussian noise SD; 0 = off")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     data_dir = data_dir_or_report(args.data_dir)
@@ -63,14 +76,18 @@ def main(argv=None) -> int:
         tr = tr.head(args.max_train_cases)
     if args.max_val_cases:
         va = va.head(args.max_val_cases)
-    model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size)
+    model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, base_size=args.base_size,
+                            fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
-                            ema_decay=args.ema_decay, balance_power=args.balance_power)
+                            ema_decay=args.ema_decay, balance_power=args.balance_power,
+                            aug_rotate_deg=args.aug_rotate, aug_contrast=args.aug_contrast,
+                            aug_resolution=args.aug_resolution, aug_noise=args.aug_noise)
     cache = None if args.max_train_cases else args.cache_dir
-    tr_img = load_images(tr, data_dir / "train", cache_dir=cache, progress=not args.quiet)
-    va_img = load_images(va, data_dir / "train", cache_dir=cache, progress=not args.quiet)
+    geometry = model_cfg.geometry
+    tr_img = load_images(tr, data_dir / "train", geometry, cache_dir=cache, progress=not args.quiet)
+    va_img = load_images(va, data_dir / "train", geometry, cache_dir=cache, progress=not args.quiet)
     for cid, reason in tr_img.failed + va_img.failed:
         print(f"skipped {cid}: {reason}", file=sys.stderr)
     split_sha = sha256_file(splits_path)

@@ -107,7 +107,11 @@ def test_member_of_another_base_geometry_is_refused(ensemble_dir, tmp_path):
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["base_size"] = 64
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="64 px"):
+    with pytest.raises(ValueError, match="64-squeeze-none"):
+        BoneAgePredictor.from_dir(odd)
+    cfg["model"].update(base_size=100, framing="hand")  # same size, other framing: also another input
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="100-squeeze-hand"):
         BoneAgePredictor.from_dir(odd)
 
 

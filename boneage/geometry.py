@@ -1,0 +1,235 @@
+"""How a radiograph becomes the network's base-size image: the model's input geometry.
+
+One function, :func:`prepare`, used identically for training images, test images and every upload, so the
+network always sees inputs made the way its training inputs were. The geometry belongs to the model (it is
+saved in ``config.json`` as part of :class:`boneage.config.ModelConfig`) and has three parts:
+
+``base_size``
+    The side of the square base image (100 for the RSNA training files we have; 512 or more for native
+    radiographs). The network resizes it once more to its ``input_size``.
+``fit``
+    How the whole film is brought to the square. ``squeeze`` (aspect ratio not kept, nearest neighbour):
+    the training files reached us that way, and an image made exactly like them keeps bone edges as
+    sharp and as aliased as the network learned them. ``letterbox``: aspect ratio kept, the film padded
+    to a square with its own background level, then resized with an antialiasing bilinear filter; for
+    models trained on native radiographs.
+``framing``
+    What part of the base image the network reads. ``none``: the whole film (how far the hand fills
+    the frame then changes the reading). ``hand``: the hand is found (:func:`boneage.hand.hand_mask`),
+    and a square around it, with a fixed ``margin``, is resampled to the base size, so a border, a
+    tighter crop or a shifted hand give (nearly) the same input. ``hand-upright`` also turns the hand so
+    its principal axis is vertical, which undoes a rotated placement on the detector. When no plausible
+    hand is found, the whole image is used and :class:`Framing` says so (``found`` False, a reason).
+
+Framing runs on the intensity-normalised base image (background 0, bone near 1), whose padding
+outside the film is background by construction. It is mirror-equivariant: framing a mirrored image gives
+the mirrored framing, so a network made indifferent to mirroring (flip averaging, see
+:mod:`boneage.inference`) stays indifferent after it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+FITS = ("squeeze", "letterbox")
+FRAMINGS = ("none", "hand", "hand-upright")
+
+# A mask outside these bounds is not taken for a hand (a plate, a label, noise): framing falls back to the
+# whole image. Measured on the base-size training and official images: median area 0.20-0.23 of the image.
+MIN_HAND_AREA, MAX_HAND_AREA = 0.03, 0.75
+MIN_HAND_EXTENT = 0.15  # of the base side, for both height and width of the mask's bounding box
+MAX_UPRIGHT_DEG = 45.0  # a hand lying further off the vertical is turned by this much at most
+MIN_ELONGATION = 1.2  # ratio of the mask's principal standard deviations below which no axis is trusted
+
+
+class GeometryError(ValueError):
+    """An unknown fit or framing, or an impossible base size."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The model's input geometry; see the module docstring."""
+
+    base_size: int = 100
+    fit: str = "squeeze"
+    framing: str = "none"
+    margin: float = 0.06  # of the crop side, on each side of the hand's bounding box
+
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise GeometryError(f"unknown fit {self.fit!r}; one of {', '.join(FITS)}")
+        if self.framing not in FRAMINGS:
+            raise GeometryError(f"unknown framing {self.framing!r}; one of {', '.join(FRAMINGS)}")
+        if not 16 <= int(self.base_size) <= 4096:
+            raise GeometryError(f"base size {self.base_size} px is outside 16-4096")
+        if not 0 <= self.margin < 0.5:
+            raise GeometryError(f"framing margin {self.margin} must lie in [0, 0.5)")
+
+    @classmethod
+    def of(cls, cfg) -> "Geometry":
+        """The geometry of a :class:`boneage.config.ModelConfig` (or anything with the same fields)."""
+        return cls(int(cfg.base_size), getattr(cfg, "fit", "squeeze"), getattr(cfg, "framing", "none"),
+                   float(getattr(cfg, "framing_margin", 0.06)))
+
+    def key(self) -> str:
+        """A short text that changes whenever the prepared pixels would (for caches)."""
+        return f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Where the network's square was taken from, in base-image pixels (x right, y down)."""
+
+    found: bool  # a plausible hand was found and framed; False: the whole image was used
+    center_x: float
+    center_y: float
+    side: float  # side of the square read, before resampling to the base size
+    angle_deg: float  # turn applied to bring the hand upright (0 unless framing is hand-upright)
+    hand_area: float  # share of the base image the hand mask covers (0 when none)
+    reason: str = ""  # why the whole image was used, when not found
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def background_level(arr: np.ndarray, bins: int = 64) -> float:
+    """The film's background level: the mode of its (lightly smoothed) histogram."""
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(arr, bins=bins, range=(lo, hi))
+    hist = np.convolve(hist, np.ones(3) / 3, mode="same")
+    k = int(np.argmax(hist))
+    return float(edges[k] + edges[k + 1]) / 2
+
+
+def squeeze(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize a 2-D image to size x size (aspect ratio not kept) with nearest neighbour."""
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.shape == (size, size):
+        return arr
+    return np.asarray(Image.fromarray(arr, mode="F").resize((size, size), Image.NEAREST), dtype=np.float32)
+
+
+def letterbox(arr: np.ndarray, size: int) -> np.ndarray:
+    """Pad a 2-D image to a square with its background level (centred), then resize (antialiased bilinear)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    h, w = arr.shape
+    side = max(h, w)
+    if h != w:
+        square = np.full((side, side), background_level(arr), np.float32)
+        top, left = (side - h) // 2, (side - w) // 2
+        square[top:top + h, left:left + w] = arr
+        arr = square
+    if side == size:
+        return arr
+    return np.asarray(Image.fromarray(arr, mode="F").resize((size, size), Image.BILINEAR), dtype=np.float32)
+
+
+def trim_uniform_border(arr: np.ndarray, tol: float = 0.02) -> np.ndarray:
+    """``arr`` without the uniform bars around it (padding added by an export, a letterbox, a mat).
+
+    A bar is an outer row or column whose every pixel lies within ``tol`` of the image's dynamic range of
+    the corner value it starts from; bars are peeled from each side until a row or column holds anything
+    else. At most a quarter of each side is removed, so a film whose true background happens to be
+    uniform keeps its hand.
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    h, w = a.shape
+    span = float(a.max() - a.min())
+    if span <= 0:
+        return a
+    eps = tol * span
+
+    def uniform(line: np.ndarray, ref: float) -> bool:
+        return float(np.abs(line - ref).max()) <= eps
+
+    top, bottom, left, right = 0, h, 0, w
+    ref = float(a[0, 0])
+    while top < h // 4 and uniform(a[top, left:right], ref):
+        top += 1
+    ref = float(a[-1, -1])
+    while h - bottom < h // 4 and uniform(a[bottom - 1, left:right], ref):
+        bottom -= 1
+    ref = float(a[0, 0])
+    while left < w // 4 and uniform(a[top:bottom, left], ref):
+        left += 1
+    ref = float(a[-1, -1])
+    while w - right < w // 4 and uniform(a[top:bottom, right - 1], ref):
+        right -= 1
+    return a[top:bottom, left:right]
+
+
+def fit_to_base(arr: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The whole film at the base size, by the geometry's ``fit``.
+
+    With framing on, uniform bars around the film are removed first (:func:`trim_uniform_border`): they
+    would shrink the hand in the base image and, when they are the commonest level, be taken for the
+    background by the intensity normalisation."""
+    if geometry.framing != "none":
+        arr = trim_uniform_border(arr)
+    return (squeeze if geometry.fit == "squeeze" else letterbox)(arr, geometry.base_size)
+
+
+def locate_hand(image: np.ndarray, geometry: Geometry) -> Framing:
+    """The square to read from a normalised base image (background 0): see the module docstring."""
+    from .hand import hand_mask
+
+    size = image.shape[0]
+    whole = Framing(False, (size - 1) / 2, (size - 1) / 2, float(size), 0.0, 0.0)
+    mask = hand_mask(image)
+    area = float(mask.mean())
+    if not mask.any():
+        return Framing(**{**whole.as_dict(), "reason": "no hand found (nothing brighter than the background)"})
+    ys, xs = np.nonzero(mask)
+    extent = min(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / size
+    if not MIN_HAND_AREA <= area <= MAX_HAND_AREA or extent < MIN_HAND_EXTENT:
+        return Framing(**{**whole.as_dict(), "hand_area": area,
+                          "reason": f"no plausible hand found (mask covers {area:.0%} of the image, "
+                                    f"smallest extent {extent:.0%}); the whole image is read"})
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    angle = 0.0
+    down = np.array([0.0, 1.0])  # unit vector of the hand's long axis, pointing down the image
+    if geometry.framing == "hand-upright":
+        evals, evecs = np.linalg.eigh(np.cov(pts.T))
+        if math.sqrt(evals[1] / max(evals[0], 1e-9)) >= MIN_ELONGATION:
+            d = evecs[:, 1] * (1 if evecs[1, 1] >= 0 else -1)
+            angle = float(np.degrees(np.arctan2(-d[0], d[1])))  # turn that brings d onto the vertical
+            angle = float(np.clip(angle, -MAX_UPRIGHT_DEG, MAX_UPRIGHT_DEG))
+            rad = np.radians(angle)
+            down = np.array([-math.sin(rad), math.cos(rad)])
+    across = np.array([down[1], -down[0]])
+    u, v = pts @ across, pts @ down  # coordinates in the upright frame
+    cu, cv = (u.min() + u.max()) / 2, (v.min() + v.max()) / 2
+    side = (max(u.max() - u.min(), v.max() - v.min()) + 1) / (1 - 2 * geometry.margin)
+    cx, cy = cu * across + cv * down
+    return Framing(True, float(cx), float(cy), float(side), angle, area)
+
+
+def resample_frame(image: np.ndarray, framing: Framing, size: int) -> np.ndarray:
+    """The framed square of ``image`` at size x size (bilinear; outside the image is background 0)."""
+    from scipy.ndimage import map_coordinates
+
+    rad = math.radians(framing.angle_deg)
+    down = np.array([-math.sin(rad), math.cos(rad)])
+    across = np.array([down[1], -down[0]])
+    t = ((np.arange(size) + 0.5) / size - 0.5) * framing.side  # output pixel centres in the upright frame
+    gu, gv = np.meshgrid(t, t)  # gu across (columns), gv down (rows)
+    x = framing.center_x + gu * across[0] + gv * down[0]
+    y = framing.center_y + gu * across[1] + gv * down[1]
+    out = map_coordinates(np.asarray(image, np.float32), [y, x], order=1, mode="constant", cval=0.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def frame(image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Framing]:
+    """Apply the geometry's framing to a normalised base image; ``none`` returns it unchanged."""
+    size = image.shape[0]
+    if geometry.framing == "none":
+        return image, Framing(False, (size - 1) / 2, (size - 1) / 2, float(size), 0.0, 0.0, "framing off")
+    framing = locate_hand(image, geometry)
+    if not framing.found:
+        return image, framing
+    return resample_frame(image, framing, size), framing
