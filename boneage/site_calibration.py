@@ -437,3 +437,24 @@ def check_references(y) -> None:
     bad = np.isnan(y) | (y < lo) | (y > hi)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} reference bone ages missing or outside {lo:.0f}-{hi:.0f} months")
+
+
+EVALUATION_METRICS = {"mae": "MAE (months)", "bias": "bias, predicted - reference (months)",
+                      "coverage": "90 % interval coverage", "width": "90 % interval mean width (months)"}
+
+
+def evaluation_frame(evaluation: dict):
+    """A profile's cross-validated evaluation as a table for reports: one row per metric with before,
+    after and the paired difference, each with its 95 % bootstrap CI."""
+    import pandas as pd
+
+    rows = []
+    for key, label in EVALUATION_METRICS.items():
+        row = {"metric": label}
+        for part in ("before", "after", "difference"):
+            e = evaluation.get(part, {}).get(key)
+            row[part] = None if e is None else e["value"]
+            row[f"{part}_ci"] = None if e is None else f"{e['ci_low']:.3g} to {e['ci_high']:.3g}"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", "before", "before_ci", "after", "after_ci", "difference",
+                                       "difference_ci"])
