@@ -53,7 +53,8 @@ def check_cases(cases: pd.DataFrame, rejected: list[tuple[str, str]]) -> None:
         lines = "\n".join(f"  {cid}: {why}" for cid, why in rejected[:20])
         more = f"\n  ... and {len(rejected) - 20} more" if len(rejected) > 20 else ""
         raise CalibrationRefused(f"{len(rejected)} row(s) of the cases file cannot be used for calibration (every "
-                                 f"case needs an id, a sex and a reference bone age in months):\n{lines}{more}\n"
+                                 f"case needs an id, a sex and a reference bone age of {REFERENCE_RANGE[0]:.0f}-"
+                                 f"{REFERENCE_RANGE[1]:.0f} months):\n{lines}{more}\n"
                                  "Fix or remove these rows and rerun.")
     lo, hi = REFERENCE_RANGE
     y = cases["boneage"].to_numpy(float)

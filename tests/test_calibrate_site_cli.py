@@ -88,6 +88,7 @@ def test_missing_or_out_of_range_references_are_refused(tmp_path, labelled, data
     proc, out_dir = _calibrate(tmp_path, cases, data_dir / "test", subprocess_env, repo_root)
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr and cases.loc[5, "id"] in proc.stderr
+    assert "0-240 months" in proc.stderr and "Nothing was written" in proc.stderr
     assert not out_dir.exists()
 
 
