@@ -128,8 +128,9 @@ class BoneAgePredictor:
     def with_options(self, tta: bool | None = None, ensemble: bool | None = None) -> "BoneAgePredictor":
         """The same loaded networks with TTA and/or the ensemble members switched (None keeps them)."""
         members = self.members if ensemble is None or ensemble else ()
-        return BoneAgePredictor(self.model, self.config, self.conformal, self.tta if tta is None else tta,
-                                self.conformal_problem, members, self.site, self.model_dir)
+        out = BoneAgePredictor(self.model, self.config, self.conformal, self.tta if tta is None else tta,
+                               self.conformal_problem, members, None, self.model_dir)
+        return out.with_site(self.site) if self.site is not None else out  # re-checked: networks or TTA may differ
 
     def with_site(self, site) -> "BoneAgePredictor":
         """The same loaded networks with a site profile applied (a name in artifacts/sites, a path or a

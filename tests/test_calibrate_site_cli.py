@@ -179,3 +179,6 @@ def test_shipped_profile_matches_the_shipped_model():
     assert profile.n_cases == 100 and profile.evaluation["k_folds"] == 10
     p = load_predictor(site="rsna-official")
     assert p.site.name == "rsna-official" and load_predictor().site is None
+    assert p.with_options().site.name == "rsna-official"
+    with pytest.raises(SiteProfileError, match="test-time augmentation"):  # fitted with the model's default TTA
+        p.with_options(tta=not p.tta)
