@@ -23,6 +23,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def model_fingerprint(model_dir: Path | None = None, members: bool = True) -> str:
+    """sha256 of the primary weights, joined with each ensemble member's (``members=False``: the primary's
+    alone): which networks made a set of predictions (benchmark, site profiles)."""
+    from .config import MODEL_DIR
+    from .predictor import member_dirs
+
+    model_dir = Path(MODEL_DIR if model_dir is None else model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    dirs = [model_dir] + (member_dirs(model_dir, config) if members else [])
+    return "+".join(sha256_file(d / "model.pt") for d in dirs)
+
+
 def describe(path: Path) -> tuple[str, object]:
     """(kind, schema) of an artifact file, read from the file itself."""
     suffix = path.suffix.lower()

@@ -99,11 +99,14 @@ class BoneAgePredictor:
     """A loaded model plus its preprocessing; thread-safe for inference (no state changes).
 
     ``members`` are further networks averaged into every prediction (an ensemble, listed in the model's
-    config.json); features and explanations come from ``model`` alone.
+    config.json); features and explanations come from ``model`` alone. ``site``: a
+    :class:`boneage.site_calibration.SiteProfile` whose correction and intervals replace the shipped ones
+    (see :meth:`with_site`); None = the shipped model as it is.
     """
 
     def __init__(self, model: BoneAgeNet, config: dict, conformal=None, tta: bool = False,
-                 conformal_problem: str = "", members: tuple[BoneAgeNet, ...] = ()):
+                 conformal_problem: str = "", members: tuple[BoneAgeNet, ...] = (), site=None,
+                 model_dir: str | os.PathLike | None = None):
         self.model = model
         self.config = config
         self.cfg: ModelConfig = model.cfg
@@ -111,6 +114,8 @@ class BoneAgePredictor:
         self.conformal_problem = conformal_problem  # why there are no intervals, when a file is unusable
         self.tta = tta
         self.members = tuple(members)
+        self.site = site
+        self.model_dir = model_dir
 
     def fast_network(self) -> FastNetwork:
         """The traced copy of the network for predictions, built on first use and shared by every
@@ -124,8 +129,25 @@ class BoneAgePredictor:
     def with_options(self, tta: bool | None = None, ensemble: bool | None = None) -> "BoneAgePredictor":
         """The same loaded networks with TTA and/or the ensemble members switched (None keeps them)."""
         members = self.members if ensemble is None or ensemble else ()
-        return BoneAgePredictor(self.model, self.config, self.conformal, self.tta if tta is None else tta,
-                                self.conformal_problem, members)
+        out = BoneAgePredictor(self.model, self.config, self.conformal, self.tta if tta is None else tta,
+                               self.conformal_problem, members, None, self.model_dir)
+        return out.with_site(self.site) if self.site is not None else out  # re-checked: networks or TTA may differ
+
+    def with_site(self, site) -> "BoneAgePredictor":
+        """The same loaded networks with a site profile applied (a name in artifacts/sites, a path or a
+        SiteProfile; None removes it). Raises SiteProfileError when it was fitted for other networks."""
+        from .manifest import model_fingerprint
+        from .site_calibration import SiteProfileError, load_site
+
+        if site is None:
+            return BoneAgePredictor(self.model, self.config, self.conformal, self.tta, self.conformal_problem,
+                                    self.members, None, self.model_dir)
+        profile = load_site(site)
+        if self.model_dir is None:
+            raise SiteProfileError("this predictor was not loaded from a model folder: its fingerprint is unknown")
+        profile.check_model(model_fingerprint(self.model_dir, members=bool(self.members)), self.tta)
+        return BoneAgePredictor(self.model, self.config, self.conformal, self.tta, self.conformal_problem,
+                                self.members, profile, self.model_dir)
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike = MODEL_DIR, tta: bool | None = None,
@@ -145,7 +167,7 @@ class BoneAgePredictor:
                 problem = f"Prediction intervals unavailable: {exc}"
         if tta is None:
             tta = default_tta(config)
-        return cls(model, config, conformal, tta, problem, members)
+        return cls(model, config, conformal, tta, problem, members, model_dir=Path(model_dir))
 
     # -- preprocessing -------------------------------------------------------------------------
     def preprocess(self, arr: np.ndarray) -> np.ndarray:
@@ -164,12 +186,16 @@ class BoneAgePredictor:
 
     def _to_predictions(self, raw: RawPredictions, male: np.ndarray) -> list[Prediction]:
         names = list(self.cfg.stages.names)
-        intervals = self.conformal.intervals(raw.age, raw.scale, male) if self.conformal is not None else None
+        ages = raw.age
+        if self.site is not None:  # the site's corrected age and its own intervals
+            ages, intervals = self.site.apply(raw.age, raw.scale, male)
+        else:
+            intervals = self.conformal.intervals(raw.age, raw.scale, male) if self.conformal is not None else None
         out = []
-        for i in range(len(raw.age)):
+        for i in range(len(ages)):
             probs = {n: float(raw.stage_prob[i, j]) for j, n in enumerate(names)}
             iv = {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()} if intervals else {}
-            out.append(Prediction(float(raw.age[i]), float(raw.scale[i]), names[int(np.argmax(raw.stage_prob[i]))], probs, iv))
+            out.append(Prediction(float(ages[i]), float(raw.scale[i]), names[int(np.argmax(raw.stage_prob[i]))], probs, iv))
         return out
 
     def predict_image(self, image: np.ndarray, male: bool) -> tuple[Prediction, np.ndarray]:
@@ -208,6 +234,8 @@ class BoneAgePredictor:
                 rows[i].update(pred.as_row())
         df = pd.DataFrame(rows)
         df.insert(1, "male", males)
+        if self.site is not None:
+            df["site"] = self.site.name
         cols = [c for c in df.columns if c != "error"] + ["error"]
         return df[cols]
 
@@ -226,12 +254,15 @@ def default_tta(config: dict) -> bool:
 
 
 def load_predictor(model_dir: str | os.PathLike | None = None, tta: bool | None = None,
-                   ensemble: bool = True) -> BoneAgePredictor:
+                   ensemble: bool = True, site=None) -> BoneAgePredictor:
     """The shipped model, loaded once per process (a given ``model_dir`` always loads afresh).
 
     ``tta=None`` uses the model's stored default; True or False overrides it. ``ensemble=False`` predicts
-    with the primary network alone.
+    with the primary network alone. ``site``: a site profile (name in artifacts/sites, path or
+    SiteProfile) applied to every prediction, see :meth:`BoneAgePredictor.with_site`.
     """
+    if site is not None:
+        return load_predictor(model_dir, tta, ensemble).with_site(site)
     global _DEFAULT
     if model_dir is not None:
         return BoneAgePredictor.from_dir(model_dir, tta=tta, ensemble=ensemble)

@@ -342,9 +342,31 @@ def image_sex_flip(image: np.ndarray, male: bool) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def image_prediction(image: np.ndarray, male: bool):
-    """Prediction and penultimate feature of a preprocessed 100x100 uint8 image."""
-    return predictor().predict_image(image, bool(male))
+def image_prediction(image: np.ndarray, male: bool, site: str | None = None):
+    """Prediction and penultimate feature of a preprocessed 100x100 uint8 image (``site``: with that site
+    profile of the artifact set applied)."""
+    return (site_predictor(site) if site else predictor()).predict_image(image, bool(male))
+
+
+def site_names() -> list[str]:
+    """Site profiles of the artifact set in use (``sites/<name>.json``)."""
+    from boneage.site_calibration import available_sites
+
+    return available_sites(store().root / "sites")
+
+
+@st.cache_data(show_spinner=False)
+def model_fingerprint() -> str:
+    """sha256 of the networks of the artifact set in use (as recorded in site profiles)."""
+    from boneage.manifest import model_fingerprint as fingerprint
+
+    return fingerprint(store().root / "model")
+
+
+@st.cache_resource(show_spinner=False)
+def site_predictor(name: str):
+    """The model with a site profile applied; raises SiteProfileError when it does not fit the model."""
+    return predictor().with_site(store().root / "sites" / f"{name}.json")
 
 
 def similar_to(feature: np.ndarray, k: int = 5, exclude_id: str | None = None) -> pd.DataFrame:

@@ -19,21 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneage.config import ARTIFACTS_DIR, MODEL_DIR, write_json_atomic
-from boneage.manifest import sha256_file
+from boneage.config import ARTIFACTS_DIR, write_json_atomic
+from boneage.manifest import model_fingerprint
 from pipelines.cli import data_dir_or_report
 
 
 # Accuracy variants: TTA off / on, and the same with the ensemble members (when the model has any).
 ACCURACY_TAGS = ("plain", "tta", "plain_ensemble", "tta_ensemble")
-
-
-def model_fingerprint(model_dir: Path = MODEL_DIR) -> str:
-    """sha256 of the primary weights, joined with each ensemble member's: which networks were measured."""
-    from boneage.predictor import member_dirs
-
-    config = json.loads((model_dir / "config.json").read_text())
-    return "+".join(sha256_file(d / "model.pt") for d in [model_dir] + member_dirs(model_dir, config))
 
 
 def _accuracy_of_same_model(out: Path, model_sha: str) -> dict:

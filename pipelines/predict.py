@@ -6,6 +6,9 @@ Many cases:   python -m pipelines.predict --image-dir DIR --cases CASES.csv --ou
 CASES.csv needs ``id`` and ``male`` (True/False, 1/0) or ``sex`` (M/F); the image is DIR/<id>.png (or .jpg,
 .jpeg, .dcm). OUT.csv has one row per case: id, male, boneage_pred (months), uncertainty, stage_pred, stage
 probabilities, conformal interval bounds when calibrated, and ``error`` (empty on success).
+
+``--site SITE`` applies a site profile (artifacts/sites/SITE.json or a path, from ``pipelines.calibrate_site``):
+the site's corrected age and its own intervals, and a ``site`` column.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from boneage.imaging import ImageLoadError
 from boneage.predictor import ModelNotFoundError, load_predictor
+from boneage.site_calibration import SiteProfileError
 from boneage.tables import parse_male, read_cases
 
 
@@ -30,17 +34,18 @@ def main(argv=None) -> int:
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="average over small zooms (default: the model's stored choice, inference.tta in config.json; "
                          "its intervals were calibrated that way)")
+    ap.add_argument("--site", help="site profile: a name in artifacts/sites or a path (pipelines.calibrate_site)")
     args = ap.parse_args(argv)
 
     single = args.image is not None
     if single == bool(args.cases or args.image_dir):
         ap.error("give either IMAGE --sex M|F, or --image-dir DIR --cases CASES.csv")
     try:
-        predictor = load_predictor(args.model_dir, tta=args.tta)
-    except ModelNotFoundError as exc:
+        predictor = load_predictor(args.model_dir, tta=args.tta, site=args.site)
+    except (ModelNotFoundError, SiteProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if predictor.conformal_problem:
+    if predictor.conformal_problem and predictor.site is None:
         print(f"warning: {predictor.conformal_problem}", file=sys.stderr)
 
     if single:
@@ -56,7 +61,7 @@ def main(argv=None) -> int:
         extra = f", 90% interval {iv[0]:.1f}-{iv[1]:.1f}" if iv else ""
         print(f"{args.image}: bone age {pred.boneage_months:.1f} months ({pred.boneage_months / 12:.1f} years)"
               f"{extra}, stage {pred.stage} (p={pred.stage_probs[pred.stage]:.2f}), uncertainty "
-              f"+/-{pred.scale_months:.1f} months")
+              f"+/-{pred.scale_months:.1f} months" + (f", site {predictor.site.name}" if predictor.site else ""))
         return 0
 
     if not (args.cases and args.image_dir):

@@ -15,6 +15,7 @@ import streamlit as st  # noqa: E402
 
 import common  # noqa: E402
 from boneage.conformal import LEVELS, coverage_frame  # noqa: E402
+from boneage.site_calibration import EVALUATION_METRICS, evaluation_frame  # noqa: E402
 from boneage.uncertainty import (UNCERTAINTY_MEASURES, error_by_uncertainty, least_certain,  # noqa: E402
                                  rank_correlation, stage_outcome, with_measures)
 
@@ -140,6 +141,55 @@ if coverage is not None:
                     st.dataframe(pd.DataFrame(cal_groups), hide_index=True,
                                  column_config={"score_lo": st.column_config.NumberColumn(format="%.2f"),
                                                 "score_hi": st.column_config.NumberColumn(format="%.2f")})
+
+# -- site calibration ---------------------------------------------------------------------------------
+st.header("Site calibration")
+sites = common.site_names()
+if not sites:
+    st.info("No site profile in this artifact set. A hospital makes one from its own labelled radiographs with "
+            "`python -m pipelines.calibrate_site` (README, *Site calibration*).")
+else:
+    site = st.selectbox("Site profile", sites, key="unc_site")
+    prof = common.artifact_or_none(common.artifact_json, f"sites/{site}.json")
+    if prof is not None:
+        ev = prof.get("evaluation", {})
+        if prof.get("model_sha256") != common.model_fingerprint():
+            st.warning(f"Profile {site} was fitted for other model weights: predictions refuse it. Refit it with "
+                       "`python -m pipelines.calibrate_site` (README, Site calibration).", icon=":material/warning:")
+        st.markdown(f"**{prof['n_cases']}** labelled cases of the site ({prof['n_male']} boys), fitted "
+                    f"{prof['created'][:10]}. Numbers are **{ev.get('k_folds')}-fold cross-validated**: in each fold the "
+                    "correction and the intervals are fitted on the other folds and judged on the held-out one; "
+                    "*before* is the model as shipped, with its own intervals. 95% bootstrap CIs over cases.")
+        cols = st.columns(4)
+        for col, key, fmt in zip(cols, ("coverage", "width", "mae", "bias"), ("{:.1%}", "{:.1f} mo", "{:.2f} mo", "{:+.2f} mo")):
+            b, a = ev["before"][key], ev["after"][key]
+            col.metric(EVALUATION_METRICS[key], fmt.format(a["value"]), delta=f"before {fmt.format(b['value'])}",
+                       delta_color="off", help=f"after: 95% CI {fmt.format(a['ci_low'])} to {fmt.format(a['ci_high'])}; "
+                                               f"before: {fmt.format(b['ci_low'])} to {fmt.format(b['ci_high'])}")
+        long = pd.DataFrame([{"metric": key, "when": when, "value": ev[when][key]["value"],
+                              "lo": ev[when][key]["ci_low"], "hi": ev[when][key]["ci_high"]}
+                             for key in ("coverage", "width") for when in ("before", "after")])
+        c1, c2 = st.columns(2)
+        for col, key, title in ((c1, "coverage", "90% coverage"), (c2, "width", "90% mean width (months)")):
+            g = long[long["metric"] == key]
+            fig = go.Figure(go.Bar(x=g["when"], y=g["value"], marker_color=["#9d9d9d", "#4c78a8"],
+                                   error_y=dict(type="data", symmetric=False, array=g["hi"] - g["value"],
+                                                arrayminus=g["value"] - g["lo"])))
+            if key == "coverage":
+                fig.add_hline(y=0.9, line_dash="dash", annotation_text="nominal 90%", annotation_position="bottom right")
+                fig.update_layout(yaxis_tickformat=".0%", yaxis_range=[0, 1.05])
+            fig.update_layout(height=300, yaxis_title=title, margin=dict(l=10, r=10, t=20, b=10))
+            col.plotly_chart(fig, key=f"unc_site_{key}")
+        w = ev.get("width_change_relative")
+        if w:
+            st.caption(f"Mean 90% width {w['value']:+.1%} (95% CI {w['ci_low']:+.1%} to {w['ci_high']:+.1%}) with the "
+                       "profile. The site's intervals promise coverage on average over patients like its calibration "
+                       "cases, not for each child or age band.")
+        with st.expander("Before / after table and the correction"):
+            st.dataframe(evaluation_frame(ev), hide_index=True)
+            for sex in ("F", "M"):
+                c = prof["correction"][sex]
+                st.markdown(f"- **{'Girls' if sex == 'F' else 'Boys'}** ({c['n']} cases): {c['reason']}")
 
 # -- stage classifier calibration --------------------------------------------------------------------
 st.header("Is the stage classifier calibrated?")

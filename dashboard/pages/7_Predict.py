@@ -12,6 +12,7 @@ import streamlit as st  # noqa: E402
 
 import common  # noqa: E402
 from boneage.assessment import maturity_status  # noqa: E402
+from boneage.site_calibration import SiteProfileError  # noqa: E402
 
 common.page_setup("Predict")
 common.manifest_banner()
@@ -30,11 +31,26 @@ files = c1.file_uploader("Radiographs", type=["png", "jpg", "jpeg", "dcm", "dico
                          key="pr_files")
 default_sex = c2.radio("Sex (default for all uploads)", ["female", "male"], horizontal=True, key="pr_sex",
                        help="Change it per file below when the uploads are of different children.")
+site = None
+if sites := common.site_names():
+    choice = c2.selectbox("Site calibration", ["none", *sites], key="pr_site",
+                          help="A site profile (python -m pipelines.calibrate_site) corrects the age for a hospital's "
+                               "own readings and replaces the intervals by ones calibrated on its cases. "
+                               "'none': the model as shipped.")
+    site = None if choice == "none" else choice
+if site:
+    try:
+        profile = common.site_predictor(site).site
+    except SiteProfileError as exc:  # made for another model, or damaged
+        st.error(str(exc), icon=":material/error:")
+        st.stop()
+    st.caption(f"Site **{site}**: age corrected and intervals calibrated on {profile.n_cases} of its labelled cases "
+               f"({profile.created[:10]}); they promise coverage on average over patients like those, not per child.")
 if not files:
     st.info("No radiograph uploaded yet.", icon=":material/upload:")
     st.stop()
 
-if predictor.conformal is None:
+if predictor.conformal is None and not site:
     st.warning(predictor.conformal_problem or "No conformal calibration (model/conformal.json) found: intervals "
                "are not available. Make it with `python -m pipelines.precompute --only predictions`.")
 detector = None
@@ -58,7 +74,7 @@ for i, f in enumerate(files):
         row = {"file": f.name, "sex": "M" if male else "F"}
         try:
             img, negative = common.read_upload_checked(f.getvalue(), f.name)
-            pred, feature = common.image_prediction(img, male)
+            pred, feature = common.image_prediction(img, male, site)
         except common.ImageLoadError as exc:
             st.error(str(exc), icon=":material/broken_image:")
             rows.append({**row, "error": str(exc)})
@@ -68,6 +84,8 @@ for i, f in enumerate(files):
             rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
             continue
         row.update(pred.as_row())
+        if site:
+            row["site"] = site
         row["inverted_negative"] = negative
         if negative:
             st.info("This image looks like a negative (bone dark on a bright background), so it was inverted "
