@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
-from .imaging import ImageLoadError, read_radiograph, read_radiograph_bytes, safe_image_path
+from .imaging import ImageLoadError, safe_image_path
+from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
 from .inference import FastNetwork, Member, RawPredictions, fast_network_for, run_network
 from .model import BoneAgeNet, fold_batchnorm
 from .preprocess import preprocess_array_checked, to_uint8
@@ -30,6 +31,11 @@ class ModelNotFoundError(FileNotFoundError):
     """The trained model files are missing; the message says which and how to get them."""
 
 
+class ModelDamagedError(ModelNotFoundError):
+    """The model files exist but cannot be used (truncated, not a checkpoint, wrong network). A subclass of
+    :class:`ModelNotFoundError` so that every door that reports a missing model reports this one too."""
+
+
 @dataclass
 class Prediction:
     boneage_months: float
@@ -37,6 +43,7 @@ class Prediction:
     stage: str
     stage_probs: dict[str, float]
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # "80" -> (lo, hi)
+    notes: tuple[str, ...] = ()  # what the reader should know about the input (e.g. first frame of several used)
 
     def as_row(self) -> dict:
         row = {"boneage_pred": round(self.boneage_months, 2), "uncertainty": round(self.scale_months, 2),
@@ -57,11 +64,24 @@ def load_model_dir(model_dir: str | os.PathLike = MODEL_DIR) -> tuple[BoneAgeNet
                 f"Model file {f} is missing. The shipped model lives in artifacts/model/ of the repository "
                 "(git checkout it), or train one with `python -m pipelines.train`."
             )
-    config = json.loads(cfg_path.read_text())
-    cfg = model_config_from_dict(config["model"])
-    model = BoneAgeNet(cfg, pretrained=False)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    fix = "restore it (git checkout artifacts/model) or retrain with `python -m pipelines.train`"
+    try:
+        config = json.loads(cfg_path.read_text())
+        cfg = model_config_from_dict(config["model"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelDamagedError(f"{cfg_path} is not a usable model configuration ({type(exc).__name__}: {exc}); "
+                                f"{fix}.") from None
+    try:
+        model = BoneAgeNet(cfg, pretrained=False)
+    except ValueError as exc:  # e.g. an unknown backbone name
+        raise ModelDamagedError(f"{cfg_path}: {exc}") from None
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError, IndexError ...: all mean "not this model"
+        raise ModelDamagedError(f"{weights} cannot be loaded: it is truncated, damaged or not this network's "
+                                f"weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                f"{fix}.") from None
     model.eval()
     # Inference only from here: BatchNorm folded into the convolutions, channels-last weights (together
     # about 2x faster on the CPU, see inference.INFERENCE_BATCH). Train from model.pt, not from this.
@@ -140,7 +160,7 @@ class BoneAgePredictor:
 
             try:
                 conformal = ConformalCalibrator.load(cal_path)
-            except (ValueError, KeyError) as exc:  # stale or damaged: predictions still work, intervals do not
+            except (ValueError, KeyError, TypeError) as exc:  # stale or damaged: predictions still work, intervals do not
                 problem = f"Prediction intervals unavailable: {exc}"
         if tta is None:
             tta = default_tta(config)
@@ -177,36 +197,57 @@ class BoneAgePredictor:
         raw = self.predict_preprocessed(np.asarray(image)[None], m, return_features=True)
         return self._to_predictions(raw, m)[0], raw.features[0]
 
-    def predict_array(self, arr: np.ndarray, male: bool) -> Prediction:
+    def _predict_pixels(self, arr: np.ndarray, male: bool, notes: tuple[str, ...] = ()) -> Prediction:
         img = self.preprocess(arr)[None]
-        return self._to_predictions(self.predict_preprocessed(img, np.array([male])), np.array([male]))[0]
+        pred = self._to_predictions(self.predict_preprocessed(img, np.array([male])), np.array([male]))[0]
+        pred.notes = tuple(notes)
+        return pred
+
+    # Every door passes the input gate (boneage.input_gate): images that cannot be a hand radiograph (blank,
+    # tiny, noise, colour photos, other DICOM modalities) raise NotARadiographError, an ImageLoadError.
+    def predict_array(self, arr: np.ndarray, male: bool) -> Prediction:
+        return self._predict_pixels(gate_array(arr, "image"), male)
 
     def predict_file(self, path: str | os.PathLike, male: bool) -> Prediction:
-        return self.predict_array(read_radiograph(path), male)
+        g = load_radiograph(path)
+        return self._predict_pixels(g.pixels, male, g.notes)
 
     def predict_bytes(self, data: bytes, male: bool, name: str = "upload") -> Prediction:
-        return self.predict_array(read_radiograph_bytes(data, name), male)
+        g = load_radiograph_bytes(data, name)
+        return self._predict_pixels(g.pixels, male, g.notes)
 
     def predict_cases(self, cases: pd.DataFrame, image_dir: str | os.PathLike, batch_size: int = 64) -> pd.DataFrame:
-        """One output row per case, in input order; failures get an ``error`` text, the rest still succeed."""
-        rows: list[dict] = [{"id": str(cid), "error": ""} for cid in cases["id"]]
-        males = cases["male"].to_numpy().astype(bool)
+        """One output row per input row, in input order; every failed row keeps its ``error`` (why), the rest
+        still succeed. ``male`` may hold True/False, 1/0 or M/F; a missing or unreadable sex is that row's
+        error. An ``error`` column already in ``cases`` (a row the table reader could not parse) is kept."""
+        from .tables import parse_male
+
+        given_err = cases["error"].fillna("").astype(str).tolist() if "error" in cases else [""] * len(cases)
+        rows: list[dict] = [{"id": str(cid), "error": err} for cid, err in zip(cases["id"], given_err)]
+        males: list[bool | None] = [parse_male(v) for v in cases["male"]]
         ok_idx, imgs = [], []
         for i, cid in enumerate(cases["id"]):
+            if rows[i]["error"]:
+                continue
+            if males[i] is None:
+                rows[i]["error"] = (f"sex missing or not understood ({cases['male'].iloc[i]!r}); give True/False, "
+                                    "1/0 or M/F")
+                continue
             try:
-                imgs.append(self.preprocess(read_radiograph(safe_image_path(image_dir, str(cid)))))
+                imgs.append(self.preprocess(load_radiograph(safe_image_path(image_dir, str(cid))).pixels))
                 ok_idx.append(i)
             except ImageLoadError as exc:
                 rows[i]["error"] = str(exc)
             except Exception as exc:  # an odd file must not take the whole batch down
                 rows[i]["error"] = f"{type(exc).__name__}: {exc}"
+        male_arr = np.array([bool(m) for m in males], dtype=bool)
         for start in range(0, len(ok_idx), batch_size):
             idx = ok_idx[start:start + batch_size]
-            raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), males[idx])
-            for i, pred in zip(idx, self._to_predictions(raw, males[idx])):
+            raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), male_arr[idx])
+            for i, pred in zip(idx, self._to_predictions(raw, male_arr[idx])):
                 rows[i].update(pred.as_row())
-        df = pd.DataFrame(rows)
-        df.insert(1, "male", males)
+        df = pd.DataFrame(rows, columns=None if rows else ["id", "error"])
+        df.insert(1, "male", pd.array(males, dtype="boolean"))
         cols = [c for c in df.columns if c != "error"] + ["error"]
         return df[cols]
 
