@@ -132,10 +132,13 @@ def read_cases(path: str | Path, require_age: bool = False) -> CaseTable:
     if not path.is_file():
         raise CasesFileError(f"cases file {path} not found.")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:  # UTF-8 (with or without Excel's byte-order mark), else the Western Windows code page
+            df, encoding = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"), "utf-8-sig"
+        except UnicodeDecodeError:
+            df, encoding = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="cp1252"), "cp1252"
         if df.shape[1] == 1 and any(sep in str(df.columns[0]) for sep in (";", "\t")):
             sep = ";" if ";" in str(df.columns[0]) else "\t"
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding=encoding)
     except pd.errors.EmptyDataError:
         raise CasesFileError(f"cases file {path} is empty: it needs a header line (id,sex) and one line per "
                              "case.") from None

@@ -30,6 +30,8 @@ def check_output_path(output: str, cases: str | None = None) -> str:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         return f"--output {path} is a folder; give a file name (e.g. {path / 'predictions.csv'})."
+    if parent.exists() and not parent.is_dir():
+        return f"--output {path}: {parent} is not a folder."
     if not parent.is_dir():
         return f"--output {path}: the folder {parent} does not exist; create it first or choose another path."
     if not os.access(parent, os.W_OK | os.X_OK):
