@@ -44,6 +44,9 @@ class Prediction:
     stage_probs: dict[str, float]
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # "80" -> (lo, hi)
     notes: tuple[str, ...] = ()  # what the reader should know about the input (e.g. first frame of several used)
+    # the "unlike the training data" check (boneage.unlike_training), when the predictor has one
+    outlier_score: float | None = None
+    unlike_training_data: bool | None = None
 
     def as_row(self) -> dict:
         row = {"boneage_pred": round(self.boneage_months, 2), "uncertainty": round(self.scale_months, 2),
@@ -51,6 +54,8 @@ class Prediction:
         row.update({f"p_{k.lower()}": round(v, 4) for k, v in self.stage_probs.items()})
         for level, (lo, hi) in self.intervals.items():
             row[f"lower_{level}"], row[f"upper_{level}"] = round(lo, 2), round(hi, 2)
+        if self.unlike_training_data is not None:
+            row["outlier_score"], row["unlike_training_data"] = round(self.outlier_score, 3), self.unlike_training_data
         return row
 
 
@@ -130,6 +135,10 @@ class BoneAgePredictor:
         self.conformal_problem = conformal_problem  # why there are no intervals, when a file is unusable
         self.tta = tta
         self.members = tuple(members)
+        # LOF on the training features (boneage.unlike_training.fit_training_outlier_check): when set, every
+        # prediction says whether the image is unlike the training data. Only valid for the model whose
+        # features it was fitted on.
+        self.outlier_check = None
 
     def fast_network(self) -> FastNetwork:
         """The traced copy of the network for predictions, built on first use and shared by every
@@ -143,8 +152,10 @@ class BoneAgePredictor:
     def with_options(self, tta: bool | None = None, ensemble: bool | None = None) -> "BoneAgePredictor":
         """The same loaded networks with TTA and/or the ensemble members switched (None keeps them)."""
         members = self.members if ensemble is None or ensemble else ()
-        return BoneAgePredictor(self.model, self.config, self.conformal, self.tta if tta is None else tta,
-                                self.conformal_problem, members)
+        out = BoneAgePredictor(self.model, self.config, self.conformal, self.tta if tta is None else tta,
+                               self.conformal_problem, members)
+        out.outlier_check = self.outlier_check
+        return out
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike = MODEL_DIR, tta: bool | None = None,
@@ -184,11 +195,18 @@ class BoneAgePredictor:
     def _to_predictions(self, raw: RawPredictions, male: np.ndarray) -> list[Prediction]:
         names = list(self.cfg.stages.names)
         intervals = self.conformal.intervals(raw.age, raw.scale, male) if self.conformal is not None else None
+        scores = flags = None
+        if self.outlier_check is not None and raw.features is not None:
+            from .unlike_training import outlier_scores
+
+            scores, flags = outlier_scores(self.outlier_check, raw.features)
         out = []
         for i in range(len(raw.age)):
             probs = {n: float(raw.stage_prob[i, j]) for j, n in enumerate(names)}
             iv = {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()} if intervals else {}
             out.append(Prediction(float(raw.age[i]), float(raw.scale[i]), names[int(np.argmax(raw.stage_prob[i]))], probs, iv))
+            if scores is not None:
+                out[-1].outlier_score, out[-1].unlike_training_data = float(scores[i]), bool(flags[i])
         return out
 
     def predict_image(self, image: np.ndarray, male: bool) -> tuple[Prediction, np.ndarray]:
@@ -199,7 +217,8 @@ class BoneAgePredictor:
 
     def _predict_pixels(self, arr: np.ndarray, male: bool, notes: tuple[str, ...] = ()) -> Prediction:
         img = self.preprocess(arr)[None]
-        pred = self._to_predictions(self.predict_preprocessed(img, np.array([male])), np.array([male]))[0]
+        raw = self.predict_preprocessed(img, np.array([male]), return_features=self.outlier_check is not None)
+        pred = self._to_predictions(raw, np.array([male]))[0]
         pred.notes = tuple(notes)
         return pred
 
@@ -243,7 +262,8 @@ class BoneAgePredictor:
         male_arr = np.array([bool(m) for m in males], dtype=bool)
         for start in range(0, len(ok_idx), batch_size):
             idx = ok_idx[start:start + batch_size]
-            raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), male_arr[idx])
+            raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), male_arr[idx],
+                                            return_features=self.outlier_check is not None)
             for i, pred in zip(idx, self._to_predictions(raw, male_arr[idx])):
                 rows[i].update(pred.as_row())
         df = pd.DataFrame(rows, columns=None if rows else ["id", "error"])

@@ -5,7 +5,10 @@ Many cases:   python -m pipelines.predict --image-dir DIR --cases CASES.csv --ou
 
 CASES.csv needs ``id`` and ``male`` (True/False, 1/0) or ``sex`` (M/F); the image is DIR/<id>.png (or .jpg,
 .jpeg, .dcm). OUT.csv has one row per case: id, male, boneage_pred (months), uncertainty, stage_pred, stage
-probabilities, conformal interval bounds when calibrated, and ``error`` (empty on success).
+probabilities, conformal interval bounds when calibrated, ``outlier_score`` and ``unlike_training_data`` (the
+shipped model only), and ``error`` (empty on success, else why). Images that cannot be a hand radiograph are
+refused by the input gate (boneage.input_gate) with the reason in ``error``. Exit status 0 when at least one
+case was predicted, 1 when none was, 2 when the input or output cannot be used (nothing is written then).
 """
 from __future__ import annotations
 
@@ -65,6 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", help="CSV with id and male/sex columns")
     ap.add_argument("--output", help="output CSV (default: print to stdout)")
     ap.add_argument("--model-dir", help="model folder (default: artifacts/model)")
+    ap.add_argument("--outlier-check", action=argparse.BooleanOptionalAction, default=True,
+                    help="mark images unlike the training radiographs (LOF on the shipped model's training features; "
+                         "default on with the shipped model)")
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="average over small zooms (default: the model's stored choice, inference.tta in config.json; "
                          "its intervals were calibrated that way)")
@@ -98,6 +104,17 @@ def main(argv=None) -> int:
     except (ModelNotFoundError, ValueError) as exc:  # missing, damaged or unknown-architecture model
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.outlier_check and args.model_dir is None:
+        from boneage.artifacts import ArtifactMissingError
+        from boneage.unlike_training import fit_training_outlier_check
+
+        try:
+            predictor.outlier_check = fit_training_outlier_check()
+        except (ArtifactMissingError, ValueError) as exc:
+            print(f"warning: the 'unlike the training data' check is unavailable: {exc}", file=sys.stderr)
+    elif args.outlier_check:
+        print("note: the 'unlike the training data' check needs the training features of the shipped model; it is "
+              "off for --model-dir.", file=sys.stderr)
     if predictor.conformal is None:
         print(f"warning: {predictor.conformal_problem or 'no conformal.json in the model folder'}: prediction "
               "intervals are unavailable (no lower_/upper_ columns). Make them with "
@@ -111,6 +128,9 @@ def main(argv=None) -> int:
             return 1
         for note in pred.notes:
             print(f"note: {note}", file=sys.stderr)
+        if pred.unlike_training_data:
+            print(f"warning: {args.image} looks unlike the training radiographs (outlier score "
+                  f"{pred.outlier_score:.2f}); read the estimate with extra caution.", file=sys.stderr)
         iv = pred.intervals.get("90")
         extra = f", 90% interval {iv[0]:.1f}-{iv[1]:.1f}" if iv else ", no interval (not calibrated)"
         print(f"{args.image}: bone age {pred.boneage_months:.1f} months ({pred.boneage_months / 12:.1f} years)"

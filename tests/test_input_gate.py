@@ -124,3 +124,25 @@ def test_cli_refuses_a_black_image(tmp_path, hostile, repo_root, subprocess_env)
                           env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout
     assert "blank" in proc.stderr and "bone age" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_unlike_training_data_is_marked_at_the_library_and_cli_doors(predictor, data_dir, tmp_path, repo_root,
+                                                                     subprocess_env):
+    """What passes the gate but lies outside the training features is marked, not refused (LOF check)."""
+    from boneage.unlike_training import fit_training_outlier_check
+
+    p = predictor.with_options()
+    p.outlier_check = fit_training_outlier_check()
+    real = p.predict_file(data_dir / "test" / "4361.png", male=False)
+    assert real.unlike_training_data is False and real.outlier_score < p.outlier_check.threshold
+    yy, xx = np.mgrid[0:400, 0:300]
+    checker = ((((xx // 40) + (yy // 40)) % 2) * 200 + 10).astype(np.float32)
+    assert check_radiograph(checker).ok  # a picture with structure: not refused by the gate...
+    odd = p.predict_array(checker, male=True)
+    assert odd.unlike_training_data is True and odd.as_row()["unlike_training_data"] is True  # ...but marked
+    assert predictor.outlier_check is None  # with_options gave a separate predictor object
+    img = tmp_path / "checker.png"
+    Image.fromarray(checker.astype(np.uint8)).save(img)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.predict", str(img), "--sex", "M"], cwd=repo_root,
+                          env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "looks unlike the training radiographs" in proc.stderr
