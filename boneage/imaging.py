@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +94,11 @@ def probe_image_size(data: bytes, source: str) -> tuple[int, int]:
     Pillow refuses to even open images above twice its own pixel limit (its decompression-bomb error);
     that is reported as "too many pixels", not as an unreadable file.
     """
+    # (No warnings.catch_warnings here: it is not thread-safe. Pillow warns above 89 MP; such images are
+    # refused just below anyway.)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                return im.width, im.height
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width, im.height
     except Image.DecompressionBombError as exc:
         m = re.search(r"\((\d+) pixels\)", str(exc))
         count = f"{int(m.group(1)) / 1e6:.0f} megapixels" if m else "more pixels than Pillow allows"
@@ -114,18 +113,19 @@ def _read_pil(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> Decoded
     multi-page file is ever decoded (Pillow decodes frames on demand), so its pixels are the whole budget."""
     width, height = probe_image_size(data, source)
     _check_size(width, height, source, max_pixels=max_pixels)  # from the header, before decoding
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                frames = int(getattr(im, "n_frames", 1) or 1)
-                im.load()
-                arr, colour = _pil_to_array(im, source)
+    try:  # below Pillow's own limits now (max_pixels <= MAX_PIXELS < Image.MAX_IMAGE_PIXELS)
+        with Image.open(io.BytesIO(data)) as im:
+            # is_animated looks at most one frame ahead; n_frames is read from the header only for PNG (acTL)
+            frames = (int(getattr(im, "n_frames", 2)) if im.format == "PNG" else 2) \
+                if getattr(im, "is_animated", False) else 1
+            im.load()
+            arr, colour = _pil_to_array(im, source)
     except ImageLoadError:
         raise
     except Exception as exc:  # PIL raises many types for broken files
         raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({type(exc).__name__}: {exc}).") from None
-    notes = (f"{source}: the file holds {frames} frames; the first was used.",) if frames > 1 else ()
+    notes = ((f"{source}: the file holds {frames if im.format == 'PNG' else 'several'} frames; only the first "
+              "frame was used.",) if frames > 1 else ())
     return DecodedImage(arr, source, colour, None, notes)
 
 

@@ -161,3 +161,12 @@ def test_frames_count_towards_the_budget():
     assert 2 * 4000 * 4000 > UPLOAD_MAX_PIXELS
     with pytest.raises(TooManyPixelsError, match="30 MP limit"):
         decode_upload(build_deflated_bomb(2, 4000, 4000), "two.dcm")
+
+
+def test_animated_png_gives_its_first_frame_and_says_so(train_image_path):
+    first = Image.open(train_image_path)
+    buf = io.BytesIO()
+    first.save(buf, "PNG", save_all=True, append_images=[Image.fromarray(255 - np.asarray(first)), first])
+    dec = decode_image_bytes(buf.getvalue(), "anim.png")
+    np.testing.assert_array_equal(dec.pixels, np.asarray(first, np.float32))
+    assert dec.notes == ("anim.png: the file holds 3 frames; only the first frame was used.",)
