@@ -287,7 +287,28 @@ class ConformalCalibrator:
 
     @classmethod
     def load(cls, path: str | Path) -> "ConformalCalibrator":
-        d = json.loads(Path(path).read_text())
+        try:
+            d = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); rerun `python -m pipelines.precompute --only "
+                             "intervals` to recalibrate.") from None
+        if not isinstance(d, dict) or not all(k in d for k in ("residuals", "sigmas", "bins")):
+            raise ValueError(f"{path} is not a conformal calibration (expected a JSON object with residuals, sigmas "
+                             f"and bins, found {type(d).__name__}); rerun `python -m pipelines.precompute --only "
+                             "intervals` to recalibrate.")
+        for key in ("residuals", "sigmas", "offsets"):
+            vals = d.get(key)
+            if vals is None and key == "offsets":
+                continue
+            try:
+                arr = np.asarray(vals, dtype=float)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: '{key}' must be a list of numbers; rerun `python -m pipelines.precompute "
+                                 "--only intervals`.") from None
+            if arr.size == 0 or not np.isfinite(arr).all():
+                raise ValueError(f"{path}: '{key}' holds {'no values' if arr.size == 0 else 'NaN or infinite values'}"
+                                 "; the intervals would be meaningless. Rerun `python -m pipelines.precompute "
+                                 "--only intervals` to recalibrate.")
         if d.get("mondrian") and "band_edges" not in d:
             raise ValueError(f"{path} holds conformal groups by predicted age from an older version: rerun "
                              "`python -m pipelines.precompute --only intervals` to recalibrate.")

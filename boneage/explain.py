@@ -18,13 +18,16 @@ pushes the age up or down). ``sign=`` overrides this ("positive", "negative", "a
 ``normalize=False`` returns the raw signed attributions at base resolution (integrated gradients then
 satisfy completeness: they sum to f(image) - f(black image)).
 
-Thread safety: Grad-CAM and layer activations use forward hooks on the shared model; they are
-serialised with a lock so that concurrent dashboard sessions cannot mix their hooks' outputs.
+Thread safety: Grad-CAM and layer activations use forward hooks on the shared model, and a hook fires on
+every forward pass through its layer, whichever thread runs it. So every explanation (each function here
+that runs the eager model) holds :data:`boneage.inference.EAGER_LOCK` for its whole duration: explanations
+run one at a time. Chosen over per-thread model copies because the CPU is the bottleneck anyway (torch
+already spreads one pass over the cores, so two explanations at once are not faster), copies would cost
+memory per session and a deep copy per thread, and predictions (the traced copy) never wait for it.
 """
 from __future__ import annotations
 
 import math
-import threading
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
@@ -43,7 +46,7 @@ from captum.attr import (
 )
 
 from .hand import hand_mask  # noqa: F401  (heat on the hand is measured with it)
-from .inference import Member, run_network
+from .inference import EAGER_LOCK, Member, run_network
 from .model import BoneAgeNet, EfficientNetLite
 from .preprocess import to_model_input
 
@@ -68,8 +71,9 @@ _OPTIONS = {
     "occlusion": {"window", "stride", "perturbations_per_eval"},
 }
 
-# Hook-based Captum methods register hooks on the (shared) model: one at a time.
-_HOOK_LOCK = threading.RLock()
+# Hook-based Captum methods register hooks on the (shared) model, which fire on any pass through it: every
+# explanation holds the one lock (see the module docstring).
+_HOOK_LOCK = EAGER_LOCK
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,13 +192,15 @@ def _parse_target(model: BoneAgeNet, target: str) -> tuple[str, int]:
 
 @contextmanager
 def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
+    """Eval mode and the eager-model lock for the duration (every explanation runs inside this)."""
+    with EAGER_LOCK:
+        was_training = model.training
+        model.eval()
+        try:
+            yield
+        finally:
+            if was_training:
+                model.train()
 
 
 def _as_input(image: np.ndarray | torch.Tensor) -> torch.Tensor:

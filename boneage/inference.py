@@ -18,6 +18,13 @@ from .preprocess import to_model_input
 # upload's nearest neighbours and outlier score match the precomputed ones whether or not TTA is on.
 TTA_ZOOMS = (1.0, 0.95, 1.05)
 
+# Every eager (untraced) forward pass on a network that several threads share holds this lock: explanations
+# (boneage.explain) register hooks (Grad-CAM, layer activations) that fire on *any* forward pass through the
+# hooked layer, so a saliency or sex-flip pass in another thread would overwrite Grad-CAM's saved activation
+# ("differentiated Tensor ... not used in the graph"); tracing a FastNetwork is such a pass too. Predictions
+# run on the traced copy, which has no hooks, and do not take it.
+EAGER_LOCK = threading.RLock()
+
 # Small batches with channels-last tensors: on the 2-core CPU a batch of 16 ran at 13 ms per 160 px image
 # against 29-31 ms in batches of 64-128 (depthwise convolutions thrash the cache on large batches).
 INFERENCE_BATCH = 16
@@ -99,7 +106,7 @@ class FastNetwork:
             lambda _m, _i, out, p=p: wrapper.pooled.__setitem__(p, out.float().mean(dim=(2, 3))))
             for p in wrapper.layer_paths]
         try:
-            with torch.no_grad():
+            with EAGER_LOCK, torch.no_grad():
                 traced = torch.jit.trace(wrapper, example, check_trace=False)
                 self.module = torch.jit.optimize_for_inference(traced)
         finally:  # the eager network (explanations) must not keep the hooks

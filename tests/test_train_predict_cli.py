@@ -90,12 +90,13 @@ def test_batch_prediction_cli(trained, image_dir, test_sex, tmp_path, repo_root,
     proc = _run(["pipelines.predict", "--model-dir", str(model_dir), "--image-dir", str(image_dir),
                  "--cases", str(cases_csv), "--output", str(out_csv)], subprocess_env, repo_root)
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 5 rows" in proc.stdout and "(2 failed)" in proc.stdout
-    assert "skipped row 4363" in proc.stderr and "sex not understood" in proc.stderr
+    assert "wrote 6 rows" in proc.stdout and "(3 predicted, 3 failed)" in proc.stdout
+    assert "failed 4363: sex not understood" in proc.stderr
 
     out = pd.read_csv(out_csv, dtype={"id": str}, keep_default_na=False)
-    assert out["id"].tolist() == ids  # one row per (parseable) case, in input order
-    assert out["male"].astype(str).tolist() == [str(test_sex[c]) for c in TEST_IDS] + ["False", "True"]
+    assert out["id"].tolist() == ids + ["4363"]  # one row per input row, in input order
+    assert out["male"].astype(str).tolist() == [str(test_sex[c]) for c in TEST_IDS] + ["False", "True", ""]
+    assert "sex not understood" in out["error"].iloc[-1]
     good = out[out["id"].isin(TEST_IDS)]
     assert (good["error"] == "").all()
     preds = pd.to_numeric(good["boneage_pred"])

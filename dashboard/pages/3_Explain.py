@@ -69,11 +69,11 @@ else:
     try:
         img = common.read_upload_image(up.getvalue(), up.name)
     except common.ImageLoadError as exc:
-        st.error(str(exc))
+        st.error(common.md_escape(exc))
         st.stop()
     pred, feature = common.image_prediction(img, male)
     iv = pred.intervals.get("90")
-    pred_text = (f"**{up.name}** ({'male' if male else 'female'}): predicted **{pred.boneage_months:.1f} months**"
+    pred_text = (f"**{common.md_escape(up.name)}** ({'male' if male else 'female'}): predicted **{pred.boneage_months:.1f} months**"
                  + (f", 90% interval {iv[0]:.0f}-{iv[1]:.0f}" if iv else "") + f"; stage {pred.stage}.")
 
 

@@ -12,6 +12,7 @@ import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
 import common  # noqa: E402
+from boneage.csv_safety import to_csv_safe  # noqa: E402
 from boneage.splits import AGE_BAND_LABELS  # noqa: E402
 
 # metric -> (label, unit/format, what "better" means)
@@ -69,8 +70,8 @@ def html_report(split: str) -> str:
 @st.cache_data(show_spinner=False)
 def all_tables_csv(split: str) -> str:
     tables = common.fairness_tables(split)
-    return pd.concat([t.assign(table=name)[["table", *t.columns]] for name, t in tables.items()],
-                     ignore_index=True).to_csv(index=False)
+    return to_csv_safe(pd.concat([t.assign(table=name)[["table", *t.columns]] for name, t in tables.items()],
+                                 ignore_index=True))
 
 
 common.page_setup("Fairness")
@@ -204,7 +205,7 @@ name = st.selectbox("Table", [t for t in tables if t != "sample"] + (["sample"] 
                     key="fair_table")
 st.dataframe(tables[name], hide_index=True)
 c1, c2, c3 = st.columns(3)
-c1.download_button("This table (CSV)", tables[name].to_csv(index=False), file_name=f"fairness_{split}_{name}.csv",
+c1.download_button("This table (CSV)", to_csv_safe(tables[name]), file_name=f"fairness_{split}_{name}.csv",
                    mime="text/csv", icon=":material/download:", key="fair_dl_table")
 c2.download_button("Whole audit (CSV, one table column)", all_tables_csv(split), file_name=f"fairness_{split}.csv",
                    mime="text/csv", icon=":material/download:", key="fair_dl_all")

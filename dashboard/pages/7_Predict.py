@@ -12,6 +12,7 @@ import streamlit as st  # noqa: E402
 
 import common  # noqa: E402
 from boneage.assessment import maturity_status  # noqa: E402
+from boneage.csv_safety import to_csv_safe  # noqa: E402
 from boneage.site_calibration import SiteProfileError  # noqa: E402
 
 common.page_setup("Predict")
@@ -65,7 +66,7 @@ for i, f in enumerate(files):
     key = f"{i}_{f.name}"
     with st.container(border=True):
         head, sex_col, age_col = st.columns([2, 1, 1])
-        head.markdown(f"#### {f.name}")
+        head.text(f.name)  # plain text: an upload's name is never rendered as markdown
         sex = sex_col.selectbox("Sex", SEXES, index=SEXES.index(default_sex), key=f"pr_sex_{key}")
         chrono = age_col.number_input("Chronological age (months, optional)", min_value=0.0, max_value=300.0,
                                       value=None, step=1.0, key=f"pr_age_{key}",
@@ -73,20 +74,23 @@ for i, f in enumerate(files):
         male = sex == "male"
         row = {"file": f.name, "sex": "M" if male else "F"}
         try:
-            img, negative = common.read_upload_checked(f.getvalue(), f.name)
+            img, negative, notes = common.read_upload_gated(f.getvalue(), f.name)
             pred, feature = common.image_prediction(img, male, site)
         except common.ImageLoadError as exc:
-            st.error(str(exc), icon=":material/broken_image:")
+            st.error(common.md_escape(exc), icon=":material/broken_image:")
             rows.append({**row, "error": str(exc)})
             continue
         except Exception as exc:  # never let one odd file take the page down
-            st.error(f"{f.name}: could not be processed ({type(exc).__name__}: {exc}).", icon=":material/error:")
+            st.error(common.md_escape(f"{f.name}: could not be processed ({type(exc).__name__}: {exc})."),
+                     icon=":material/error:")
             rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
             continue
         row.update(pred.as_row())
         if site:
             row["site"] = site
         row["inverted_negative"] = negative
+        for note in notes:
+            st.info(common.md_escape(note), icon=":material/info:")
         if negative:
             st.info("This image looks like a negative (bone dark on a bright background), so it was inverted "
                     "before prediction. Check the model input below: bone should be bright.",
@@ -152,5 +156,5 @@ n_ok = int((res["error"] == "").sum())
 st.caption(f"{n_ok} of {len(res)} uploads processed" + (f"; {len(res) - n_ok} failed (see the error column)."
                                                          if n_ok < len(res) else "."))
 st.dataframe(res, hide_index=True)
-st.download_button("Download results (CSV)", res.to_csv(index=False).encode(), file_name="bone_age_predictions.csv",
+st.download_button("Download results (CSV)", to_csv_safe(res).encode(), file_name="bone_age_predictions.csv",
                    mime="text/csv", icon=":material/download:")
