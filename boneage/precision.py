@@ -1,0 +1,158 @@
+"""Precision: how much the reading of one hand moves when the radiograph is taken or exported differently.
+
+A bone-age reading follows a child over months, so the same hand must get the same reading. Each
+perturbation below imitates a way real acquisitions of one hand differ (no labels are needed): the reading
+of the perturbed radiograph is compared with the reading of the original. Perturbations act on the
+radiograph as read from file (native size), before the model's own preparation, exactly as a differently
+acquired film would reach it.
+
+Reported per perturbation: the mean and 95th percentile of the absolute change, the mean signed change
+(a systematic shift), and the test-retest SD, ``sqrt(mean(d**2) / 2)``: the within-hand SD of two
+readings, the figure commercial systems quote for two radiographs of one hand taken the same day.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .geometry import background_level
+
+
+def _to_unit(arr: np.ndarray) -> tuple[np.ndarray, float, float]:
+    a = np.asarray(arr, np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / max(hi - lo, 1e-6), lo, hi
+
+
+def jpeg(arr: np.ndarray, quality: int = 70) -> np.ndarray:
+    """Saved as an 8-bit JPEG at ``quality`` and read back."""
+    u, lo, hi = _to_unit(arr)
+    buf = io.BytesIO()
+    Image.fromarray(np.round(u * 255).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+    back = np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255.0
+    return back * (hi - lo) + lo
+
+
+def downscale(arr: np.ndarray, longest: int = 512, min_factor: float = 0.7) -> np.ndarray:
+    """Resized (antialiased) so its longer side is ``longest`` px, or to ``min_factor`` of its size when it
+    is already smaller than that (the 100 px internal images): a film stored at lower resolution."""
+    a = np.asarray(arr, np.float32)
+    h, w = a.shape
+    f = min(longest / max(h, w), min_factor)
+    size = (max(8, round(w * f)), max(8, round(h * f)))
+    return np.asarray(Image.fromarray(a, mode="F").resize(size, Image.BILINEAR), np.float32)
+
+
+def gamma(arr: np.ndarray, g: float) -> np.ndarray:
+    """Exposure: intensities (scaled to [0, 1]) raised to the power ``g``."""
+    u, lo, hi = _to_unit(arr)
+    return u ** g * (hi - lo) + lo
+
+
+def rotate(arr: np.ndarray, degrees: float) -> np.ndarray:
+    """Turned by ``degrees`` (counter-clockwise) about the centre, uncovered corners at the background level."""
+    a = np.asarray(arr, np.float32)
+    return np.asarray(Image.fromarray(a, mode="F").rotate(degrees, resample=Image.BILINEAR,
+                                                          fillcolor=background_level(a)), np.float32)
+
+
+def crop(arr: np.ndarray, fraction: float = 0.08) -> np.ndarray:
+    """``fraction`` of the height and width cut away from each margin (a tighter collimation)."""
+    a = np.asarray(arr)
+    h, w = a.shape
+    dy, dx = int(round(h * fraction)), int(round(w * fraction))
+    return a[dy:h - dy, dx:w - dx]
+
+
+def border(arr: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    """A black border of ``fraction`` of the height and width on each side (the hand smaller in the frame)."""
+    a = np.asarray(arr, np.float32)
+    h, w = a.shape
+    dy, dx = int(round(h * fraction)), int(round(w * fraction))
+    return np.pad(a, ((dy, dy), (dx, dx)), constant_values=float(a.min()))
+
+
+def mirror(arr: np.ndarray) -> np.ndarray:
+    """Mirrored left-right: a right hand, or a film exported flipped."""
+    return np.ascontiguousarray(np.asarray(arr)[:, ::-1])
+
+
+# name -> (what it imitates, function). Inverse pairs: rotation both ways, gamma both ways, crop and border.
+PERTURBATIONS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    "jpeg_q70": ("JPEG at quality 70", lambda a: jpeg(a, 70)),
+    "downscale_512": ("downscaled to 512 px (or 70 %) before reading", downscale),
+    "gamma_0.7": ("gamma 0.7 (exposure)", lambda a: gamma(a, 0.7)),
+    "gamma_1.4": ("gamma 1.4 (exposure)", lambda a: gamma(a, 1.4)),
+    "rotate_+10": ("rotated by 10 degrees", lambda a: rotate(a, 10)),
+    "rotate_-10": ("rotated by -10 degrees", lambda a: rotate(a, -10)),
+    "crop_8pct": ("8 % of each margin cropped away", crop),
+    "border_20pct": ("20 % black border added", border),
+    "mirror": ("mirrored (a right hand)", mirror),
+}
+
+# Targets of the precision issue: every perturbation's mean absolute change and its 95th percentile.
+TARGET_MEAN_ABS, TARGET_P95_ABS = 2.0, 6.0
+
+
+@dataclass
+class PerturbationStats:
+    """How the reading moved under one perturbation over a set of images (months)."""
+
+    name: str
+    description: str
+    n: int
+    mean_abs: float
+    p95_abs: float
+    mean_signed: float
+    test_retest_sd: float
+    meets_target: bool
+
+    @classmethod
+    def from_changes(cls, name: str, description: str, d: np.ndarray) -> "PerturbationStats":
+        d = np.asarray(d, np.float64)
+        d = d[np.isfinite(d)]
+        if len(d) == 0:
+            return cls(name, description, 0, math.nan, math.nan, math.nan, math.nan, False)
+        mean_abs, p95 = float(np.mean(np.abs(d))), float(np.percentile(np.abs(d), 95))
+        return cls(name, description, len(d), mean_abs, p95, float(np.mean(d)), float(np.sqrt(np.mean(d ** 2) / 2)),
+                   mean_abs <= TARGET_MEAN_ABS and p95 <= TARGET_P95_ABS)
+
+
+@dataclass
+class PrecisionReport:
+    """Per-set, per-perturbation statistics, plus the pooled test-retest SD of each set."""
+
+    sets: dict[str, list[PerturbationStats]] = field(default_factory=dict)
+    pooled_sd: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, list[str]] = field(default_factory=dict)  # set -> "id: reason" of images not read
+
+    def all_met(self) -> bool:
+        return all(s.meets_target for stats in self.sets.values() for s in stats)
+
+
+def summarise(changes: dict[str, np.ndarray]) -> tuple[list[PerturbationStats], float]:
+    """Statistics per perturbation from ``{name: perturbed - original readings}``, and the pooled
+    test-retest SD over every pair."""
+    stats = [PerturbationStats.from_changes(n, PERTURBATIONS[n][0] if n in PERTURBATIONS else n, d)
+             for n, d in changes.items()]
+    pooled = np.concatenate([np.asarray(d, np.float64) for d in changes.values()]) if changes else np.zeros(0)
+    pooled = pooled[np.isfinite(pooled)]
+    return stats, float(np.sqrt(np.mean(pooled ** 2) / 2)) if len(pooled) else math.nan
+
+
+def reading_changes(predict: Callable[[list[np.ndarray], np.ndarray], np.ndarray], images: list[np.ndarray],
+                    male: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """``{perturbation: reading(perturbed) - reading(original)}`` per image.
+
+    ``predict(arrays, male)`` reads a list of raw radiographs (as from file) and returns months; it is
+    called once for the originals and once per perturbation, so it can batch.
+    """
+    names = list(PERTURBATIONS) if names is None else names
+    base = np.asarray(predict(images, male), np.float64)
+    return {n: np.asarray(predict([PERTURBATIONS[n][1](a) for a in images], male), np.float64) - base
+            for n in names}

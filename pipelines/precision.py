@@ -1,0 +1,119 @@
+"""Precision benchmark: does the same hand get the same reading however it was framed, rotated or exposed?
+
+    python -m pipelines.precision [--data-dir DIR] [--model-dir artifacts/model] [--n-internal 300]
+                                  [--n-official 200] [--out artifacts/precision.json]
+
+Every perturbation of :mod:`boneage.precision` is applied to a seeded sample of the internal test split
+(100 px files) and to the official test radiographs (native size; no labels needed, so all 200), and the
+reading of each perturbed radiograph is compared with the original's. Prints a table and writes the JSON
+the Uncertainty page and the model card show.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from boneage.config import ARTIFACTS_DIR, MODEL_DIR, to_jsonable, write_json_atomic
+from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
+from boneage.precision import (PERTURBATIONS, TARGET_MEAN_ABS, TARGET_P95_ABS, PrecisionReport, reading_changes,
+                               summarise)
+from boneage.predictor import BoneAgePredictor, ModelNotFoundError, load_predictor
+from boneage.tables import read_cases
+from pipelines.benchmark import model_fingerprint
+from pipelines.cli import data_dir_or_report
+
+SAMPLE_SEED = 0
+
+
+def _reader(predictor: BoneAgePredictor, progress: bool, label: str):
+    """``predict(arrays, male) -> months`` for :func:`boneage.precision.reading_changes`, in batches."""
+    calls = tqdm(total=len(PERTURBATIONS) + 1, desc=label, disable=not progress)
+
+    def predict(arrays: list[np.ndarray], male: np.ndarray) -> np.ndarray:
+        images = np.stack([predictor.preprocess(a) for a in arrays])
+        calls.update(1)
+        return predictor.predict_preprocessed(images, male).age
+
+    return predict
+
+
+def load_set(cases: pd.DataFrame, image_dir: Path) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """The radiographs as read from file, their sex, and "id: reason" for each one that could not be read."""
+    arrays, male, failed = [], [], []
+    for cid, m in zip(cases["id"].astype(str), cases["male"]):
+        try:
+            arrays.append(read_radiograph(safe_image_path(image_dir, cid)))
+            male.append(bool(m))
+        except ImageLoadError as exc:
+            failed.append(f"{cid}: {exc}")
+    return arrays, np.array(male, bool), failed
+
+
+def run(predictor: BoneAgePredictor, data_dir: Path, splits_path: Path, n_internal: int, n_official: int,
+        progress: bool = True) -> tuple[PrecisionReport, dict]:
+    splits = pd.read_csv(splits_path, dtype={"id": str})
+    internal = splits[splits["split"] == "test"]
+    internal = internal.sample(min(n_internal, len(internal)), random_state=SAMPLE_SEED).reset_index(drop=True)
+    official = read_cases(data_dir / "test.csv").cases.head(n_official)
+    report, sizes = PrecisionReport(), {}
+    for name, cases, folder in (("internal_test", internal, data_dir / "train"),
+                                ("official_test", official, data_dir / "test")):
+        arrays, male, failed = load_set(cases, folder)
+        changes = reading_changes(_reader(predictor, progress, name), arrays, male)
+        report.sets[name], report.pooled_sd[name] = summarise(changes)
+        report.failed[name] = failed
+        sizes[name] = len(arrays)
+    return report, sizes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    ap.add_argument("--model-dir", default=str(MODEL_DIR))
+    ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
+    ap.add_argument("--n-internal", type=int, default=300, help="seeded sample of the internal test split")
+    ap.add_argument("--n-official", type=int, default=200, help="official test radiographs (first N)")
+    ap.add_argument("--out", default=str(ARTIFACTS_DIR / "precision.json"))
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    data_dir = data_dir_or_report(args.data_dir)
+    if data_dir is None:
+        return 2
+    try:
+        predictor = load_predictor(args.model_dir)
+    except (ModelNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    report, sizes = run(predictor, data_dir, Path(args.splits), args.n_internal, args.n_official, not args.quiet)
+    cfg = predictor.cfg
+    out = {
+        "model_sha256": model_fingerprint(Path(args.model_dir)),
+        "geometry": cfg.geometry.key(), "mirror_invariant": cfg.mirror_invariant, "tta": predictor.tta,
+        "targets": {"mean_abs_months": TARGET_MEAN_ABS, "p95_abs_months": TARGET_P95_ABS},
+        "sample": {"internal_test": f"{sizes['internal_test']} cases, pandas sample random_state={SAMPLE_SEED}",
+                   "official_test": f"{sizes['official_test']} radiographs (labels not used)"},
+        "sets": {k: [to_jsonable(s) for s in v] for k, v in report.sets.items()},
+        "test_retest_sd": report.pooled_sd, "failed": report.failed, "all_targets_met": report.all_met(),
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json_atomic(Path(args.out), out)
+    for name, stats in report.sets.items():
+        print(f"\n{name} ({sizes[name]} images; test-retest SD over all perturbations "
+              f"{report.pooled_sd[name]:.2f} months)")
+        print(f"  {'perturbation':<16}{'mean |d|':>10}{'p95 |d|':>10}{'mean d':>9}{'SD':>7}  target")
+        for s in stats:
+            print(f"  {s.name:<16}{s.mean_abs:>10.2f}{s.p95_abs:>10.2f}{s.mean_signed:>9.2f}{s.test_retest_sd:>7.2f}  "
+                  f"{'met' if s.meets_target else 'missed'}")
+    print(f"\nwrote {args.out} in {out['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

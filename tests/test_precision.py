@@ -1,0 +1,71 @@
+"""The precision benchmark: perturbations, statistics, and the CLI on a few real radiographs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from boneage.imaging import read_radiograph
+from boneage.precision import (PERTURBATIONS, PerturbationStats, border, crop, downscale, gamma, jpeg, mirror,
+                               reading_changes, rotate, summarise)
+
+
+@pytest.fixture(scope="module")
+def film(data_dir):
+    return read_radiograph(data_dir / "test" / "4365.png")
+
+
+def test_perturbations_change_the_film_as_named(film):
+    h, w = film.shape
+    assert border(film).shape == (h + 2 * round(h * 0.2), w + 2 * round(w * 0.2))
+    assert border(film)[0].max() == film.min()
+    assert crop(film).shape == (h - 2 * round(h * 0.08), w - 2 * round(w * 0.08))
+    assert max(downscale(film).shape) == round(max(h, w) * 0.7)  # 506 px: already under 512, so to 70 %
+    assert max(downscale(np.zeros((1500, 1000), np.float32)).shape) == 512
+    np.testing.assert_array_equal(mirror(mirror(film)), film)
+    assert rotate(film, 10).shape == film.shape and not np.allclose(rotate(film, 10), film)
+    mid = (film > film.min() + 0.2 * np.ptp(film)) & (film < film.max() - 0.2 * np.ptp(film))
+    assert gamma(film, 0.7)[mid].mean() > film[mid].mean() > gamma(film, 1.4)[mid].mean()
+    j = jpeg(film, 70)
+    assert j.shape == film.shape and 0 < np.abs(j - film).mean() < 5
+
+
+def test_statistics_follow_their_definitions():
+    s = PerturbationStats.from_changes("x", "x", np.array([2.0, -2.0, 2.0, -2.0]))
+    assert s.mean_abs == 2.0 and s.mean_signed == 0.0
+    assert s.test_retest_sd == pytest.approx(np.sqrt(2.0))  # sqrt(mean(d^2) / 2)
+    assert s.meets_target  # mean 2 <= 2, p95 2 <= 6
+    big = PerturbationStats.from_changes("y", "y", np.r_[np.zeros(90), np.full(10, 7.0)])
+    assert big.mean_abs == pytest.approx(0.7) and big.p95_abs == pytest.approx(7.0) and not big.meets_target
+    stats, pooled = summarise({"mirror": np.array([1.0, -1.0]), "crop_8pct": np.array([3.0, 3.0])})
+    assert [x.name for x in stats] == ["mirror", "crop_8pct"]
+    assert pooled == pytest.approx(np.sqrt((1 + 1 + 9 + 9) / 4 / 2))
+
+
+def test_reading_changes_calls_the_reader_once_per_perturbation(film):
+    calls = []
+
+    def reader(arrays, male):  # a mirror-blind reading: mean intensity
+        calls.append(len(arrays))
+        return np.array([float(np.mean(a)) for a in arrays])
+
+    out = reading_changes(reader, [film, film[::2, ::2]], np.array([True, False]))
+    assert list(out) == list(PERTURBATIONS) and calls == [2] * (len(PERTURBATIONS) + 1)
+    np.testing.assert_allclose(out["mirror"], 0.0, atol=1e-6)
+    assert (out["border_20pct"] < 0).all()  # a black border lowers the mean
+
+
+def test_precision_cli_writes_the_report(data_dir, subprocess_env, tmp_path):
+    out = tmp_path / "precision.json"
+    r = subprocess.run([sys.executable, "-m", "pipelines.precision", "--n-internal", "2", "--n-official", "2",
+                        "--out", str(out), "--quiet"], env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert set(rep["sets"]) == {"internal_test", "official_test"}
+    for rows in rep["sets"].values():
+        assert [x["name"] for x in rows] == list(PERTURBATIONS)
+        assert all(x["n"] == 2 and x["mean_abs"] >= 0 for x in rows)
+    assert rep["geometry"] and len(rep["model_sha256"]) >= 64 and "border_20pct" in r.stdout
