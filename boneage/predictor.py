@@ -24,7 +24,7 @@ from .imaging import ImageLoadError, safe_image_path
 from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
 from .inference import FastNetwork, Member, RawPredictions, fast_network_for, run_network
 from .model import BoneAgeNet, fold_batchnorm
-from .preprocess import preprocess_array_checked, to_uint8
+from .preprocess import Prepared, prepare, to_uint8
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -47,6 +47,10 @@ class Prediction:
     # the "unlike the training data" check (boneage.unlike_training), when the predictor has one
     outlier_score: float | None = None
     unlike_training_data: bool | None = None
+    # How the film was framed and what mirroring means, for models that frame (boneage.geometry); empty for
+    # models that read the whole film as it is.
+    framing: str = ""
+    mirrored: str = ""
 
     def as_row(self) -> dict:
         row = {"boneage_pred": round(self.boneage_months, 2), "uncertainty": round(self.scale_months, 2),
@@ -56,7 +60,28 @@ class Prediction:
             row[f"lower_{level}"], row[f"upper_{level}"] = round(lo, 2), round(hi, 2)
         if self.unlike_training_data is not None:
             row["outlier_score"], row["unlike_training_data"] = round(self.outlier_score, 3), self.unlike_training_data
+        if self.framing:
+            row["framing"] = self.framing
+        if self.mirrored:
+            row["mirrored"] = self.mirrored
         return row
+
+
+def framing_text(framing) -> str:
+    """The ``framing`` output cell: ``hand`` (the square around the found hand was read, turned by N degrees
+    when upright framing is on) or ``whole image: <why>``."""
+    if framing.found:
+        turn = f", turned {framing.angle_deg:+.0f} deg" if framing.angle_deg else ""
+        return f"hand{turn}"
+    return f"whole image: {framing.reason}"
+
+
+def mirrored_text(cfg: ModelConfig) -> str:
+    """The ``mirrored`` output cell. A mirror-invariant model averages every reading with its mirror image, so
+    a right hand or a film exported mirrored reads exactly as the left hand would: whether the film was
+    mirrored does not matter and is not guessed (a learned left/right check was 91-95 % accurate, see the
+    model card)."""
+    return "invariant (reading identical for the mirror image)" if cfg.mirror_invariant else "not checked (left hand assumed)"
 
 
 def load_model_dir(model_dir: str | os.PathLike = MODEL_DIR) -> tuple[BoneAgeNet, dict]:
@@ -210,8 +235,19 @@ class BoneAgePredictor:
 
     def preprocess_checked(self, arr: np.ndarray) -> tuple[np.ndarray, bool]:
         """As :meth:`preprocess`, plus whether the radiograph was taken for a negative and inverted."""
-        img, negative = preprocess_array_checked(arr, self.cfg.geometry)
-        return to_uint8(img), negative
+        p = self.prepare(arr)
+        return p.image, p.negative
+
+    def prepare(self, arr: np.ndarray) -> Prepared:
+        """As :meth:`preprocess`, with everything done to get there (negative, framing); image as uint8."""
+        p = prepare(arr, self.cfg.geometry)
+        return Prepared(to_uint8(p.image), p.negative, p.framing)
+
+    def _describe_input(self, pred: Prediction, framing) -> Prediction:
+        if self.cfg.framing != "none" or self.cfg.mirror_invariant:
+            pred.framing = framing_text(framing) if self.cfg.framing != "none" else "off"
+            pred.mirrored = mirrored_text(self.cfg)
+        return pred
 
     # -- prediction ----------------------------------------------------------------------------
     def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False) -> RawPredictions:
@@ -246,9 +282,9 @@ class BoneAgePredictor:
         return self._to_predictions(raw, m)[0], raw.features[0]
 
     def _predict_pixels(self, arr: np.ndarray, male: bool, notes: tuple[str, ...] = ()) -> Prediction:
-        img = self.preprocess(arr)[None]
-        raw = self.predict_preprocessed(img, np.array([male]), return_features=self.outlier_check is not None)
-        pred = self._to_predictions(raw, np.array([male]))[0]
+        p = self.prepare(arr)
+        raw = self.predict_preprocessed(p.image[None], np.array([male]), return_features=self.outlier_check is not None)
+        pred = self._describe_input(self._to_predictions(raw, np.array([male]))[0], p.framing)
         pred.notes = tuple(notes)
         return pred
 
@@ -274,7 +310,7 @@ class BoneAgePredictor:
         given_err = cases["error"].fillna("").astype(str).tolist() if "error" in cases else [""] * len(cases)
         rows: list[dict] = [{"id": str(cid), "error": err} for cid, err in zip(cases["id"], given_err)]
         males: list[bool | None] = [parse_male(v) for v in cases["male"]]
-        ok_idx, imgs = [], []
+        ok_idx, imgs, framings = [], [], []
         for i, cid in enumerate(cases["id"]):
             if rows[i]["error"]:
                 continue
@@ -283,7 +319,9 @@ class BoneAgePredictor:
                                     "1/0 or M/F")
                 continue
             try:
-                imgs.append(self.preprocess(load_radiograph(safe_image_path(image_dir, str(cid))).pixels))
+                p = self.prepare(load_radiograph(safe_image_path(image_dir, str(cid))).pixels)
+                imgs.append(p.image)
+                framings.append(p.framing)
                 ok_idx.append(i)
             except ImageLoadError as exc:
                 rows[i]["error"] = str(exc)
@@ -294,8 +332,8 @@ class BoneAgePredictor:
             idx = ok_idx[start:start + batch_size]
             raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), male_arr[idx],
                                             return_features=self.outlier_check is not None)
-            for i, pred in zip(idx, self._to_predictions(raw, male_arr[idx])):
-                rows[i].update(pred.as_row())
+            for i, fr, pred in zip(idx, framings[start:start + batch_size], self._to_predictions(raw, male_arr[idx])):
+                rows[i].update(self._describe_input(pred, fr).as_row())
         df = pd.DataFrame(rows, columns=None if rows else ["id", "error"])
         df.insert(1, "male", pd.array(males, dtype="boolean"))
         if self.site is not None:
