@@ -99,6 +99,27 @@ def _group_bias_lines(art: Path) -> list[str]:
                 for r in off.itertuples()) + "."]
 
 
+def _precision_lines(art: Path) -> list[str]:
+    """The precision benchmark (pipelines.precision) as a table per set."""
+    prec = _load(art / "precision.json")
+    if not prec:
+        return []
+    t = prec["targets"]
+    lines = ["## Precision (same hand, different acquisition)", "",
+             f"`python -m pipelines.precision`: how far the reading moves when the radiograph is re-framed, rotated, "
+             f"exposed or exported differently (no labels needed). Model input `{prec['geometry']}`, mirror-invariant "
+             f"{'yes' if prec['mirror_invariant'] else 'no'}, TTA {'on' if prec['tta'] else 'off'}. Targets: mean "
+             f"|change| <= {t['mean_abs_months']:g}, 95th percentile <= {t['p95_abs_months']:g} months.", ""]
+    for name, rows in prec["sets"].items():
+        lines += [f"{name} ({prec['sample'][name]}; test-retest SD over all changes "
+                  f"{_fmt(prec['test_retest_sd'][name])} months):", "",
+                  "| change | mean abs | p95 abs | mean shift | test-retest SD | target |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['description']} | {_fmt(r['mean_abs'])} | {_fmt(r['p95_abs'])} | {_fmt(r['mean_signed'])} | "
+                  f"{_fmt(r['test_retest_sd'])} | {'met' if r['meets_target'] else 'missed'} |" for r in rows]
+        lines.append("")
+    return lines
+
+
 def build_card(art: Path = ARTIFACTS_DIR) -> str:
     cfg = _load(art / "model" / "config.json") or {}
     metrics = _load(art / "metrics.json")
@@ -203,6 +224,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                       f"-> {bench['internal_test_mae_tta_ensemble']} months (without TTA: official "
                       f"{bench['official_test_mae_plain_ensemble']}, internal {bench['internal_test_mae_plain_ensemble']}).",
                       ""]
+    lines += _precision_lines(art)
     exps = (_load(art / "experiments.json") or {}).get("experiments", [])
     if exps:
         lines += ["## Other training runs (not shipped)", ""]

@@ -142,6 +142,35 @@ if coverage is not None:
                                  column_config={"score_lo": st.column_config.NumberColumn(format="%.2f"),
                                                 "score_hi": st.column_config.NumberColumn(format="%.2f")})
 
+# -- precision ---------------------------------------------------------------------------------------
+st.header("Does the same hand get the same reading?")
+prec = common.artifact_or_none(common.artifact_json, "precision.json")
+if prec is None:
+    st.info("No precision benchmark in this artifact set: `python -m pipelines.precision` makes it.")
+else:
+    st.markdown(
+        "Each radiograph is read again after a change that imitates how two acquisitions of one hand differ "
+        "(JPEG, lower resolution, exposure, rotation, tighter or looser framing, a mirrored film), and the new "
+        "reading is compared with the original's. No labels are needed. The **test-retest SD** is "
+        "sqrt(mean(d^2)/2), the within-hand SD of two readings; commercial systems quote about 2 months. "
+        f"Targets: mean |change| <= {prec['targets']['mean_abs_months']:g} and 95th percentile <= "
+        f"{prec['targets']['p95_abs_months']:g} months for every change. Model input: `{prec['geometry']}` "
+        f"(base size-fit-framing-margin), mirror-invariant: {'yes' if prec['mirror_invariant'] else 'no'}.")
+    for set_name, rows in prec["sets"].items():
+        st.subheader(f"{common.split_label(set_name)} ({prec['sample'][set_name]}); test-retest SD over all changes "
+                     f"{prec['test_retest_sd'][set_name]:.2f} months")
+        table = pd.DataFrame(rows)[["description", "mean_abs", "p95_abs", "mean_signed", "test_retest_sd", "meets_target"]]
+        st.dataframe(table, hide_index=True, column_config={
+            "description": "change to the radiograph",
+            "mean_abs": st.column_config.NumberColumn("mean |change| (months)", format="%.2f"),
+            "p95_abs": st.column_config.NumberColumn("95th pct |change|", format="%.2f"),
+            "mean_signed": st.column_config.NumberColumn("mean shift", format="%+.2f"),
+            "test_retest_sd": st.column_config.NumberColumn("test-retest SD", format="%.2f"),
+            "meets_target": st.column_config.CheckboxColumn("target met")})
+    if not prec.get("all_targets_met"):
+        st.warning("Not every change meets the precision target: a follow-up reading of the same child can move "
+                   "by more than the table's 95th percentiles for reasons that are not growth.", icon=":material/warning:")
+
 # -- site calibration ---------------------------------------------------------------------------------
 st.header("Site calibration")
 sites = common.site_names()

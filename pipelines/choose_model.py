@@ -1,0 +1,125 @@
+"""Decide on the validation split whether a retrained model replaces the shipped one.
+
+    python -m pipelines.choose_model --candidate runs/framed2 [--adopt] [--out runs/model_choice.json]
+
+Each model reads the validation images prepared in its own geometry (a framing model and the shipped
+squeeze model see different inputs of the same radiographs). The candidate is measured with and without
+test-time augmentation, and its TTA default is the better of the two on validation. The rule: the
+candidate may replace the shipped model when its validation MAE is not worse beyond bootstrap noise, i.e.
+the paired bootstrap 95 % interval of (candidate - shipped) absolute errors reaches down to 0 or below.
+Test sets are not read here.
+
+``--adopt`` (only when the rule passes) replaces ``<model-dir>`` by the candidate's ``model.pt``,
+``config.json`` (with ``inference.tta`` and how it was chosen) and ``history.csv``, through a temporary
+folder and a rename. Nothing else of the old folder is kept: its ``conformal.json`` was calibrated on the
+old model's predictions. Rerun ``pipelines.precompute`` (which calibrates the intervals again),
+``evaluate``, ``benchmark``, ``precision`` and ``model_card`` afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, write_json_atomic
+from boneage.data import load_images
+from boneage.metrics import bootstrap_ci
+from boneage.predictor import BoneAgePredictor, ModelNotFoundError
+from pipelines.cli import data_dir_or_report
+
+
+def validation_errors(predictor: BoneAgePredictor, cases: pd.DataFrame, image_dir: Path, cache_dir: Path | None,
+                      tta: bool) -> np.ndarray:
+    """Signed errors (months) of ``predictor`` on ``cases``, images prepared in the predictor's own geometry."""
+    loaded = load_images(cases, image_dir, predictor.cfg.geometry, cache_dir=cache_dir, progress=False)
+    if loaded.failed:
+        raise RuntimeError(f"{len(loaded.failed)} validation images could not be read, e.g. {loaded.failed[0]}")
+    male = loaded.cases["male"].to_numpy().astype(bool)
+    age = predictor.with_options(tta=tta).predict_preprocessed(loaded.images, male).age
+    return age - loaded.cases["boneage"].to_numpy(np.float64)
+
+
+def compare(shipped: BoneAgePredictor, candidate: BoneAgePredictor, cases: pd.DataFrame, image_dir: Path,
+            cache_dir: Path | None) -> dict:
+    e_ship = validation_errors(shipped, cases, image_dir, cache_dir, shipped.tta)
+    res = {"n": len(cases), "shipped": {"tta": shipped.tta, "mae": round(float(np.mean(np.abs(e_ship))), 3)}}
+    for tta in (False, True):
+        e = validation_errors(candidate, cases, image_dir, cache_dir, tta)
+        diff, lo, hi = bootstrap_ci(np.abs(e) - np.abs(e_ship), n_boot=2000, seed=0)
+        res["tta" if tta else "plain"] = {"mae": round(float(np.mean(np.abs(e))), 3),
+                                          "minus_shipped": {"mae_diff": round(diff, 3), "ci95": [round(lo, 3), round(hi, 3)]}}
+    res["candidate_tta"] = res["tta"]["mae"] < res["plain"]["mae"]
+    best = res["tta" if res["candidate_tta"] else "plain"]
+    res["passes"] = best["minus_shipped"]["ci95"][0] <= 0
+    return res
+
+
+def adopt(candidate_dir: Path, model_dir: Path, tta: bool, why: str) -> None:
+    """Replace ``model_dir`` by the candidate (temporary folder, then rename; the old folder is removed last)."""
+    tmp = model_dir.with_name(model_dir.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("model.pt", "history.csv"):
+        if (candidate_dir / name).is_file():
+            shutil.copy2(candidate_dir / name, tmp / name)
+    config = json.loads((candidate_dir / "config.json").read_text())
+    config["inference"] = {"tta": tta, "chosen_on": why}
+    write_json_atomic(tmp / "config.json", config)
+    old = model_dir.with_name(model_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(model_dir, old)
+    os.replace(tmp, model_dir)
+    shutil.rmtree(old)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidate", required=True, help="run folder of the retrained model (model.pt, config.json)")
+    ap.add_argument("--model-dir", default=str(MODEL_DIR))
+    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
+    ap.add_argument("--cache-dir", default=str(REPO_ROOT / "runs" / "cache"))
+    ap.add_argument("--max-cases", type=int, help="the first N validation cases only (smoke tests)")
+    ap.add_argument("--adopt", action="store_true", help="replace the shipped model when the rule passes")
+    ap.add_argument("--out", default=str(REPO_ROOT / "runs" / "model_choice.json"))
+    args = ap.parse_args(argv)
+    data_dir = data_dir_or_report(args.data_dir)
+    if data_dir is None:
+        return 2
+    try:
+        shipped = BoneAgePredictor.from_dir(args.model_dir)
+        candidate = BoneAgePredictor.from_dir(args.candidate)
+    except (ModelNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    splits = pd.read_csv(args.splits, dtype={"id": str})
+    val = splits[splits["split"] == "val"].reset_index(drop=True)
+    if args.max_cases:
+        val = val.head(args.max_cases)
+    res = compare(shipped, candidate, val, data_dir / "train", Path(args.cache_dir))
+    res.update(candidate=str(args.candidate), date=date.today().isoformat())
+    write_json_atomic(Path(args.out), res)
+    print(json.dumps(res, indent=2))
+    if not res["passes"]:
+        print("not adopted: the candidate is worse on validation beyond bootstrap noise")
+        return 0
+    if args.adopt:
+        c = res["tta" if res["candidate_tta"] else "plain"]
+        why = (f"validation MAE {res['tta']['mae']} with TTA vs {res['plain']['mae']} without "
+               f"({res['n']} cases, pipelines.choose_model {res['date']})")
+        adopt(Path(args.candidate), Path(args.model_dir), res["candidate_tta"], why)
+        print(f"adopted {args.candidate} into {args.model_dir} (TTA {'on' if res['candidate_tta'] else 'off'}, "
+              f"validation MAE {c['mae']} vs shipped {res['shipped']['mae']}); rerun precompute, evaluate, "
+              "benchmark, precision and model_card")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
