@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--aug-resolution", type=float, default=TrainConfig.aug_resolution,
                     help="max fraction of resolution lost (half the images, down and up again); 0 = off")
     ap.add_argument("--aug-noise", type=float, default=TrainConfig.aug_noise, help="max Gaussian noise SD; 0 = off")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's own choice); 1 on a shared machine")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     data_dir = data_dir_or_report(args.data_dir)
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
                             ema_decay=args.ema_decay, balance_power=args.balance_power,
                             aug_rotate_deg=args.aug_rotate, aug_contrast=args.aug_contrast,
-                            aug_resolution=args.aug_resolution, aug_noise=args.aug_noise)
+                            aug_resolution=args.aug_resolution, aug_noise=args.aug_noise,
+                            num_threads=args.threads)
     cache = None if args.max_train_cases else args.cache_dir
     geometry = model_cfg.geometry
     tr_img = load_images(tr, data_dir / "train", geometry, cache_dir=cache, progress=not args.quiet)
