@@ -177,6 +177,18 @@ def history() -> pd.DataFrame:
     return store().history()
 
 
+def base_size() -> int:
+    """Side of the base image the shipped model reads (its geometry, from ``config.json``; 100 if absent)."""
+    cfg = artifact_or_none(model_config) or {}
+    return int(cfg.get("model", {}).get("base_size", 100))
+
+
+def base_label() -> str:
+    """'100x100' for the shipped model: how image captions name what the network sees."""
+    b = base_size()
+    return f"{b}x{b}"
+
+
 @st.cache_data(show_spinner=False)
 def model_config() -> dict:
     return store().model_config()
