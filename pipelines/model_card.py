@@ -99,6 +99,31 @@ def _group_bias_lines(art: Path) -> list[str]:
                 for r in off.itertuples()) + "."]
 
 
+def resolution_curve_lines(exps: list[dict]) -> list[str]:
+    """The "what resolution is worth" section: one table (and a text bar per point) for each experiment
+    of ``experiments.json`` that carries a ``resolution_curve`` (see ``pipelines.resolution_curve``)."""
+    curves = [e for e in exps if "resolution_curve" in e]
+    if not curves:
+        return []
+    lines = ["## What resolution is worth", "",
+             "The same recipe at several base sizes, the smaller ones downsampled from the 100 px training files "
+             "(validation split; lower is better). It is the evidence behind the expectation for native-resolution "
+             "training in the README.", ""]
+    for e in curves:
+        rc = e["resolution_curve"]
+        pts = sorted(rc["points"], key=lambda p: p["base_size"])
+        lines += [f"**{e['name']}**: `{e['command']}` (input size: {rc.get('input_rule', 'see command')})", "",
+                  "| base size (px) | input size (px) | best validation MAE (months) | epochs | minutes |  |",
+                  "|---|---|---|---|---|---|"]
+        worst = max(p["best_val_mae"] for p in pts)
+        for p in pts:
+            bar = "#" * max(1, round(30 * p["best_val_mae"] / worst))
+            lines.append(f"| {p['base_size']} | {p['input_size']} | {p['best_val_mae']:.2f} | {p['epochs_run']} | "
+                         f"{p['train_minutes']:.1f} | `{bar}` |")
+        lines += ["", f"{e['decision']}", ""]
+    return lines
+
+
 def build_card(art: Path = ARTIFACTS_DIR) -> str:
     cfg = _load(art / "model" / "config.json") or {}
     metrics = _load(art / "metrics.json")
@@ -207,6 +232,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
     if exps:
         lines += ["## Other training runs (not shipped)", ""]
         for e in exps:
+            if "resolution_curve" in e:
+                continue  # its own section below
             if "val_mae_by_epoch" in e:
                 detail = "validation MAE by epoch " + ", ".join(str(v) for v in e["val_mae_by_epoch"])
             elif "results" in e:
@@ -216,6 +243,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                 detail = "validation MAE " + ", ".join(f"{k} {v}" for k, v in e.get("val_mae_averages", {}).items())
             lines.append(f"- {e['name']}: `{e['command']}`; " + (f"{detail}; " if detail else "") + f"{e['decision']}.")
         lines.append("")
+        lines += resolution_curve_lines(exps)
     hist = art / "model" / "history.csv"
     if hist.is_file():
         h = pd.read_csv(hist)
