@@ -21,8 +21,8 @@ names = common.stage_names()
 
 def enlarge(img: np.ndarray, k: int | None = None) -> np.ndarray:
     """Nearest-neighbour enlargement for display: the base-size pixels the model sees, kept sharp
-    (about 300 px wide; a base image of 300 px or more is shown as it is)."""
-    k = k or max(1, round(300 / max(img.shape[-1], 1)))
+    (about 300 px wide; a base image of 300 px or more is shown as it is). ``img`` is (H, W) or (H, W, 3)."""
+    k = k or max(1, round(300 / max(img.shape[0], img.shape[1], 1)))
     return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
 
 
