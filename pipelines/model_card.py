@@ -99,6 +99,23 @@ def _group_bias_lines(art: Path) -> list[str]:
                 for r in off.itertuples()) + "."]
 
 
+def _base(m: dict) -> int:
+    return int(m.get("base_size", 100))
+
+
+def _geometry_sentence(m: dict) -> str:
+    """How the model's images were made, from its saved geometry (``config.json`` ``model``)."""
+    b, fit, framing = _base(m), m.get("fit", "squeeze"), m.get("framing", "none")
+    if (b, fit, framing) == (100, "squeeze", "none"):
+        return ("Training images are only available here at **100x100 px** (squeezed square); the official test "
+                "images are native size and are brought to the same geometry (nearest-neighbour squeeze to 100x100, "
+                "then background/bone intensity normalisation).")
+    how = "squeezed to a square" if fit == "squeeze" else "letterboxed (aspect ratio kept, padded with the background)"
+    frame = "" if framing == "none" else f", then framed on the hand ({framing})"
+    return (f"Every radiograph, training and test alike, is brought to a **{b}x{b} px** base image, {how}, then "
+            f"background/bone intensity normalisation{frame}.")
+
+
 def resolution_curve_lines(exps: list[dict]) -> list[str]:
     """The "what resolution is worth" section: one table (and a text bar per point) for each experiment
     of ``experiments.json`` that carries a ``resolution_curve`` (see ``pipelines.resolution_curve``)."""
@@ -136,10 +153,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
              "**Intended use**: decision support for pediatric bone-age assessment (Greulich-Pyle style months) "
              "from a left-hand radiograph plus sex. Not a diagnostic device; a radiologist reads the image.", "",
              "## Data", "",
-             "RSNA Pediatric Bone Age Challenge 2017 (Halabi et al., Radiology 2019). Training images are only "
-             "available here at **100x100 px** (squeezed square); the official test images are native size and are "
-             "brought to the same geometry (nearest-neighbour squeeze to 100x100, then background/bone intensity "
-             "normalisation). The official test set was never used for training, tuning or calibration.", "",
+             "RSNA Pediatric Bone Age Challenge 2017 (Halabi et al., Radiology 2019). " + _geometry_sentence(m) +
+             " The official test set was never used for training, tuning or calibration.", "",
              *_polarity_lines(),
              "| split | cases | use |", "|---|---|---|"]
     use = {"train": "training", "val": "early stopping / model selection", "calib": "conformal calibration",
@@ -258,8 +273,9 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                   + (f"{r.val_mae_ema:.2f} | " if ema else "") + f"{r.seconds:.0f} |" for r in h.itertuples()]
         lines.append("")
     lines += ["## Limits", "", *_group_bias_lines(art),
-              "- Trained on 100x100 px images: fine trabecular and physeal detail visible at full resolution is lost; "
-              "published full-resolution models reach MAE under 4 months.",
+              (f"- Trained on {_base(m)}x{_base(m)} px images: fine trabecular and physeal detail visible at full "
+               "resolution is lost; published full-resolution models reach MAE under 4 months."
+               if _base(m) < 256 else f"- Trained on {_base(m)} px base images."),
               "- Training labels are single clinical reports (noisy); the official test reference is an expert mean.",
               "- Left hands of children from two US hospitals; other populations, right hands, or unusual "
               "positioning may be out of distribution (the dashboard flags images unlike the training data).",
