@@ -1,11 +1,11 @@
 """Where the network looks: attribution heatmaps (Captum), layer activations, the sex-flip check.
 
 Every heatmap is returned in the coordinates of the ``base_size`` x ``base_size`` preprocessed image
-(100x100, what :meth:`BoneAgePredictor.preprocess` returns), so it overlays directly onto it.
+(the model's base image, what :meth:`BoneAgePredictor.preprocess` returns), so it overlays directly onto it.
 This works because the explained function starts *before* the network's own resize: it takes the
 base image in [0, 1], applies :func:`boneage.preprocess.to_model_input` (bilinear resize to
 ``input_size`` and centring, both differentiable) and then the network. Gradients, integrated
-gradients and occlusion therefore all live on the 100x100 pixels a user sees; Grad-CAM maps (which
+gradients and occlusion therefore all live on the base-image pixels a user sees; Grad-CAM maps (which
 live on a layer's coarse grid covering the same field of view) are upsampled bilinearly to it.
 
 Targets: ``"age"`` (default) explains the predicted bone age in months, ``"scale"`` the predicted
