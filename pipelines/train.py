@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--out", default=str(MODEL_DIR))
-    ap.add_argument("--cache-dir", default=str(REPO_ROOT / "runs" / "cache"))
+    ap.add_argument("--cache-dir", help="folder of the prepared-image cache (default runs/cache; with "
+                    "--max-train-cases no cache unless this is given)")
     ap.add_argument("--backbone", default=ModelConfig.backbone)
     ap.add_argument("--input-size", type=int, default=ModelConfig.input_size)
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
@@ -106,7 +107,7 @@ def _run(args, info: distributed.DistInfo) -> int:
                             aug_rotate_deg=args.aug_rotate, aug_contrast=args.aug_contrast,
                             aug_resolution=args.aug_resolution, aug_noise=args.aug_noise,
                             num_threads=args.threads, loader_workers=args.loader_workers)
-    cache = None if args.max_train_cases else args.cache_dir
+    cache = args.cache_dir or (None if args.max_train_cases else str(REPO_ROOT / "runs" / "cache"))
     geometry = model_cfg.geometry
     show = not args.quiet and info.is_main
 

@@ -28,7 +28,8 @@ def ddp_run(tmp_path_factory, subprocess_env, repo_root):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pipelines.train", "--epochs", "1", "--max-train-cases", "32", "--max-val-cases", "16",
            "--base-size", "160", "--fit", "letterbox", "--input-size", "64", "--batch-size", "8",
-           "--threads", "1", "--no-resume", "--quiet", "--out", str(out)]
+           "--threads", "1", "--no-resume", "--quiet", "--out", str(out),
+           "--cache-dir", str(out.parent / "cache")]  # rank 0 builds it, rank 1 waits and opens it
     proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
@@ -56,6 +57,8 @@ def test_two_process_run_writes_once_and_ends_with_identical_replicas(ddp_run):
     net.load_state_dict(torch.load(out / "last.pt", map_location="cpu", weights_only=False)["model"])
     assert D.state_sha256(net) == dist["replica_state_sha256"][0]
     assert cfg["n_train"] == 32 and cfg["n_val"] == 16
+    cache = sorted(p.name.split(".", 1)[1] for p in (out.parent / "cache").iterdir())
+    assert cache == ["json", "json", "npy", "npy"]  # train and validation, each built once and complete
 
 
 def test_model_of_another_base_size_predicts_through_the_cli(ddp_run, native_image, subprocess_env, repo_root):
