@@ -21,18 +21,22 @@ from boneage.imaging import read_radiograph
 from boneage.model import BoneAgeNet
 
 
+def _torchrun(out, env, repo_root, *extra: str) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pipelines.train", "--max-train-cases", "32", "--max-val-cases", "16",
+           "--base-size", "160", "--fit", "letterbox", "--input-size", "64", "--batch-size", "8",
+           "--threads", "1", "--quiet", "--out", str(out),
+           "--cache-dir", str(out.parent / "cache"), *extra]  # rank 0 builds it, rank 1 waits and opens it
+    proc = subprocess.run(cmd, cwd=repo_root, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, subprocess_env, repo_root):
     out = tmp_path_factory.mktemp("ddp") / "model"
-    env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pipelines.train", "--epochs", "1", "--max-train-cases", "32", "--max-val-cases", "16",
-           "--base-size", "160", "--fit", "letterbox", "--input-size", "64", "--batch-size", "8",
-           "--threads", "1", "--no-resume", "--quiet", "--out", str(out),
-           "--cache-dir", str(out.parent / "cache")]  # rank 0 builds it, rank 1 waits and opens it
-    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout
+    return out, _torchrun(out, subprocess_env, repo_root, "--epochs", "1", "--no-resume")
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +101,19 @@ def test_model_of_another_base_size_reads_its_own_geometry_and_explains_on_it(dd
     assert img.shape == (160, 160)
     heat = explain.attribute(p.model, img, male, "gradcam")
     assert heat.shape == (160, 160) and np.isfinite(heat).all() and heat.max() > 0
+
+
+def test_two_process_run_resumes_from_last_checkpoint(ddp_run, tmp_path, subprocess_env, repo_root):
+    import shutil
+
+    src, _ = ddp_run
+    out = tmp_path / "model"
+    shutil.copytree(src, out)
+    shutil.copytree(src.parent / "cache", tmp_path / "cache")
+    first = pd.read_csv(out / "history.csv")
+    stdout = _torchrun(out, subprocess_env, repo_root, "--epochs", "2")
+    assert "resumed from" in stdout and "at epoch 1" in stdout
+    hist = pd.read_csv(out / "history.csv")
+    assert len(hist) == 2 and hist["val_mae"].iloc[0] == first["val_mae"].iloc[0]  # epoch 1 kept, not redone
+    dist = json.loads((out / "config.json").read_text())["distributed"]
+    assert dist["replicas_identical"] is True and dist["world_size"] == 2
