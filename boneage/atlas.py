@@ -112,7 +112,7 @@ def compute_atlas(model, df: pd.DataFrame, load_image, k: int = N_TYPICAL, n_per
                   layer: str | None = None, progress=None) -> dict[str, np.ndarray]:
     """Grad-CAM of every atlas case and the average Grad-CAM of every band sample.
 
-    ``load_image(id, split)`` returns the preprocessed 100x100 uint8 image or None (case skipped). Heatmaps
+    ``load_image(id, split)`` returns the preprocessed base-size uint8 image or None (case skipped). Heatmaps
     are stored as uint8 (0-255 for [0, 1]). Returns arrays: layer (its label), ids, splits, heatmaps (N, H, W); bands,
     band_members (the ids of each band joined by spaces), band_n, band_heatmaps (B, H, W).
     """

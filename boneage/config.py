@@ -88,6 +88,7 @@ class TrainConfig:
     max_train_cases: int | None = None
     max_val_cases: int | None = None
     num_threads: int | None = None
+    loader_workers: int | None = None  # DataLoader worker processes; None: 0 on CPU, several per GPU
     aug_rotate_deg: float = 15.0
     aug_scale: float = 0.12
     aug_translate: float = 0.08

@@ -22,14 +22,36 @@ from sklearn.preprocessing import StandardScaler
 from .inference import INFERENCE_BATCH, FastNetwork, Member, RawPredictions, forward_batch
 from .model import BoneAgeNet
 
-# Named depths: (module path in the network, human description). "penultimate" is the fused
-# image+sex feature the heads read.
+# Named depths: (stage of the backbone's ``feature_info``, description). "penultimate" is the fused
+# image+sex feature the heads read. The module behind a name comes from the loaded network's own stage
+# structure (:func:`layer_path`), so lite0, lite1 and lite2 each tap their own stage ends; the
+# descriptions here are lite0's (see :func:`layer_description` for any backbone).
 LAYERS = {
-    "stage3": ("backbone._blocks.4", "stage 3 (40 channels, 1/8 resolution)"),
-    "stage5": ("backbone._blocks.10", "stage 5 (112 channels, 1/16 resolution)"),
-    "head": ("backbone._bn1", "backbone head (1280 channels, before pooling)"),
+    "stage3": ("stage3", "stage 3 (40 channels, 1/8 resolution)"),
+    "stage5": ("stage5", "stage 5 (112 channels, 1/16 resolution)"),
+    "head": ("head", "backbone head (1280 channels, before pooling)"),
     "penultimate": (None, "penultimate fused image + sex features (256)"),
 }
+
+
+def layer_path(model: BoneAgeNet, name: str) -> str:
+    """Module path in ``model`` of a named layer (``stage3``, ``stage5``, ``head``, or any stage of the
+    backbone's ``feature_info``)."""
+    stage = LAYERS[name][0] if name in LAYERS else name
+    if stage is None:
+        raise KeyError(f"{name!r} is computed by the network's heads, not a backbone module")
+    return "backbone." + model.backbone.feature_module(stage)
+
+
+def layer_description(model: BoneAgeNet, name: str) -> str:
+    """'stage 3 (40 channels, 1/8 resolution)' for this model's own backbone."""
+    stage = LAYERS[name][0] if name in LAYERS else name
+    if stage is None:
+        return f"penultimate fused image + sex features ({model.cfg.hidden_dim})"
+    f = model.backbone.feature(stage)
+    if stage == "head":
+        return f"backbone head ({f['num_chs']} channels, before pooling)"
+    return f"{stage.replace('stage', 'stage ')} ({f['num_chs']} channels, 1/{f['reduction']} resolution)"
 
 
 @torch.no_grad()
@@ -45,7 +67,7 @@ def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, la
     predictions only.
     """
     model.eval()
-    paths = [LAYERS[name][0] for name in layers]
+    paths = [layer_path(model, name) for name in layers]
     fast = FastNetwork(model, paths)
     ages, scales, probs, feats = [], [], [], []
     layer_feats: dict[str, list] = {n: [] for n in layers}

@@ -1,11 +1,11 @@
 """Where the network looks: attribution heatmaps (Captum), layer activations, the sex-flip check.
 
 Every heatmap is returned in the coordinates of the ``base_size`` x ``base_size`` preprocessed image
-(100x100, what :meth:`BoneAgePredictor.preprocess` returns), so it overlays directly onto it.
+(the model's base image, what :meth:`BoneAgePredictor.preprocess` returns), so it overlays directly onto it.
 This works because the explained function starts *before* the network's own resize: it takes the
 base image in [0, 1], applies :func:`boneage.preprocess.to_model_input` (bilinear resize to
 ``input_size`` and centring, both differentiable) and then the network. Gradients, integrated
-gradients and occlusion therefore all live on the 100x100 pixels a user sees; Grad-CAM maps (which
+gradients and occlusion therefore all live on the base-image pixels a user sees; Grad-CAM maps (which
 live on a layer's coarse grid covering the same field of view) are upsampled bilinearly to it.
 
 Targets: ``"age"`` (default) explains the predicted bone age in months, ``"scale"`` the predicted
@@ -79,16 +79,14 @@ _HOOK_LOCK = EAGER_LOCK
 # --------------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------------
-def _stage_ends(backbone: EfficientNetLite) -> list[int]:
-    """Index of the last block of every stage (a stage starts where the output width changes)."""
-    ends, prev = [], None
-    for i, block in enumerate(backbone._blocks):
-        cout = block._project_conv.out_channels
-        if prev is not None and cout != prev:
-            ends.append(i - 1)
-        prev = cout
-    ends.append(len(backbone._blocks) - 1)
-    return ends
+def _stages(backbone: EfficientNetLite) -> list[str]:
+    """The backbone's stage names, shallow to deep (``stage1`` ..), from its own ``feature_info``."""
+    return [f["stage"] for f in backbone.feature_info if f["stage"].startswith("stage")]
+
+
+def _tap(backbone: EfficientNetLite, stage: str) -> str:
+    """Module path in the BoneAgeNet of a backbone tap named in ``feature_info`` (``stage5``, ``head``)."""
+    return "backbone." + backbone.feature_module(stage)
 
 
 def _smallcnn_block_ends(model: BoneAgeNet) -> list[str]:
@@ -108,17 +106,16 @@ def gradcam_layers(model: BoneAgeNet) -> dict[str, str]:
     """
     bb = model.backbone
     if isinstance(bb, EfficientNetLite):
-        ends = _stage_ends(bb)  # ends[k] = last block of stage k+1
-        n = len(ends)
+        n = len(_stages(bb))
         out = {}
         if n >= 5:
-            out["Stage 5"] = f"backbone._blocks.{ends[4]}"
-        out[f"Last block (stage {n})"] = f"backbone._blocks.{ends[-1]}"
-        out["Head conv"] = "backbone._bn1"
+            out["Stage 5"] = _tap(bb, "stage5")
+        out[f"Last block (stage {n})"] = _tap(bb, f"stage{n}")
+        out["Head conv"] = _tap(bb, "head")
         for stage in range(n - 1, 3, -1):  # stage 6 (n-1) down to stage 4
             label = f"Stage {stage}"
             if label not in out:
-                out[label] = f"backbone._blocks.{ends[stage - 1]}"
+                out[label] = _tap(bb, f"stage{stage}")
         return out
     # SmallCNN baseline: the last ReLU of each block (before its pooling), deepest (1/16) first
     paths = _smallcnn_block_ends(model)
@@ -134,11 +131,11 @@ def activation_layers(model: BoneAgeNet) -> dict[str, str]:
     """Label -> module path for the activation grid: stem, the end of stages 2..7, head."""
     bb = model.backbone
     if isinstance(bb, EfficientNetLite):
-        out = {"Stem": "backbone._bn0"}
-        for k, idx in enumerate(_stage_ends(bb)):
+        out = {"Stem": _tap(bb, "stem")}
+        for k, stage in enumerate(_stages(bb)):
             if k >= 1:
-                out[f"Stage {k + 1}"] = f"backbone._blocks.{idx}"
-        out["Head conv"] = "backbone._bn1"
+                out[f"Stage {k + 1}"] = _tap(bb, stage)
+        out["Head conv"] = _tap(bb, "head")
         return out
     return {f"Block {k + 1}": p for k, p in enumerate(_smallcnn_block_ends(model))}
 

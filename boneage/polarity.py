@@ -16,6 +16,10 @@ confident (probability >= ``threshold``), because flipping a normal image costs 
 rare undeclared negative alone. The default 0.9 was chosen after seeing that 0.5 would have flipped 2 of the
 200 official test images (normal ones with a grey plate), so the official-test count of 0 is not an
 independent check of that threshold; on the validation and internal test splits no normal image reaches 0.32.
+
+The features (ring widths, ridge and edge filters of fixed sigma) are measured in pixels, so the check reads
+every image at the geometry it was fitted at, ``REFERENCE_SIZE`` (the 100 px squeeze of the RSNA training
+files), whatever base size the model that asks uses: a 512 px base image is squeezed to 100 px first.
 """
 from __future__ import annotations
 
@@ -31,6 +35,17 @@ from .config import write_json_atomic
 
 COEF_PATH = Path(__file__).with_name("polarity.json")
 N_FEATURES = 26
+REFERENCE_SIZE = 100  # side of the (squeezed) images the check is fitted on and reads
+
+
+def at_reference_size(img: np.ndarray) -> np.ndarray:
+    """``img`` squeezed (nearest neighbour) to REFERENCE_SIZE x REFERENCE_SIZE; unchanged when it already is."""
+    a = np.asarray(img, dtype=np.float32)
+    if a.shape == (REFERENCE_SIZE, REFERENCE_SIZE):
+        return a
+    from .geometry import squeeze
+
+    return squeeze(a, REFERENCE_SIZE)
 
 
 def polarity_features(img: np.ndarray) -> np.ndarray:
@@ -71,7 +86,8 @@ class PolarityCheck:
     evaluation: dict | None = None  # held-out counts written by pipelines.fit_polarity
 
     def probability(self, img: np.ndarray) -> float:
-        z = (polarity_features(img) - np.asarray(self.mean)) / np.asarray(self.scale)
+        """P(negative) of a 2-D image of any size (read at ``REFERENCE_SIZE``, see the module docstring)."""
+        z = (polarity_features(at_reference_size(img)) - np.asarray(self.mean)) / np.asarray(self.scale)
         return float(1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept))))
 
     def is_inverted(self, img: np.ndarray) -> bool:

@@ -1,11 +1,17 @@
 """Training loop: CPU or CUDA, bf16 autocast, cosine schedule with warm-up, batched augmentation, early
-stopping on validation MAE, checkpoints every epoch and resume.
+stopping on validation MAE, checkpoints every epoch and resume; one process or DDP under ``torchrun``.
+
+Batches come from a DataLoader over the (memory-mapped) images (:mod:`boneage.batches`). Under DDP
+(:mod:`boneage.distributed`) every rank trains on its shard of each epoch, validates its shard of the
+validation set, and the predictions are gathered so that every rank computes the same metrics and takes the
+same early-stopping decision; only rank 0 writes files, prints and shows progress bars.
 
 Outputs in ``out_dir``: ``model.pt`` (best weights), ``config.json`` (model, training and split configs,
 seed, hardware, timings), ``history.csv`` (one row per epoch), ``last.pt`` (full state for resume).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -21,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed as D
+from .batches import CaseBatches, Rows, batches_of, rank_shard_order, single_process_order
 from .config import ModelConfig, TrainConfig, to_jsonable, write_json_atomic
 from .inference import INFERENCE_BATCH, run_network
 from .model import BoneAgeNet, laplace_nll
@@ -43,7 +51,34 @@ class TrainResult:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: CUDA if present (its own GPU under torchrun), else the CPU."""
+    return D.current().device()
+
+
+def loader_workers(train_cfg: TrainConfig, device: torch.device, world: int) -> int:
+    """DataLoader worker processes: ``train_cfg.loader_workers`` when set; else none on the CPU (workers
+    would take cores from the network) and up to 6 per GPU process (decoding-free reads from the cache
+    plus the uint8 copy keep up with a GPU at 512 px)."""
+    if train_cfg.loader_workers is not None:
+        return max(0, int(train_cfg.loader_workers))
+    if device.type != "cuda":
+        return 0
+    return max(1, min(6, (os.cpu_count() or 2) // max(1, world) - 1))
+
+
+def _validate(model, images, male: np.ndarray, batch: int, device, info: "D.DistInfo"):
+    """Predictions on the whole validation set; under DDP each rank runs its interleaved shard and the
+    shards are gathered, so every rank returns the same arrays (same order as ``images``)."""
+    if not info.distributed:
+        return run_network(model, images, male, batch, device=device)
+    idx = np.arange(info.rank, len(male), info.world_size)
+    part = run_network(model, Rows(images, idx), male[idx], batch, device=device)
+    parts = D.gather_objects((idx, part.age, part.scale))
+    order = np.concatenate([p[0] for p in parts])
+    age, scale = np.empty(len(male)), np.empty(len(male))
+    age[order] = np.concatenate([p[1] for p in parts])
+    scale[order] = np.concatenate([p[2] for p in parts])
+    return type(part)(age, scale, None, None)
 
 
 def seed_everything(seed: int) -> None:
@@ -110,7 +145,11 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
     earlier run's history is carried over (column ``stage``) so the curves show the whole story.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    info = D.current()
+    progress = progress and info.is_main
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    D.barrier()
     device = pick_device()
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
@@ -129,7 +168,8 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_images) / train_cfg.batch_size))
+    per_rank = math.ceil(len(train_images) / info.world_size)
+    steps_per_epoch = max(1, math.ceil(per_rank / train_cfg.batch_size))
     total_steps = steps_per_epoch * train_cfg.epochs
     warmup = max(1, int(train_cfg.warmup_epochs * steps_per_epoch))
 
@@ -172,11 +212,17 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         start_epoch, best_mae, best_epoch = ck["epoch"] + 1, ck["best_mae"], ck["best_epoch"]
         history, elapsed_before = ck["history"], ck.get("elapsed", 0.0)
         best_kind = ck.get("best_weights", "raw")
-        print(f"resumed from {last_path} at epoch {start_epoch}, best val MAE {best_mae:.2f}")
-
-    x_all = torch.from_numpy(np.ascontiguousarray(train_images))
-    y_all = torch.tensor(train_cases["boneage"].to_numpy(np.float32))
-    m_all = torch.tensor(train_cases["male"].to_numpy().astype(np.int64))
+        if info.is_main:
+            print(f"resumed from {last_path} at epoch {start_epoch}, best val MAE {best_mae:.2f}")
+    # The network that trains: DDP averages gradients across ranks; ``model`` stays the plain module (for
+    # EMA, validation and the saved state_dict, whose keys are the same with or without DDP).
+    net = model
+    if info.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    dataset = CaseBatches(train_images, train_cases["boneage"].to_numpy(np.float32),
+                          train_cases["male"].to_numpy())
+    n_workers = loader_workers(train_cfg, device, info.world_size)
     sample_w = group_sampling_weights(train_cases, train_cfg.balance_power)
     amp_dtype = torch.bfloat16
     # bf16 autocast is a large win on GPUs but measured 5-9x slower than fp32 on this project's 2-core CPUs
@@ -187,34 +233,48 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         "device": str(device), "hardware": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores" + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
         "torch": torch.__version__, "n_train": len(train_images), "n_val": len(val_images),
+        "distributed": {"world_size": info.world_size, "backend": info.backend,
+                        "batch_size_per_process": train_cfg.batch_size,
+                        "global_batch_size": train_cfg.batch_size * info.world_size, "loader_workers": n_workers},
     }
     epochs_since_best = 0 if best_epoch < 0 else (start_epoch - 1 - best_epoch)
     for epoch in range(start_epoch, train_cfg.epochs):
         if epochs_since_best >= train_cfg.patience:
-            print(f"early stopping: no validation improvement for {train_cfg.patience} epochs")
+            if info.is_main:
+                print(f"early stopping: no validation improvement for {train_cfg.patience} epochs")
             break
         model.train()
-        perm = (torch.multinomial(sample_w, len(x_all), replacement=True, generator=gen) if sample_w is not None
-                else torch.randperm(len(x_all), generator=gen))
+        if info.distributed:
+            # same order on every rank, each its own shard; augmentation differs per rank
+            perm = rank_shard_order(len(dataset), sample_w, train_cfg.seed, epoch, info.rank, info.world_size)
+            aug_gen = torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch * 1_009 + info.rank + 1)
+        else:
+            perm, aug_gen = single_process_order(len(dataset), sample_w, gen), gen
+        loader = torch.utils.data.DataLoader(dataset, sampler=batches_of(perm, train_cfg.batch_size),
+                                             batch_size=None, num_workers=n_workers,
+                                             pin_memory=device.type == "cuda",
+                                             # its own generator: the loader's seed draw must not move
+                                             # the global RNG that dropout uses
+                                             generator=torch.Generator().manual_seed(train_cfg.seed + epoch))
         ep_t0 = time.time()
         loss_sum, ae_sum, n_seen = 0.0, 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{train_cfg.epochs}", disable=not progress,
-                   mininterval=5)
-        for step in bar:
-            idx = perm[step * train_cfg.batch_size:(step + 1) * train_cfg.batch_size]
-            if len(idx) < 2:
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
+                   disable=not progress, mininterval=5)
+        for xb, yb, mb in bar:
+            n = len(yb)
+            if n < 2:  # every rank has equal-sized batches, so all skip together
                 continue
-            xb = x_all[idx].float() / 255.0
-            xb = _augment_intensity(xb, train_cfg.aug_contrast, gen)
-            xb = _augment_degradation(xb, train_cfg.aug_resolution, train_cfg.aug_noise, gen)
-            theta = random_affine(len(idx), train_cfg.aug_rotate_deg, train_cfg.aug_scale, train_cfg.aug_translate, gen,
-                                  flip=model_cfg.mirror_invariant)
+            xb = xb.float() / 255.0
+            xb = _augment_intensity(xb, train_cfg.aug_contrast, aug_gen)
+            xb = _augment_degradation(xb, train_cfg.aug_resolution, train_cfg.aug_noise, aug_gen)
+            theta = random_affine(n, train_cfg.aug_rotate_deg, train_cfg.aug_scale, train_cfg.aug_translate,
+                                  aug_gen, flip=model_cfg.mirror_invariant)
             x = to_model_input(xb, model_cfg.input_size, theta).to(device)
             if device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
-            yb, mb = y_all[idx].to(device), m_all[idx].to(device)
+            yb, mb = yb.to(device, non_blocking=True), mb.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                out = model(x, mb)
+                out = net(x, mb)
             loss = laplace_nll(out.age, out.scale, yb, model_cfg.age_std)
             loss = loss + train_cfg.stage_loss_weight * F.cross_entropy(out.stage_logits, stage_targets(yb, model_cfg))
             opt.zero_grad(set_to_none=True)
@@ -224,15 +284,19 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += float(loss.detach()) * n
             ae_sum += float((out.age.detach() - yb).abs().sum())
-            n_seen += len(idx)
+            n_seen += n
             bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", mae=f"{ae_sum / n_seen:.1f}")
+        loss_sum, ae_sum, n_seen = D.sum_across([loss_sum, ae_sum, n_seen], device)
+        D.broadcast_module(model)  # BatchNorm statistics: every rank validates and keeps rank 0's network
+        if ema is not None:
+            D.broadcast_module(ema)
         val_male = val_cases["male"].to_numpy()
         val_batch = INFERENCE_BATCH if device.type == "cpu" else 256
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-            vp = run_network(model, val_images, val_male, val_batch, device=device)
-            ep = run_network(ema.module, val_images, val_male, val_batch, device=device) if ema is not None else None
+            vp = _validate(model, val_images, val_male, val_batch, device, info)
+            ep = _validate(ema.module, val_images, val_male, val_batch, device, info) if ema is not None else None
         vy = val_cases["boneage"].to_numpy(np.float64)
         val_mae = float(np.mean(np.abs(vp.age - vy)))
         val_nll = float(np.mean(np.log(2 * vp.scale) + np.abs(vy - vp.age) / vp.scale))
@@ -248,10 +312,13 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         improved = epoch_best_mae < best_mae
         if improved:
             best_mae, best_epoch, epochs_since_best, best_kind = epoch_best_mae, epoch, 0, kind
-            _save_atomic({"state_dict": best_net.state_dict(), "epoch": epoch + 1, "val_mae": epoch_best_mae,
-                          "weights": kind}, out_dir / "model.pt")
         else:
             epochs_since_best += 1
+        if not info.is_main:
+            continue
+        if improved:
+            _save_atomic({"state_dict": best_net.state_dict(), "epoch": epoch + 1, "val_mae": epoch_best_mae,
+                          "weights": kind}, out_dir / "model.pt")
         elapsed = elapsed_before + time.time() - t0
         _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                       "gen": gen.get_state(), "epoch": epoch, "best_mae": best_mae, "best_epoch": best_epoch,
@@ -268,4 +335,16 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
               f"val MAE {val_mae:.2f}" + (f" (EMA {row['val_mae_ema']:.2f})" if ema is not None else "") +
               f" {'*' if improved else ''} ({row['seconds']:.0f}s)", flush=True)
     total = elapsed_before + time.time() - t0
+    if info.distributed:
+        # every rank must end with the same network; recorded so a run (and the tests) can check it
+        digests = D.gather_objects(D.state_sha256(model))
+        if info.is_main:
+            cfg_path = out_dir / "config.json"
+            blob = json.loads(cfg_path.read_text()) if cfg_path.is_file() else dict(config_blob)
+            blob["distributed"] = {**blob.get("distributed", {}), "replica_state_sha256": digests,
+                                   "replicas_identical": len(set(digests)) == 1}
+            write_json_atomic(cfg_path, blob)
+            if len(set(digests)) != 1:
+                print(f"WARNING: the {info.world_size} processes ended with different weights: {digests}")
+        D.barrier()
     return TrainResult(epoch_offset + best_epoch + 1, best_mae, len(history), total, out_dir)

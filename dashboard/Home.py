@@ -24,8 +24,8 @@ st.markdown(
 
 st.warning(
     "**Decision support only.** The estimate is meant to assist, not replace, a radiologist's reading "
-    "(Greulich-Pyle or Tanner-Whitehouse). The model was trained on radiographs **downsized to 100x100 "
-    "pixels**, so fine details of the growth plates are not visible to it; its errors are larger than an "
+    "(Greulich-Pyle or Tanner-Whitehouse). The model was trained on radiographs **downsized to "
+    f"{common.base_label()} pixels**, so fine details of the growth plates are not visible to it; its errors are larger than an "
     "expert's, and it has only been validated on the RSNA data (mostly North American children). Always read "
     "the interval, not just the number.", icon=":material/medical_information:")
 

@@ -177,6 +177,18 @@ def history() -> pd.DataFrame:
     return store().history()
 
 
+def base_size() -> int:
+    """Side of the base image the shipped model reads (its geometry, from ``config.json``; 100 if absent)."""
+    cfg = artifact_or_none(model_config) or {}
+    return int(cfg.get("model", {}).get("base_size", 100))
+
+
+def base_label() -> str:
+    """'100x100' for the shipped model: how image captions name what the network sees."""
+    b = base_size()
+    return f"{b}x{b}"
+
+
 @st.cache_data(show_spinner=False)
 def model_config() -> dict:
     return store().model_config()
@@ -288,7 +300,7 @@ def explain_model():
 @st.cache_data(show_spinner=False, max_entries=256)
 def case_attribution(case_id: str, split: str, method: str, layer: str | None = None,
                      _progress=None) -> np.ndarray | None:
-    """Attribution heatmap (100x100 in [0, 1]) of a dataset case, cached on (id, split, method, layer)."""
+    """Attribution heatmap (base size, in [0, 1]) of a dataset case, cached on (id, split, method, layer)."""
     from boneage import explain
 
     img = case_image(case_id, split)
@@ -343,7 +355,7 @@ def image_sex_flip(image: np.ndarray, male: bool) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def image_prediction(image: np.ndarray, male: bool, site: str | None = None):
-    """Prediction and penultimate feature of a preprocessed 100x100 uint8 image (``site``: with that site
+    """Prediction and penultimate feature of a preprocessed base-size uint8 image (``site``: with that site
     profile of the artifact set applied)."""
     return (site_predictor(site) if site else predictor()).predict_image(image, bool(male))
 
@@ -375,7 +387,7 @@ def similar_to(feature: np.ndarray, k: int = 5, exclude_id: str | None = None) -
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def read_upload_image(data: bytes, name: str) -> np.ndarray:
-    """Decode + check an upload and preprocess it to the 100x100 uint8 image the network sees.
+    """Decode + check an upload and preprocess it to the base-size uint8 image the network sees.
 
     Raises :class:`ImageLoadError` with a readable reason (empty, not an image, too big, colour photo ...).
     """
@@ -491,7 +503,7 @@ def try_open_case(case_id: str, split: str) -> None:
 @st.cache_data(show_spinner="Averaging Grad-CAM over the band's radiographs...", max_entries=64)
 def average_gradcam_of(ids: tuple[str, ...], splits: tuple[str, ...], males: tuple[bool, ...],
                        layer: str | None = None):
-    """Mean preprocessed image and mean Grad-CAM (both 100x100) over cases, or None without their images.
+    """Mean preprocessed image and mean Grad-CAM (both at the base size) over cases, or None without their images.
 
     Cases whose image cannot be read are left out; returns (mean_image uint8, heatmap [0, 1], n used).
     """

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from boneage.config import ARTIFACTS_DIR
 from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
-from boneage.polarity import COEF_PATH, PolarityCheck, fit_polarity_check
+from boneage.polarity import COEF_PATH, REFERENCE_SIZE, PolarityCheck, fit_polarity_check
 from boneage.preprocess import squeeze_to_base
 from pipelines.cli import data_dir_or_report
 
@@ -27,7 +27,7 @@ def _load(ids: list[str], image_dir: Path, desc: str) -> list[np.ndarray]:
     out = []
     for cid in tqdm(ids, desc=desc, mininterval=2):
         try:
-            out.append(squeeze_to_base(read_radiograph(safe_image_path(image_dir, cid))))
+            out.append(squeeze_to_base(read_radiograph(safe_image_path(image_dir, cid)), REFERENCE_SIZE))
         except ImageLoadError as exc:
             print(f"skipped {cid}: {exc}", file=sys.stderr)
     return out

@@ -117,6 +117,45 @@ def _precision_lines(art: Path) -> list[str]:
         lines += [f"| {r['description']} | {_fmt(r['mean_abs'])} | {_fmt(r['p95_abs'])} | {_fmt(r['mean_signed'])} | "
                   f"{_fmt(r['test_retest_sd'])} | {'met' if r['meets_target'] else 'missed'} |" for r in rows]
         lines.append("")
+def _base(m: dict) -> int:
+    return int(m.get("base_size", 100))
+
+
+def _geometry_sentence(m: dict) -> str:
+    """How the model's images were made, from its saved geometry (``config.json`` ``model``)."""
+    b, fit, framing = _base(m), m.get("fit", "squeeze"), m.get("framing", "none")
+    if (b, fit, framing) == (100, "squeeze", "none"):
+        return ("Training images are only available here at **100x100 px** (squeezed square); the official test "
+                "images are native size and are brought to the same geometry (nearest-neighbour squeeze to 100x100, "
+                "then background/bone intensity normalisation).")
+    how = "squeezed to a square" if fit == "squeeze" else "letterboxed (aspect ratio kept, padded with the background)"
+    frame = "" if framing == "none" else f", then framed on the hand ({framing})"
+    return (f"Every radiograph, training and test alike, is brought to a **{b}x{b} px** base image, {how}, then "
+            f"background/bone intensity normalisation{frame}.")
+
+
+def resolution_curve_lines(exps: list[dict]) -> list[str]:
+    """The "what resolution is worth" section: one table (and a text bar per point) for each experiment
+    of ``experiments.json`` that carries a ``resolution_curve`` (see ``pipelines.resolution_curve``)."""
+    curves = [e for e in exps if "resolution_curve" in e]
+    if not curves:
+        return []
+    lines = ["## What resolution is worth", "",
+             "The same recipe at several base sizes, the smaller ones downsampled from the 100 px training files "
+             "(validation split; lower is better). It is the evidence behind the expectation for native-resolution "
+             "training in the README.", ""]
+    for e in curves:
+        rc = e["resolution_curve"]
+        pts = sorted(rc["points"], key=lambda p: p["base_size"])
+        lines += [f"**{e['name']}**: `{e['command']}` (input size: {rc.get('input_rule', 'see command')})", "",
+                  "| base size (px) | input size (px) | best validation MAE (months) | epochs | minutes |  |",
+                  "|---|---|---|---|---|---|"]
+        worst = max(p["best_val_mae"] for p in pts)
+        for p in pts:
+            bar = "#" * max(1, round(30 * p["best_val_mae"] / worst))
+            lines.append(f"| {p['base_size']} | {p['input_size']} | {p['best_val_mae']:.2f} | {p['epochs_run']} | "
+                         f"{p['train_minutes']:.1f} | `{bar}` |")
+        lines += ["", f"{e['decision']}", ""]
     return lines
 
 
@@ -132,10 +171,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
              "**Intended use**: decision support for pediatric bone-age assessment (Greulich-Pyle style months) "
              "from a left-hand radiograph plus sex. Not a diagnostic device; a radiologist reads the image.", "",
              "## Data", "",
-             "RSNA Pediatric Bone Age Challenge 2017 (Halabi et al., Radiology 2019). Training images are only "
-             "available here at **100x100 px** (squeezed square); the official test images are native size and are "
-             "brought to the same geometry (nearest-neighbour squeeze to 100x100, then background/bone intensity "
-             "normalisation). The official test set was never used for training, tuning or calibration.", "",
+             "RSNA Pediatric Bone Age Challenge 2017 (Halabi et al., Radiology 2019). " + _geometry_sentence(m) +
+             " The official test set was never used for training, tuning or calibration.", "",
              *_polarity_lines(),
              "| split | cases | use |", "|---|---|---|"]
     use = {"train": "training", "val": "early stopping / model selection", "calib": "conformal calibration",
@@ -229,6 +266,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
     if exps:
         lines += ["## Other training runs (not shipped)", ""]
         for e in exps:
+            if "resolution_curve" in e:
+                continue  # its own section below
             if "val_mae_by_epoch" in e:
                 detail = "validation MAE by epoch " + ", ".join(str(v) for v in e["val_mae_by_epoch"])
             elif "results" in e:
@@ -238,6 +277,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                 detail = "validation MAE " + ", ".join(f"{k} {v}" for k, v in e.get("val_mae_averages", {}).items())
             lines.append(f"- {e['name']}: `{e['command']}`; " + (f"{detail}; " if detail else "") + f"{e['decision']}.")
         lines.append("")
+        lines += resolution_curve_lines(exps)
     hist = art / "model" / "history.csv"
     if hist.is_file():
         h = pd.read_csv(hist)
@@ -252,8 +292,9 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                   + (f"{r.val_mae_ema:.2f} | " if ema else "") + f"{r.seconds:.0f} |" for r in h.itertuples()]
         lines.append("")
     lines += ["## Limits", "", *_group_bias_lines(art),
-              "- Trained on 100x100 px images: fine trabecular and physeal detail visible at full resolution is lost; "
-              "published full-resolution models reach MAE under 4 months.",
+              (f"- Trained on {_base(m)}x{_base(m)} px images: fine trabecular and physeal detail visible at full "
+               "resolution is lost; published full-resolution models reach MAE under 4 months."
+               if _base(m) < 256 else f"- Trained on {_base(m)} px base images."),
               "- Training labels are single clinical reports (noisy); the official test reference is an expert mean.",
               "- Left hands of children from two US hospitals; other populations, right hands, or unusual "
               "positioning may be out of distribution (the dashboard flags images unlike the training data).",

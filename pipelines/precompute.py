@@ -33,7 +33,8 @@ import pandas as pd
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
 from boneage.conformal import LEVELS, ConformalCalibrator, band_offsets, coverage_table
 from boneage.data import load_images
-from boneage.embeddings import LAYERS, OutlierDetector, embed_maps, extract_features, layer_age_quality
+from boneage.embeddings import (OutlierDetector, embed_maps, extract_features, layer_age_quality,
+                                layer_description)
 from boneage.manifest import write_manifest
 from boneage.metrics import stages_from_months
 from boneage.predictor import load_predictor
@@ -183,6 +184,16 @@ def coverage_report(df: pd.DataFrame) -> dict:
 TSNE3_MAX_CASES = 5000
 
 
+def _layer_describer(model_dir: Path):
+    """name -> 'stage 3 (40 channels, 1/8 resolution)' for the model's own backbone (architecture only)."""
+    from boneage.config import model_config_from_dict
+    from boneage.model import BoneAgeNet
+
+    cfg = model_config_from_dict(json.loads((model_dir / "config.json").read_text())["model"])
+    net = BoneAgeNet(cfg, pretrained=False)
+    return lambda name: layer_description(net, name)
+
+
 def part_embeddings(art: Path, log, seed: int = 0, subsample: int = 3000) -> None:
     df = pd.read_parquet(art / "predictions.parquet")
     feats = np.load(art / "embeddings" / "features_penultimate.npy").astype(np.float32)
@@ -213,9 +224,10 @@ def part_embeddings(art: Path, log, seed: int = 0, subsample: int = 3000) -> Non
                          rng.permutation(train)[: max(0, subsample - min(len(non_train), subsample // 2))]])
     quality, layer_maps = {}, []
     age = df["boneage"].to_numpy(float)
+    describe = _layer_describer(art / "model")
     for name in (*EARLY_LAYERS, "penultimate"):
         x = z[name].astype(np.float32)
-        quality[name] = {"description": LAYERS[name][1], **layer_age_quality(x[take], age[take], seed=seed)}
+        quality[name] = {"description": describe(name), **layer_age_quality(x[take], age[take], seed=seed)}
         t1 = time.time()
         m = embed_maps(x[take], seed=seed, dims=(2,))  # the layer comparison shows 2-D maps only
         m.insert(0, "layer", name)

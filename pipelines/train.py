@@ -5,6 +5,11 @@
 
 Writes model.pt, config.json (configs, seed, split file, hardware, timings), history.csv and last.pt (for
 resume) into --out. Creates artifacts/splits.csv first if it does not exist.
+
+Several processes or GPUs (DistributedDataParallel; NCCL on CUDA, gloo on CPU; ``--batch-size`` is per
+process, so the global batch is N times it):
+
+    torchrun --standalone --nproc_per_node N -m pipelines.train --base-size 512 --fit letterbox ...
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from boneage import distributed
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, ModelConfig, TrainConfig
 from boneage.data import load_images
 from boneage.manifest import sha256_file
@@ -28,7 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--out", default=str(MODEL_DIR))
-    ap.add_argument("--cache-dir", default=str(REPO_ROOT / "runs" / "cache"))
+    ap.add_argument("--cache-dir", help="folder of the prepared-image cache (default runs/cache; with "
+                    "--max-train-cases no cache unless this is given)")
     ap.add_argument("--backbone", default=ModelConfig.backbone)
     ap.add_argument("--input-size", type=int, default=ModelConfig.input_size)
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
@@ -60,15 +67,30 @@ def main(argv=None) -> int:
     ap.add_argument("--aug-resolution", type=float, default=TrainConfig.aug_resolution,
                     help="max fraction of resolution lost (half the images, down and up again); 0 = off")
     ap.add_argument("--aug-noise", type=float, default=TrainConfig.aug_noise, help="max Gaussian noise SD; 0 = off")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's own choice); 1 on a shared machine")
+    ap.add_argument("--loader-workers", type=int, default=None,
+                    help="DataLoader worker processes reading training batches (default: 0 on CPU, several per GPU)")
+    ap.add_argument("--decode-workers", type=int, default=None,
+                    help="processes that decode radiographs into the image cache (default: the CPU cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    info = distributed.init_from_env()
+    try:
+        return _run(args, info)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args, info: distributed.DistInfo) -> int:
     data_dir = data_dir_or_report(args.data_dir)
     if data_dir is None:
         return 2
     splits_path = Path(args.splits)
-    if not splits_path.is_file():
+    if info.is_main and not splits_path.is_file():
         prepare_splits(data_dir, splits_path)
         print(f"created split {splits_path}")
+    distributed.barrier()
     splits = pd.read_csv(splits_path, dtype={"id": str})
     tr = splits[splits["split"] == "train"].reset_index(drop=True)
     va = splits[splits["split"] == "val"].reset_index(drop=True)
@@ -83,15 +105,30 @@ def main(argv=None) -> int:
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
                             ema_decay=args.ema_decay, balance_power=args.balance_power,
                             aug_rotate_deg=args.aug_rotate, aug_contrast=args.aug_contrast,
-                            aug_resolution=args.aug_resolution, aug_noise=args.aug_noise)
-    cache = None if args.max_train_cases else args.cache_dir
+                            aug_resolution=args.aug_resolution, aug_noise=args.aug_noise,
+                            num_threads=args.threads, loader_workers=args.loader_workers)
+    cache = args.cache_dir or (None if args.max_train_cases else str(REPO_ROOT / "runs" / "cache"))
     geometry = model_cfg.geometry
-    tr_img = load_images(tr, data_dir / "train", geometry, cache_dir=cache, progress=not args.quiet)
-    va_img = load_images(va, data_dir / "train", geometry, cache_dir=cache, progress=not args.quiet)
-    for cid, reason in tr_img.failed + va_img.failed:
-        print(f"skipped {cid}: {reason}", file=sys.stderr)
+    show = not args.quiet and info.is_main
+
+    def load_both():
+        return tuple(load_images(c, data_dir / "train", geometry, cache_dir=cache, progress=show,
+                                 workers=args.decode_workers) for c in (tr, va))
+
+    if cache is not None and info.distributed:
+        # rank 0 builds the cache (its decode workers use the machine); the others then open it
+        if info.is_main:
+            tr_img, va_img = load_both()
+        distributed.barrier()
+        if not info.is_main:
+            tr_img, va_img = load_both()
+    else:  # one process, or a subset without a cache: every rank decodes its own small copy
+        tr_img, va_img = load_both()
+    if info.is_main:
+        for cid, reason in tr_img.failed + va_img.failed:
+            print(f"skipped {cid}: {reason}", file=sys.stderr)
     split_sha = sha256_file(splits_path)
-    extra = {"splits_file": splits_path.name, "splits_sha256": split_sha, "data": "RSNA Pediatric Bone Age 2017, train/ at 100x100"}
+    extra = {"splits_file": splits_path.name, "splits_sha256": split_sha, "data": f"RSNA Pediatric Bone Age 2017, train/ prepared as {geometry.key()}"}
     if args.init_from:
         init_cfg = Path(args.init_from) / "config.json"
         extra["init_from"] = json.loads(init_cfg.read_text()) if init_cfg.is_file() else str(args.init_from)
@@ -102,8 +139,9 @@ def main(argv=None) -> int:
     except ResumeCheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"best epoch {res.best_epoch}: val MAE {res.best_val_mae:.2f} months; {res.epochs_run} epochs in "
-          f"{res.seconds / 60:.1f} min -> {res.out_dir}")
+    if info.is_main:
+        print(f"best epoch {res.best_epoch}: val MAE {res.best_val_mae:.2f} months; {res.epochs_run} epochs in "
+              f"{res.seconds / 60:.1f} min -> {res.out_dir}")
     return 0
 
 

@@ -113,12 +113,12 @@ def test_traced_layer_features_match_eager_hooks_and_leave_no_hooks(shipped, ima
     the explanations) must not keep any hook."""
     import torch
 
-    from boneage.embeddings import LAYERS
+    from boneage.embeddings import layer_path
     from boneage.inference import FastNetwork
     from boneage.preprocess import to_model_input
 
     imgs, male, _ = images
-    paths = [LAYERS[n][0] for n in ("stage3", "stage5", "head")]
+    paths = [layer_path(shipped.model, n) for n in ("stage3", "stage5", "head")]
     modules = dict(shipped.model.named_modules())
     fast = FastNetwork(shipped.model, paths)
     assert all(not modules[p]._forward_hooks for p in paths)

@@ -136,7 +136,7 @@ else:
         if img is not None:
             try:
                 heat = common.case_attribution(case_id, split, "gradcam")
-                st.image(common.overlay(img, heat, 0.45), caption="Grad-CAM: where the model looks (100x100 input)",
+                st.image(common.overlay(img, heat, 0.45), caption=f"Grad-CAM: where the model looks ({common.base_label()} input)",
                          width="stretch")
             except ImportError:
                 st.info("Grad-CAM needs boneage/explain.py, which is not available.")

@@ -19,8 +19,10 @@ df = common.artifact_or_stop(common.predictions)
 names = common.stage_names()
 
 
-def enlarge(img: np.ndarray, k: int = 3) -> np.ndarray:
-    """Nearest-neighbour enlargement for display: the 100x100 pixels the model sees, kept sharp."""
+def enlarge(img: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Nearest-neighbour enlargement for display: the base-size pixels the model sees, kept sharp
+    (about 300 px wide; a base image of 300 px or more is shown as it is). ``img`` is (H, W) or (H, W, 3)."""
+    k = k or max(1, round(300 / max(img.shape[0], img.shape[1], 1)))
     return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
 
 
@@ -100,7 +102,7 @@ with st.container(border=True):
 
 cols = st.columns(3)
 with cols[0]:
-    st.image(enlarge(img), caption="Model input (100x100 pixels)", width="stretch")
+    st.image(enlarge(img), caption=f"Model input ({common.base_label()} pixels)", width="stretch")
 for col, method in zip(cols[1:], (m_a, m_b)):
     with col:
         lay = layer if method == "gradcam" else None

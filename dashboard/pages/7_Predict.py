@@ -19,7 +19,7 @@ common.page_setup("Predict")
 common.manifest_banner()
 st.markdown("Upload one or more left-hand radiographs (PNG, JPEG or DICOM). Each gets a bone-age estimate with "
             "80/90/95% prediction intervals, a developmental stage, a Grad-CAM map and the most similar training "
-            "cases. *Decision support only; the model sees the image at 100x100 pixels.*")
+            f"cases. *Decision support only; the model sees the image at {common.base_label()} pixels.*")
 
 try:
     predictor = common.predictor()
@@ -100,7 +100,7 @@ for i, f in enumerate(files):
         with c_img:
             heat = common.image_attribution(img, male, "gradcam")
             st.image(np.hstack([np.repeat(img[..., None], 3, axis=2), common.overlay(img, heat, 0.45)]),
-                     caption="Model input (100x100) and Grad-CAM", width="stretch")
+                     caption=f"Model input ({common.base_label()}) and Grad-CAM", width="stretch")
         with c_num:
             st.metric("Bone age", f"{pred.boneage_months:.1f} months", help=common.months_to_text(pred.boneage_months))
             st.caption(f"= {pred.boneage_months / 12:.1f} years; model scale (typical error it expects) {pred.scale_months:.1f} months")

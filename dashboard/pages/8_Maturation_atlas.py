@@ -19,7 +19,7 @@ st.markdown(
     "see training radiographs whose reference bone age is closest to it *and* which the model reads well "
     "(smallest error), each with its **Grad-CAM** map: the regions whose features push the predicted age up. "
     "Below, the attention averaged over several hands per age band shows how the model's focus shifts as the "
-    "skeleton matures. Images are shown as the network sees them (preprocessed, 100x100 pixels).")
+    f"skeleton matures. Images are shown as the network sees them (preprocessed, {common.base_label()} pixels).")
 st.caption("For teaching and for understanding the model; Grad-CAM shows where a network looks, not why, and "
            "is no substitute for reading the radiograph.")
 
