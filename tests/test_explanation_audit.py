@@ -60,6 +60,9 @@ def test_share_on_hand_is_one_on_the_mask_and_zero_off_it():
     assert ea.attribution_shares(wrist_only, mask=mask).wrist == pytest.approx(1.0)
     with pytest.raises(ValueError, match="image"):
         ea.attribution_shares(on)
+    failed = ea.attribution_shares(off, mask=np.ones((100, 100), bool))  # a mask that took the whole film
+    assert not failed.mask_ok and not failed.off_hand
+    assert "could not be located" in ea.describe_shares(failed)
 
 
 def test_regions_are_refused_for_a_hand_that_does_not_stand_fingers_up():
