@@ -227,3 +227,21 @@ def test_audit_page_renders_the_numbers_and_the_verdict(monkeypatch):
     assert len(table) == len(audit["methods"])
     first = next(iter(audit["methods"].values()))
     assert table["sanity rho (top half random)"].iloc[0] == pytest.approx(first["sanity"]["rho_top_half"])
+
+
+def test_error_browser_and_explain_state_the_share_on_the_hand_of_the_shown_map(monkeypatch, data_dir):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BONEAGE_DATA", str(data_dir))
+    case = ("4361", "official_test")
+    for page in ("pages/2_Error_browser.py", "pages/3_Explain.py"):
+        at = AppTest.from_file(str(REPO / "dashboard" / "Home.py"), default_timeout=120)
+        at.run()
+        at.switch_page(page)
+        at.session_state["case_id"], at.session_state["case_split"] = case
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        notes = [str(x.value) for x in (*at.caption, *at.warning) if "on the hand" in str(x.value)
+                 or "could not be located" in str(x.value)]
+        assert notes, page
+        assert any(n.startswith("Grad-CAM") for n in notes), notes
