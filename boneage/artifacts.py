@@ -34,6 +34,8 @@ PRODUCERS = {
     "embeddings/layer_quality.json": "python -m pipelines.precompute --only embeddings",
     "stage_calibration.json": "python -m pipelines.precompute --only calibration",
     "errors/summary.json": "python -m pipelines.precompute --only errors",
+    "explanation_audit.json": "python -m pipelines.precompute --only explanations",
+    "explanation_audit_cases.parquet": "python -m pipelines.precompute --only explanations",
 }
 
 

@@ -547,3 +547,46 @@ def mean_image_of(ids: tuple[str, ...], splits: tuple[str, ...]):
     if not imgs:
         return None
     return np.stack(imgs).mean(0).round().astype(np.uint8), len(imgs)
+
+
+# -- explanation audit ------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False)
+def artifact_table(rel: str) -> pd.DataFrame:
+    return store().table(rel)
+
+
+@st.cache_data(show_spinner=False)
+def model_sha256() -> str | None:
+    """sha256 of the model weights in use (to tell whether a precomputed artifact belongs to them)."""
+    from boneage.manifest import sha256_file
+
+    weights = store().root / "model" / "model.pt"
+    return sha256_file(weights) if weights.is_file() else None
+
+
+def attention_note(image: np.ndarray, heatmap: np.ndarray, label: str) -> tuple[str, bool]:
+    """A caption sentence on how much of a shown map lies on the hand, and whether it is mostly off it."""
+    from boneage.explanation_audit import attribution_shares, describe_shares
+
+    shares = attribution_shares(heatmap, image)
+    return describe_shares(shares, label), shares.off_hand
+
+
+def audit_method_note(method: str) -> str:
+    """What the explanation audit says about a method ('' without an audit of the model in use)."""
+    from boneage.explanation_audit import AUDIT_FILE
+
+    if not store().exists(AUDIT_FILE):
+        return ""
+    audit = artifact_json(AUDIT_FILE)
+    e = audit.get("methods", {}).get(method)
+    if e is None or audit.get("model_sha256") != model_sha256():
+        return ""
+    if not e["sanity"]["passes"]:
+        return (f" Explanation audit: {e['label']} fails the sanity check (its maps keep a rank correlation of "
+                f"{e['sanity']['rho_top_half']:.2f} with themselves when half the network is replaced by noise), so "
+                "it shows the image's structure more than this model's reasoning.")
+    if audit["default_method"]["method"] == method:
+        return " Explanation audit: the default method (see the Explanation audit page)."
+    return ""
+

@@ -156,6 +156,38 @@ def resolution_curve_lines(exps: list[dict]) -> list[str]:
             lines.append(f"| {p['base_size']} | {p['input_size']} | {p['best_val_mae']:.2f} | {p['epochs_run']} | "
                          f"{p['train_minutes']:.1f} | `{bar}` |")
         lines += ["", f"{e['decision']}", ""]
+def _explanation_audit_lines(art: Path) -> list[str]:
+    """The explanation audit's summary (``explanation_audit.json``): verdict, default method, per-method numbers."""
+    from boneage.explanation_audit import AUDIT_COMMAND, AUDIT_FILE
+
+    a = _load(art / AUDIT_FILE)
+    if not a:
+        return ["## Explanations (audit)", "", f"{AUDIT_FILE} missing: run `{AUDIT_COMMAND}`.", ""]
+    from boneage.manifest import sha256_file
+
+    weights = art / "model" / "model.pt"
+    stale = weights.is_file() and a.get("model_sha256") != sha256_file(weights)
+    sets = list(a["sets"])
+    lines = ["## Explanations (audit)", "",
+             f"`{AUDIT_COMMAND}` on a seeded sample (" + ", ".join(f"{v['n_cases']} {k}" for k, v in a["sets"].items())
+             + f" cases; {a['runtime_seconds']:.0f} s). " + a["verdict"]["text"]
+             + f" Default heatmap: **{a['methods'][a['default_method']['method']]['label']}**. Why: "
+             + a["default_method"]["why"], ""]
+    if stale:
+        lines += ["**Stale**: the audit was computed for other model weights; rerun the command above.", ""]
+    lines += ["| method | sanity rho (top half random) | " + " | ".join(
+        f"{s}: share on hand (median) | {s}: deletion gain vs random [95% CI] | {s}: insertion gain [95% CI]" for s in sets)
+        + " |", "|---|---|" + "---|" * (3 * len(sets))]
+    for e in a["methods"].values():
+        cells = [e["label"], f"{e['sanity']['rho_top_half']:.2f} ({'passes' if e['sanity']['passes'] else 'fails'})"]
+        for s in sets:
+            v = e["sets"][s]
+            d, i = v["deletion"]["difference"], v["insertion"]["difference"]
+            cells += [f"{v['share_on_hand']['median']:.2f}", f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]",
+                      f"{i['mean']:+.2f} [{i['ci'][0]:+.2f}, {i['ci'][1]:+.2f}]"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Gains in months of mean predicted-age change against a random pixel order (> 0: the map finds the "
+              "pixels the prediction depends on). Rules: `boneage/explanation_audit.py`.", ""]
     return lines
 
 
@@ -291,6 +323,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
         lines += [f"| {int(r.epoch)} | {r.train_loss:.3f} | {r.train_mae:.2f} | {r.val_mae:.2f} | "
                   + (f"{r.val_mae_ema:.2f} | " if ema else "") + f"{r.seconds:.0f} |" for r in h.itertuples()]
         lines.append("")
+    lines += _explanation_audit_lines(art)
     lines += ["## Limits", "", *_group_bias_lines(art),
               (f"- Trained on {_base(m)}x{_base(m)} px images: fine trabecular and physeal detail visible at full "
                "resolution is lost; published full-resolution models reach MAE under 4 months."

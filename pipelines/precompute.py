@@ -16,6 +16,9 @@ Parts (in order; ``--only`` redoes some, reading the others' outputs from disk):
   errors       worst cases, Bland-Altman data, do the flags catch the big errors
   atlas        Grad-CAM of every case the maturation atlas shows and the per-age-band averages
                (atlas/gradcam.npz; optional: the dashboard computes them live without it)
+  explanations the explanation audit (attention on the hand, deletion / insertion curves against random,
+               the randomisation sanity check, the default method) on a seeded sample of 60 internal and 60
+               official test cases (``--max-cases N``: N each): explanation_audit.json + _cases.parquet
 A manifest (artifacts/manifest.json) is rewritten at the end (``--only manifest`` rewrites just that).
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ from boneage.predictor import load_predictor
 from boneage.splits import age_band
 from boneage.tables import read_cases
 
-PARTS = ("predictions", "embeddings", "calibration", "fairness", "errors", "atlas")
+PARTS = ("predictions", "embeddings", "calibration", "fairness", "errors", "atlas", "explanations")
 EARLY_LAYERS = ("stage3", "stage5", "head")
 
 
@@ -349,6 +352,10 @@ def main(argv=None) -> int:
             part_errors(art, log)
         if "atlas" in parts:
             part_atlas(art, resolve_data_dir(args.data_dir), log)
+        if "explanations" in parts:
+            from pipelines.explanation_audit import DEFAULT_CASES, run as run_explanation_audit
+
+            run_explanation_audit(art, resolve_data_dir(args.data_dir), args.max_cases or DEFAULT_CASES, log)
     except (DataDirError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -138,5 +138,7 @@ else:
                 heat = common.case_attribution(case_id, split, "gradcam")
                 st.image(common.overlay(img, heat, 0.45), caption=f"Grad-CAM: where the model looks ({common.base_label()} input)",
                          width="stretch")
+                note, off_hand = common.attention_note(img, heat, "Grad-CAM")
+                (st.warning if off_hand else st.caption)(note)
             except ImportError:
                 st.info("Grad-CAM needs boneage/explain.py, which is not available.")

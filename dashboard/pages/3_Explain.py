@@ -116,6 +116,8 @@ for col, method in zip(cols[1:], (m_a, m_b)):
                 h = heatmap(method, lay)
         st.image(enlarge(common.overlay(img, h, alpha, cmap)), width="stretch",
                  caption=methods[method] + (f" ({layer})" if lay else ""))
+        note, off_hand = common.attention_note(img, h, methods[method])
+        (st.warning if off_hand else st.caption)(note + common.audit_method_note(method))
 st.caption("Grad-CAM: regions whose features push the predicted age **up**. Saliency / SmoothGrad / integrated "
            "gradients / occlusion: how much each pixel matters, in either direction. Integrated gradients start "
            "from a black image; occlusion slides a black square. Maps are scaled to their own maximum."
