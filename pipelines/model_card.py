@@ -117,6 +117,9 @@ def _precision_lines(art: Path) -> list[str]:
         lines += [f"| {r['description']} | {_fmt(r['mean_abs'])} | {_fmt(r['p95_abs'])} | {_fmt(r['mean_signed'])} | "
                   f"{_fmt(r['test_retest_sd'])} | {'met' if r['meets_target'] else 'missed'} |" for r in rows]
         lines.append("")
+    return lines
+
+
 def _base(m: dict) -> int:
     return int(m.get("base_size", 100))
 
@@ -156,6 +159,9 @@ def resolution_curve_lines(exps: list[dict]) -> list[str]:
             lines.append(f"| {p['base_size']} | {p['input_size']} | {p['best_val_mae']:.2f} | {p['epochs_run']} | "
                          f"{p['train_minutes']:.1f} | `{bar}` |")
         lines += ["", f"{e['decision']}", ""]
+    return lines
+
+
 def _explanation_audit_lines(art: Path) -> list[str]:
     """The explanation audit's summary (``explanation_audit.json``): verdict, default method, per-method numbers."""
     from boneage.explanation_audit import AUDIT_COMMAND, AUDIT_FILE
