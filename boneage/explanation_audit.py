@@ -280,8 +280,8 @@ def perturbation_curves(forward: Callable[[np.ndarray, bool], np.ndarray], image
 # Sanity check: cascading model-parameter randomisation
 # --------------------------------------------------------------------------------------------------
 def _block_stages(backbone: EfficientNetLite) -> list[list[int]]:
-    """Block indices of every stage, stage 1 first."""
-    ends = explain._stage_ends(backbone)
+    """Block indices of every stage, stage 1 first (stage ends from the backbone's own ``feature_info``)."""
+    ends = [int(f["module"].split(".")[1]) for f in backbone.feature_info if f["stage"].startswith("stage")]
     stages, start = [], 0
     for e in ends:
         stages.append(list(range(start, e + 1)))

@@ -157,7 +157,7 @@ def test_default_prediction_is_unchanged_without_a_site(predicted, data_dir):
     default, _ = predicted
     assert list(default.columns) == ["id", "male", "boneage_pred", "uncertainty", "stage_pred", "p_child",
                                      "p_adolescent", "p_adult", "lower_80", "upper_80", "lower_90", "upper_90",
-                                     "lower_95", "upper_95", "error"]
+                                     "lower_95", "upper_95", "outlier_score", "unlike_training_data", "error"]
     from boneage import load_predictor
 
     p = load_predictor()
