@@ -148,6 +148,23 @@ def test_uncertainty_page_shows_coverage(store, with_data):
     assert timed_rerun(at) < RERUN_BUDGET_S
 
 
+def test_uncertainty_page_shows_the_precision_benchmark(store, without_data):
+    """The precision table comes from artifacts/precision.json, one dataframe per set, every perturbation."""
+    prec = store.json("precision.json")
+    at = run(UNCERTAINTY)
+    assert not at.exception, [e.message for e in at.exception]
+    shown = texts(at)
+    assert "Does the same hand get the same reading?" in shown
+    tables = [d.value for d in at.dataframe if "test_retest_sd" in d.value.columns]
+    assert len(tables) == len(prec["sets"])
+    for table, rows in zip(tables, prec["sets"].values()):
+        assert table["mean_abs"].round(4).tolist() == [round(r["mean_abs"], 4) for r in rows]
+    for name, sd in prec["test_retest_sd"].items():
+        assert f"test-retest SD over all changes {sd:.2f} months" in shown
+    if not prec["all_targets_met"]:
+        assert "Not every change meets the precision target" in shown
+
+
 def test_uncertainty_page_without_data(store, without_data):
     at = run(UNCERTAINTY)
     assert notice_shown(at)
