@@ -21,6 +21,7 @@ import pandas as pd
 from boneage.config import write_json_atomic
 from boneage.data import load_case_image
 from boneage.explanation_audit import AUDIT_FILE, CASES_FILE, AuditCase, AuditConfig, run_audit
+from boneage.geometry import Geometry
 from boneage.imaging import ImageLoadError
 from boneage.preprocess import to_uint8
 from boneage.tables import read_cases
@@ -39,14 +40,15 @@ def sample_cases(art: Path, data_dir: Path, n: int, seed: int = SAMPLE_SEED) -> 
     return pick(test), pick(official)
 
 
-def load_audit_cases(data_dir: Path, internal: pd.DataFrame, official: pd.DataFrame, base_size: int,
+def load_audit_cases(data_dir: Path, internal: pd.DataFrame, official: pd.DataFrame, geometry: Geometry,
                      log) -> tuple[list[AuditCase], list[dict]]:
-    """Preprocessed images of the sample; unreadable ones are reported and skipped."""
+    """The sample's images prepared in the audited model's own geometry (what its network reads, framing
+    included); unreadable ones are reported and skipped."""
     cases, failed = [], []
     for set_name, frame, folder in (("test", internal, data_dir / "train"), ("official_test", official, data_dir / "test")):
         for r in frame.itertuples(index=False):
             try:
-                img = to_uint8(load_case_image(folder, str(r.id), base_size))
+                img = to_uint8(load_case_image(folder, str(r.id), geometry))
             except ImageLoadError as exc:
                 failed.append({"id": str(r.id), "set": set_name, "reason": str(exc)})
                 continue
@@ -66,7 +68,7 @@ def run(art: Path, data_dir: Path, n_cases: int = DEFAULT_CASES, log=print, cfg:
     t0 = time.time()
     predictor = load_predictor(art / "model")
     internal, official = sample_cases(art, data_dir, n_cases)
-    cases, failed = load_audit_cases(data_dir, internal, official, predictor.cfg.base_size, log)
+    cases, failed = load_audit_cases(data_dir, internal, official, predictor.cfg.geometry, log)
     if not cases:
         raise RuntimeError("explanation audit: none of the sampled radiographs could be read (see above)")
     cfg = cfg or AuditConfig(sanity_cases=max(1, min(AuditConfig().sanity_cases, n_cases)))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -245,3 +246,21 @@ def test_error_browser_and_explain_state_the_share_on_the_hand_of_the_shown_map(
                  or "could not be located" in str(x.value)]
         assert notes, page
         assert any(n.startswith("Grad-CAM") for n in notes), notes
+
+
+def test_audit_images_are_prepared_in_the_audited_models_geometry(data_dir):
+    """A framing model is audited on the framed images its network reads, not on the whole film."""
+    from boneage.geometry import Geometry
+    from boneage.imaging import read_radiograph
+    from boneage.preprocess import prepare, to_uint8
+    from pipelines.explanation_audit import load_audit_cases
+
+    internal = pd.DataFrame({"id": ["1377"], "male": [True], "boneage": [120.0]})
+    official = pd.DataFrame({"id": ["4365"], "male": [False], "boneage": [float("nan")]})
+    framed = Geometry(framing="hand-upright")
+    cases, failed = load_audit_cases(data_dir, internal, official, framed, log=lambda *_: None)
+    assert not failed and [c.set for c in cases] == ["test", "official_test"]
+    want = to_uint8(prepare(read_radiograph(data_dir / "test" / "4365.png"), framed).image)
+    np.testing.assert_array_equal(cases[1].image, want)
+    plain, _ = load_audit_cases(data_dir, internal, official, Geometry(), log=lambda *_: None)
+    assert not np.array_equal(plain[1].image, cases[1].image)
