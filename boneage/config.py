@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_DIR = REPO_ROOT / "artifacts"
@@ -133,13 +133,24 @@ def train_config_from_dict(d: dict) -> TrainConfig:
     return TrainConfig(**d)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temp file and rename, so a crash never leaves half a file."""
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write ``path`` by calling ``write(tmp)`` on a temporary sibling (``<name>.tmp``), then renaming it over
+    ``path``: a crash never leaves half a file, and a failed write leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temp file and rename, so a crash never leaves half a file."""
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def resolve_data_dir(cli_value: str | os.PathLike | None = None, required: bool = True) -> Path | None:

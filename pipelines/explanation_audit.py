@@ -11,14 +11,13 @@ the dashboard can tell when it is stale.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from boneage.config import write_json_atomic
+from boneage.config import write_atomic, write_json_atomic
 from boneage.data import load_case_image
 from boneage.explanation_audit import AUDIT_FILE, CASES_FILE, AuditCase, AuditConfig, run_audit
 from boneage.geometry import Geometry
@@ -80,10 +79,7 @@ def run(art: Path, data_dir: Path, n_cases: int = DEFAULT_CASES, log=print, cfg:
                          "rule": "seeded random sample of the internal test split (splits.csv) and of the official "
                                  "test radiographs"}
     summary["runtime_seconds"] = round(time.time() - t0, 1)
-    path = art / CASES_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    result.cases.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(art / CASES_FILE, lambda tmp: result.cases.to_parquet(tmp, index=False))
     write_json_atomic(art / AUDIT_FILE, summary)
     d = summary["default_method"]
     log(f"explanation audit: {summary['runtime_seconds']:.0f}s; default method {d['method']}; "

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
+from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_atomic, write_json_atomic
 from boneage.conformal import LEVELS, ConformalCalibrator, band_offsets, coverage_table
 from boneage.data import load_images
 from boneage.embeddings import (OutlierDetector, embed_maps, extract_features, layer_age_quality,
@@ -49,10 +49,7 @@ EARLY_LAYERS = ("stage3", "stage5", "head")
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def _save_npy(arr: np.ndarray, path: Path) -> None:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from boneage.config import write_atomic
 from boneage.csv_safety import to_csv_safe
 from boneage.imaging import ImageLoadError
 from boneage.predictor import ModelNotFoundError, load_predictor
@@ -54,14 +54,11 @@ def check_output_path(output: str, cases: str | None = None) -> str:
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     """Write the table next to ``path`` under a temporary name, then rename it over ``path`` (a crash never
     leaves half a file); formula-like text cells are neutralised (boneage.csv_safety)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
             to_csv_safe(df, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, write)
 
 
 def main(argv=None) -> int:

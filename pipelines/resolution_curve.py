@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from boneage.config import write_atomic
 
 
 def curve_point(run_dir: Path) -> dict:
@@ -65,9 +65,7 @@ def main(argv=None) -> int:
     doc = json.loads(path.read_text()) if path.is_file() else {"experiments": []}
     doc["experiments"].append(entry)
     # the file's own layout (one-space indent, non-ASCII kept), so an append is a small diff
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False)))
     print(f"appended '{args.name}' ({len(entry['resolution_curve']['points'])} points) to {path}")
     return 0
 
