@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from .hand import hand_mask
+
 FITS = ("squeeze", "letterbox")
 FRAMINGS = ("none", "hand", "hand-upright")
 
@@ -79,6 +81,11 @@ class Geometry:
         return f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
 
 
+def as_geometry(geometry: Geometry | int) -> Geometry:
+    """A :class:`Geometry` as given, or for an ``int`` that base size with the original squeeze and no framing."""
+    return geometry if isinstance(geometry, Geometry) else Geometry(int(geometry))
+
+
 @dataclass(frozen=True)
 class Framing:
     """Where the network's square was taken from, in base-image pixels (x right, y down)."""
@@ -93,6 +100,11 @@ class Framing:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def whole_image(cls, size: int, reason: str, hand_area: float = 0.0) -> "Framing":
+        """The framing that reads the whole ``size`` x ``size`` base image, and why."""
+        return cls(False, (size - 1) / 2, (size - 1) / 2, float(size), 0.0, hand_area, reason)
 
 
 def background_level(arr: np.ndarray, bins: int = 64) -> float:
@@ -174,34 +186,35 @@ def fit_to_base(arr: np.ndarray, geometry: Geometry) -> np.ndarray:
     return (squeeze if geometry.fit == "squeeze" else letterbox)(arr, geometry.base_size)
 
 
+def upright_axes(angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """(across, down): unit vectors, in image coordinates (x right, y down), of the frame turned by
+    ``angle_deg``; ``down`` runs along the hand's long axis."""
+    rad = math.radians(angle_deg)
+    down = np.array([-math.sin(rad), math.cos(rad)])
+    return np.array([down[1], -down[0]]), down
+
+
 def locate_hand(image: np.ndarray, geometry: Geometry) -> Framing:
     """The square to read from a normalised base image (background 0): see the module docstring."""
-    from .hand import hand_mask
-
     size = image.shape[0]
-    whole = Framing(False, (size - 1) / 2, (size - 1) / 2, float(size), 0.0, 0.0)
     mask = hand_mask(image)
     area = float(mask.mean())
     if not mask.any():
-        return Framing(**{**whole.as_dict(), "reason": "no hand found (nothing brighter than the background)"})
+        return Framing.whole_image(size, "no hand found (nothing brighter than the background)")
     ys, xs = np.nonzero(mask)
     extent = min(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / size
     if not MIN_HAND_AREA <= area <= MAX_HAND_AREA or extent < MIN_HAND_EXTENT:
-        return Framing(**{**whole.as_dict(), "hand_area": area,
-                          "reason": f"no plausible hand found (mask covers {area:.0%} of the image, "
-                                    f"smallest extent {extent:.0%}); the whole image is read"})
+        return Framing.whole_image(size, f"no plausible hand found (mask covers {area:.0%} of the image, "
+                                         f"smallest extent {extent:.0%}); the whole image is read", area)
     pts = np.stack([xs, ys], 1).astype(np.float64)
     angle = 0.0
-    down = np.array([0.0, 1.0])  # unit vector of the hand's long axis, pointing down the image
     if geometry.framing == "hand-upright":
         evals, evecs = np.linalg.eigh(np.cov(pts.T))
         if math.sqrt(evals[1] / max(evals[0], 1e-9)) >= MIN_ELONGATION:
-            d = evecs[:, 1] * (1 if evecs[1, 1] >= 0 else -1)
+            d = evecs[:, 1] * (1 if evecs[1, 1] >= 0 else -1)  # the long axis, pointing down the image
             angle = float(np.degrees(np.arctan2(-d[0], d[1])))  # turn that brings d onto the vertical
             angle = float(np.clip(angle, -MAX_UPRIGHT_DEG, MAX_UPRIGHT_DEG))
-            rad = np.radians(angle)
-            down = np.array([-math.sin(rad), math.cos(rad)])
-    across = np.array([down[1], -down[0]])
+    across, down = upright_axes(angle)
     u, v = pts @ across, pts @ down  # coordinates in the upright frame
     cu, cv = (u.min() + u.max()) / 2, (v.min() + v.max()) / 2
     side = (max(u.max() - u.min(), v.max() - v.min()) + 1) / (1 - 2 * geometry.margin)
@@ -213,9 +226,7 @@ def resample_frame(image: np.ndarray, framing: Framing, size: int) -> np.ndarray
     """The framed square of ``image`` at size x size (bilinear; outside the image is background 0)."""
     from scipy.ndimage import map_coordinates
 
-    rad = math.radians(framing.angle_deg)
-    down = np.array([-math.sin(rad), math.cos(rad)])
-    across = np.array([down[1], -down[0]])
+    across, down = upright_axes(framing.angle_deg)
     t = ((np.arange(size) + 0.5) / size - 0.5) * framing.side  # output pixel centres in the upright frame
     gu, gv = np.meshgrid(t, t)  # gu across (columns), gv down (rows)
     x = framing.center_x + gu * across[0] + gv * down[0]
@@ -228,7 +239,7 @@ def frame(image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Framing]:
     """Apply the geometry's framing to a normalised base image; ``none`` returns it unchanged."""
     size = image.shape[0]
     if geometry.framing == "none":
-        return image, Framing(False, (size - 1) / 2, (size - 1) / 2, float(size), 0.0, 0.0, "framing off")
+        return image, Framing.whole_image(size, "framing off")
     framing = locate_hand(image, geometry)
     if not framing.found:
         return image, framing

@@ -34,9 +34,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import write_json_atomic
-from .geometry import Geometry
+from .geometry import Geometry, as_geometry
 from .imaging import ImageLoadError, read_radiograph, safe_image_path
-from .preprocess import BASE_SIZE, _geometry, preprocess_array, to_uint8
+from .preprocess import BASE_SIZE, preprocess_array, to_uint8
 
 CACHE_VERSION = "v3"  # bump when the layout or the preparation of the pixels changes
 CHUNK = 32  # images per task sent to a worker process
@@ -56,7 +56,7 @@ def load_case_image(image_dir: str | os.PathLike, case_id: str, geometry: Geomet
     """One case's prepared image (base x base float32 in [0, 1]) in ``geometry``; raises ImageLoadError.
 
     An ``int`` geometry is that base size, squeezed, no framing (see :func:`boneage.preprocess.prepare`)."""
-    return preprocess_array(read_radiograph(safe_image_path(image_dir, case_id)), _geometry(geometry))
+    return preprocess_array(read_radiograph(safe_image_path(image_dir, case_id)), as_geometry(geometry))
 
 
 def cache_key(image_dir: str | os.PathLike, ids: list[str], geometry: Geometry) -> str:
@@ -77,7 +77,7 @@ def open_image_cache(cases: pd.DataFrame, image_dir: str | os.PathLike, geometry
 
     Complete means: the sidecar exists, names this key, says ``complete``, and its id count matches the
     array's first dimension and its geometry the array's shape."""
-    geometry = _geometry(geometry)
+    geometry = as_geometry(geometry)
     ids = cases["id"].astype(str).tolist()
     key = cache_key(image_dir, ids, geometry)
     arr_path, meta_path = cache_paths(cache_dir, key)
@@ -143,7 +143,7 @@ def build_image_cache(cases: pd.DataFrame, image_dir: str | os.PathLike, geometr
 
     ``workers`` processes (default :func:`default_workers`; 1 decodes in this process) each fill chunks
     of rows. Unreadable or missing files are reported in ``failed`` and left out of the array."""
-    geometry = _geometry(geometry)
+    geometry = as_geometry(geometry)
     ids = cases["id"].astype(str).tolist()
     key = cache_key(image_dir, ids, geometry)
     arr_path, meta_path = cache_paths(cache_dir, key)
@@ -202,7 +202,7 @@ def load_images(cases: pd.DataFrame, image_dir: str | os.PathLike, geometry: Geo
     Without ``cache_dir`` the images are decoded the same way into a temporary cache and read into memory
     (for small tables: tests, a subset, one evaluation). ``workers`` defaults to one process below
     ``SMALL_TABLE`` cases (starting processes costs more than it saves there)."""
-    geometry = _geometry(geometry)
+    geometry = as_geometry(geometry)
     if workers is None and len(cases) < SMALL_TABLE:
         workers = 1
     if cache_dir is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import Framing, Geometry, background_level, fit_to_base, frame
+from .geometry import Framing, Geometry, as_geometry, background_level, fit_to_base, frame
 from .polarity import default_check
 
 BASE_SIZE = 100  # the base size of the RSNA training files; a model's own geometry is in its config
@@ -31,10 +31,6 @@ BASE_SIZE = 100  # the base size of the RSNA training files; a model's own geome
 def squeeze_to_base(arr: np.ndarray, base_size: int = BASE_SIZE) -> np.ndarray:
     """Resize a 2-D image to base_size x base_size (aspect ratio not kept) with nearest neighbour."""
     return fit_to_base(arr, Geometry(base_size))
-
-
-def _background_level(arr: np.ndarray, bins: int = 64) -> float:
-    return background_level(arr, bins)
 
 
 def is_negative(arr: np.ndarray) -> bool:
@@ -56,7 +52,7 @@ def normalize_intensity_checked(arr: np.ndarray) -> tuple[np.ndarray, bool]:
     negative = is_negative(arr)
     if negative:
         arr = arr.max() + arr.min() - arr
-    bg = _background_level(arr)
+    bg = background_level(arr)
     top = float(np.percentile(arr, 99.5))
     if top - bg < 1e-6:
         return np.zeros_like(arr, dtype=np.float32), negative
@@ -72,10 +68,6 @@ class Prepared:
     framing: Framing
 
 
-def _geometry(geometry: Geometry | int) -> Geometry:
-    return geometry if isinstance(geometry, Geometry) else Geometry(int(geometry))
-
-
 def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
     """Any 2-D radiograph array -> the model's base image: fit, intensity, framing (module docstring).
 
@@ -83,7 +75,7 @@ def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
     arr = np.asarray(arr)
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
-    geometry = _geometry(geometry)
+    geometry = as_geometry(geometry)
     img, negative = normalize_intensity_checked(fit_to_base(arr, geometry))
     img, framing = frame(img, geometry)
     return Prepared(img, negative, framing)
