@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,3 +52,15 @@ def subprocess_env(data_dir: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
+
+
+@pytest.fixture
+def predict_cli(subprocess_env):
+    """Run ``python -m pipelines.predict ARGS`` from the repository (the outlier check off: it needs the shipped
+    model's training features, which these CLI tests do not exercise); returns the completed process."""
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipelines.predict", "--no-outlier-check", *args], cwd=REPO_ROOT,
+                              env=subprocess_env, capture_output=True, text=True, timeout=300)
+
+    return run

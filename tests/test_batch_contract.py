@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -16,10 +14,6 @@ from boneage.csv_safety import neutralise_frame, to_csv_safe
 
 IDS = ["1377", "1378"]  # real training radiographs
 
-
-def _run(args, env, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.predict", "--no-outlier-check", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -37,10 +31,10 @@ def _cases(tmp_path, rows: list[tuple[str, str]], name="cases.csv"):
     return p
 
 
-def test_every_input_row_gets_an_output_row(tmp_path, image_dir, repo_root, subprocess_env):
+def test_every_input_row_gets_an_output_row(tmp_path, image_dir, predict_cli):
     cases = _cases(tmp_path, [("1377", "F"), ("1378", "x"), ("1379", ""), ("missing", "M"), ("1377", "M")])
     out = tmp_path / "out.csv"
-    proc = _run(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(out)], subprocess_env, repo_root)
+    proc = predict_cli(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(out)])
     assert proc.returncode == 0, proc.stderr
     res = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert res["id"].tolist() == ["1377", "1378", "1379", "missing", "1377"]
@@ -53,36 +47,34 @@ def test_every_input_row_gets_an_output_row(tmp_path, image_dir, repo_root, subp
         assert f"failed {cid}:" in proc.stderr
 
 
-def test_batch_where_nothing_succeeds_exits_non_zero(tmp_path, image_dir, repo_root, subprocess_env):
+def test_batch_where_nothing_succeeds_exits_non_zero(tmp_path, image_dir, predict_cli):
     cases = _cases(tmp_path, [("nope1", "F"), ("1377", "?")])
     out = tmp_path / "out.csv"
-    proc = _run(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(out)], subprocess_env, repo_root)
+    proc = predict_cli(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(out)])
     assert proc.returncode == 1
     assert "none of the 2 cases could be predicted" in proc.stderr
     assert len(pd.read_csv(out)) == 2  # the reasons are still written
 
 
-def test_output_path_checked_before_any_work(tmp_path, image_dir, repo_root, subprocess_env):
+def test_output_path_checked_before_any_work(tmp_path, image_dir, predict_cli):
     cases = _cases(tmp_path, [("1377", "F")])
     before = cases.read_bytes()
-    same = _run(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(cases)], subprocess_env, repo_root)
+    same = predict_cli(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(cases)])
     assert same.returncode == 2 and "is the cases file itself" in same.stderr
     assert cases.read_bytes() == before  # the input is intact
     no_dir = tmp_path / "no_such_folder" / "out.csv"
-    missing = _run(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(no_dir)], subprocess_env,
-                   repo_root)
+    missing = predict_cli(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(no_dir)])
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     assert not list(tmp_path.glob("**/*.tmp"))
-    folder = _run(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(tmp_path)], subprocess_env,
-                  repo_root)
+    folder = predict_cli(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(tmp_path)])
     assert folder.returncode == 2 and "is a folder" in folder.stderr
 
 
-def test_formula_cells_are_neutralised_in_the_cli_output(tmp_path, image_dir, repo_root, subprocess_env):
+def test_formula_cells_are_neutralised_in_the_cli_output(tmp_path, image_dir, predict_cli):
     evil = ['=HYPERLINK("http://x.example/?a=1","click")', "@SUM(1+1)", "+1", "-2", "\tcmd"]
     cases = _cases(tmp_path, [("1377", "F"), *[(e, "M") for e in evil]])
     out = tmp_path / "out.csv"
-    proc = _run(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(out)], subprocess_env, repo_root)
+    proc = predict_cli(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(out)])
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     res = pd.read_csv(out, dtype=str, keep_default_na=False)

@@ -26,10 +26,6 @@ from boneage.predictor import ModelDamagedError
 MODEL = Path(__file__).resolve().parent.parent / "artifacts" / "model"
 
 
-def _predict(args, env, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.predict", "--no-outlier-check", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
 
 @pytest.fixture
 def image_dir(tmp_path, data_dir):
@@ -65,22 +61,21 @@ def _model_copy(tmp_path, conformal: str | None = "copy", config_edit=None, weig
     ("id,sex\n", "has a header (id, sex) but no cases"),
     ("\xff\xfe\x00garbage\x00\n", "needs an 'id' column"),
 ])
-def test_bad_cases_files_get_a_message_and_status_2(tmp_path, image_dir, content, message, repo_root, subprocess_env):
+def test_bad_cases_files_get_a_message_and_status_2(tmp_path, image_dir, content, message, predict_cli):
     cases = tmp_path / "cases.csv"
     cases.write_text(content, encoding="latin-1")
-    proc = _predict(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(tmp_path / "o.csv")],
-                    subprocess_env, repo_root)
+    proc = predict_cli(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(tmp_path / "o.csv")])
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.csv").exists()
 
 
 @pytest.mark.parametrize("content", ["id;sex\n1377;F\n", "\ufeffid,sex\n1377,F\n"], ids=["semicolon", "excel_bom"])
-def test_spreadsheet_cases_files_are_read(tmp_path, image_dir, repo_root, subprocess_env, content):
+def test_spreadsheet_cases_files_are_read(tmp_path, image_dir, content, predict_cli):
     cases = tmp_path / "cases.csv"
     cases.write_text(content, encoding="utf-8")
     out = tmp_path / "o.csv"
-    proc = _predict(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(out)], subprocess_env, repo_root)
+    proc = predict_cli(["--image-dir", str(image_dir), "--cases", str(cases), "--output", str(out)])
     assert proc.returncode == 0, proc.stderr
     res = pd.read_csv(out, keep_default_na=False)
     assert res["error"].tolist() == [""] and res["boneage_pred"].iloc[0] > 0
@@ -104,13 +99,13 @@ def test_unwritable_output_is_reported_before_work(tmp_path, monkeypatch):
 # -- model files ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["truncated", "random"])
-def test_damaged_model_file(tmp_path, kind, image_dir, repo_root, subprocess_env):
+def test_damaged_model_file(tmp_path, kind, image_dir, predict_cli):
     good = (MODEL / "model.pt").read_bytes()
     weights = good[: len(good) // 3] if kind == "truncated" else np.random.default_rng(0).bytes(4096)
     d = _model_copy(tmp_path, weights=weights)
     with pytest.raises(ModelDamagedError, match="cannot be loaded: it is truncated, damaged"):
         boneage.load_predictor(d)
-    proc = _predict([str(image_dir / "1377.png"), "--sex", "F", "--model-dir", str(d)], subprocess_env, repo_root)
+    proc = predict_cli([str(image_dir / "1377.png"), "--sex", "F", "--model-dir", str(d)])
     assert proc.returncode == 2 and "model.pt cannot be loaded" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -137,9 +132,9 @@ def test_damaged_calibration_means_no_intervals_and_says_why(tmp_path, content, 
     assert pred.intervals == {} and math.isfinite(pred.boneage_months)
 
 
-def test_missing_calibration_is_announced_by_the_cli(tmp_path, image_dir, repo_root, subprocess_env):
+def test_missing_calibration_is_announced_by_the_cli(tmp_path, image_dir, predict_cli):
     d = _model_copy(tmp_path, conformal=None)
-    proc = _predict([str(image_dir / "1377.png"), "--sex", "F", "--model-dir", str(d)], subprocess_env, repo_root)
+    proc = predict_cli([str(image_dir / "1377.png"), "--sex", "F", "--model-dir", str(d)])
     assert proc.returncode == 0, proc.stderr
     assert "prediction intervals are unavailable" in proc.stderr
     assert "no interval (not calibrated)" in proc.stdout
