@@ -36,22 +36,22 @@ from pipelines.cli import data_dir_or_report
 
 
 def validation_errors(predictor: BoneAgePredictor, cases: pd.DataFrame, image_dir: Path, cache_dir: Path | None,
-                      tta: bool) -> np.ndarray:
-    """Signed errors (months) of ``predictor`` on ``cases``, images prepared in the predictor's own geometry."""
+                      ttas: tuple[bool, ...]) -> dict[bool, np.ndarray]:
+    """Signed errors (months) of ``predictor`` on ``cases`` for each TTA setting of ``ttas``, the images
+    prepared once in the predictor's own geometry."""
     loaded = load_images(cases, image_dir, predictor.cfg.geometry, cache_dir=cache_dir, progress=False)
     if loaded.failed:
         raise RuntimeError(f"{len(loaded.failed)} validation images could not be read, e.g. {loaded.failed[0]}")
     male = loaded.cases["male"].to_numpy().astype(bool)
-    age = predictor.with_options(tta=tta).predict_preprocessed(loaded.images, male).age
-    return age - loaded.cases["boneage"].to_numpy(np.float64)
+    age = loaded.cases["boneage"].to_numpy(np.float64)
+    return {tta: predictor.with_options(tta=tta).predict_preprocessed(loaded.images, male).age - age for tta in ttas}
 
 
 def compare(shipped: BoneAgePredictor, candidate: BoneAgePredictor, cases: pd.DataFrame, image_dir: Path,
             cache_dir: Path | None) -> dict:
-    e_ship = validation_errors(shipped, cases, image_dir, cache_dir, shipped.tta)
+    e_ship = validation_errors(shipped, cases, image_dir, cache_dir, (shipped.tta,))[shipped.tta]
     res = {"n": len(cases), "shipped": {"tta": shipped.tta, "mae": round(float(np.mean(np.abs(e_ship))), 3)}}
-    for tta in (False, True):
-        e = validation_errors(candidate, cases, image_dir, cache_dir, tta)
+    for tta, e in validation_errors(candidate, cases, image_dir, cache_dir, (False, True)).items():
         diff, lo, hi = bootstrap_ci(np.abs(e) - np.abs(e_ship), n_boot=2000, seed=0)
         res["tta" if tta else "plain"] = {"mae": round(float(np.mean(np.abs(e))), 3),
                                           "minus_shipped": {"mae_diff": round(diff, 3), "ci95": [round(lo, 3), round(hi, 3)]}}
