@@ -9,10 +9,15 @@ saved in ``config.json`` as part of :class:`boneage.config.ModelConfig`) and has
     radiographs). The network resizes it once more to its ``input_size``.
 ``fit``
     How the whole film is brought to the square. ``squeeze`` (aspect ratio not kept, nearest neighbour):
-    the training files reached us that way, and an image made exactly like them keeps bone edges as
-    sharp and as aliased as the network learned them. ``letterbox``: aspect ratio kept, the film padded
-    to a square with its own background level, then resized with an antialiasing bilinear filter; for
-    models trained on native radiographs.
+    the training files reached us squeezed, and nearest neighbour keeps bone edges as sharp and as
+    aliased as in them; but each base pixel is then one native pixel, so JPEG noise, a re-scaled export
+    or a slight turn of a native film changes which pixels are picked, and the reading moves with them.
+    ``area``: squeezed the same way, after uniform bars around the film are trimmed, with an area (box)
+    filter, so each base pixel is the mean of the native pixels it covers and those changes average out;
+    a model reading ``area`` images is trained with resolution-loss augmentation, because its 100 px
+    training files are sharper than an area-filtered native film. ``letterbox``: aspect ratio kept, the
+    film padded to a square with its own background level, then resized with an antialiasing bilinear
+    filter; for models trained on native radiographs.
 ``framing``
     What part of the base image the network reads. ``none``: the whole film (how far the hand fills
     the frame then changes the reading). ``hand``: the hand is found (:func:`boneage.hand.hand_mask`),
@@ -36,7 +41,7 @@ from PIL import Image
 
 from .hand import hand_mask
 
-FITS = ("squeeze", "letterbox")
+FITS = ("squeeze", "area", "letterbox")
 FRAMINGS = ("none", "hand", "hand-upright")
 
 # A mask outside these bounds is not taken for a hand (a plate, a label, noise): framing falls back to the
@@ -118,12 +123,19 @@ def background_level(arr: np.ndarray, bins: int = 64) -> float:
     return float(edges[k] + edges[k + 1]) / 2
 
 
-def squeeze(arr: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D image to size x size (aspect ratio not kept) with nearest neighbour."""
+def squeeze(arr: np.ndarray, size: int, resample: int = Image.NEAREST) -> np.ndarray:
+    """Resize a 2-D image to size x size (aspect ratio not kept), nearest neighbour unless ``resample``
+    says otherwise (a PIL filter)."""
     arr = np.asarray(arr, dtype=np.float32)
     if arr.shape == (size, size):
         return arr
-    return np.asarray(Image.fromarray(arr, mode="F").resize((size, size), Image.NEAREST), dtype=np.float32)
+    return np.asarray(Image.fromarray(arr, mode="F").resize((size, size), resample), dtype=np.float32)
+
+
+def area_squeeze(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize a 2-D image to size x size (aspect ratio not kept), each output pixel the mean of the input
+    pixels it covers (PIL's box filter)."""
+    return squeeze(arr, size, Image.BOX)
 
 
 def letterbox(arr: np.ndarray, size: int) -> np.ndarray:
@@ -178,12 +190,13 @@ def trim_uniform_border(arr: np.ndarray, tol: float = 0.02) -> np.ndarray:
 def fit_to_base(arr: np.ndarray, geometry: Geometry) -> np.ndarray:
     """The whole film at the base size, by the geometry's ``fit``.
 
-    With framing on, uniform bars around the film are removed first (:func:`trim_uniform_border`): they
-    would shrink the hand in the base image and, when they are the commonest level, be taken for the
-    background by the intensity normalisation."""
-    if geometry.framing != "none":
+    With the ``area`` fit or with framing on, uniform bars around the film are removed first
+    (:func:`trim_uniform_border`): they would shrink the hand in the base image and, when they are the
+    commonest level, be taken for the background by the intensity normalisation."""
+    if geometry.framing != "none" or geometry.fit == "area":
         arr = trim_uniform_border(arr)
-    return (squeeze if geometry.fit == "squeeze" else letterbox)(arr, geometry.base_size)
+    resize = {"squeeze": squeeze, "area": area_squeeze, "letterbox": letterbox}[geometry.fit]
+    return resize(arr, geometry.base_size)
 
 
 def upright_axes(angle_deg: float) -> tuple[np.ndarray, np.ndarray]:

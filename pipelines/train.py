@@ -23,6 +23,7 @@ import pandas as pd
 from boneage import distributed
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, ModelConfig, TrainConfig
 from boneage.data import load_images
+from boneage.geometry import FITS
 from boneage.manifest import sha256_file
 from boneage.training import ResumeCheckpointError, train_model
 from pipelines.cli import data_dir_or_report
@@ -56,8 +57,9 @@ def main(argv=None) -> int:
                     help="sample cases ~ (cases of their sex x age band)^-P with replacement; 0 = each case once an epoch")
     ap.add_argument("--base-size", type=int, default=ModelConfig.base_size,
                     help="side of the base image every radiograph is brought to (100: the RSNA files here)")
-    ap.add_argument("--fit", choices=("squeeze", "letterbox"), default=ModelConfig.fit,
-                    help="squeeze the film to a square (as the 100 px files were) or keep its aspect ratio")
+    ap.add_argument("--fit", choices=FITS, default=ModelConfig.fit,
+                    help="squeeze the film to a square as the 100 px files were (nearest neighbour, or 'area': "
+                         "box-filtered, bars trimmed) or keep its aspect ratio (letterbox)")
     ap.add_argument("--framing", choices=("none", "hand", "hand-upright"), default=ModelConfig.framing,
                     help="read the whole film, or a square around the hand (optionally turned upright)")
     ap.add_argument("--mirror-invariant", action="store_true",
