@@ -97,18 +97,18 @@ def _smallcnn_block_ends(model: BoneAgeNet) -> list[str]:
 def gradcam_layers(model: BoneAgeNet) -> dict[str, str]:
     """Human label -> module path of the layers Grad-CAM can use; the first entry is the default.
 
-    For EfficientNet-Lite at input 128: stage 4 and stage 5 ends are at 1/16 resolution (8x8), stage
-    6, stage 7 and the head conv at 1/32 (4x4). The default is the end of stage 5 (1/16). Measured on
-    60 training images with the trained model (hand = :func:`hand_mask`, 22% of the image on
-    average): stage 5 put 53% of the heat on the hand (more than the hand's area share in 97% of the
-    images), stage 4 47% (97%), while the 1/32 layers put 19-23% there, no more than chance: their
-    4x4 grid (a quarter of the hand per cell) lands on corners and the forearm.
+    For EfficientNet-Lite: stage 4 and stage 5 ends are at 1/16 resolution, stage 6, stage 7 and the head
+    conv at 1/32. The default is the end of stage 4 (1/16), the layer whose maps are the most faithful
+    to the prediction (deletion curves against a random order, :mod:`boneage.explanation_audit`, chosen
+    on the validation split; see docs/decisions.md). The 1/32 layers' grid is too coarse to land on
+    the hand's bones.
     """
     bb = model.backbone
     if isinstance(bb, EfficientNetLite):
         n = len(_stages(bb))
         out = {}
         if n >= 5:
+            out["Stage 4"] = _tap(bb, "stage4")
             out["Stage 5"] = _tap(bb, "stage5")
         out[f"Last block (stage {n})"] = _tap(bb, f"stage{n}")
         out["Head conv"] = _tap(bb, "head")

@@ -140,14 +140,15 @@ def test_occlusion_reports_progress_and_matches_the_map_without_it(imagenet_mode
 
 
 # -- Grad-CAM --------------------------------------------------------------------------------------
-def test_gradcam_layers_exist_and_default_is_stage5_at_1_16(imagenet_model, cases):
+def test_gradcam_layers_exist_and_default_is_stage4_at_1_16(imagenet_model, cases):
     layers = E.gradcam_layers(imagenet_model)
     modules = dict(imagenet_model.named_modules())
     assert {"Last block (stage 7)", "Head conv", "Stage 6", "Stage 5", "Stage 4"} <= set(layers)
     assert layers["Last block (stage 7)"] == "backbone._blocks.15" and layers["Head conv"] == "backbone._bn1"
     assert all(path in modules for path in layers.values())
-    assert E.default_gradcam_layer(imagenet_model) == layers["Stage 5"] == "backbone._blocks.10"
-    acts = E.layer_activations(imagenet_model, cases[0][0], True, layers["Stage 5"])
+    assert E.default_gradcam_layer(imagenet_model) == layers["Stage 4"] == "backbone._blocks.7"
+    assert layers["Stage 5"] == "backbone._blocks.10"
+    acts = E.layer_activations(imagenet_model, cases[0][0], True, layers["Stage 4"])
     assert acts.shape[1:] == (128 // 16, 128 // 16)
     # labels and module paths are both accepted
     a = E.attribute(imagenet_model, cases[0][0], True, "gradcam", layer="Stage 4")
