@@ -1,6 +1,7 @@
 """Decide on the validation split whether a retrained model replaces the shipped one.
 
     python -m pipelines.choose_model --candidate runs/framed2 [--adopt] [--out runs/model_choice.json]
+                                     [--native-cases CSV --native-dir DIR]
 
 Each model reads the validation images prepared in its own geometry (a framing model and the shipped
 squeeze model see different inputs of the same radiographs). The candidate is measured with and without
@@ -8,6 +9,13 @@ test-time augmentation, and its TTA default is the better of the two on validati
 candidate may replace the shipped model when its validation MAE is not worse beyond bootstrap noise, i.e.
 the paired bootstrap 95 % interval of (candidate - shipped) absolute errors reaches down to 0 or below.
 Test sets are not read here.
+
+The validation files are the 100 px training files, already at the base size, so a candidate whose ``fit``
+differs from the shipped model's (say ``area`` instead of ``squeeze``) reads them almost as the shipped
+model does, while it reads every native-size film differently: validation cannot judge that change. Such a
+candidate is refused unless a labelled set of native-size radiographs is given (``--native-cases`` with
+``id``, ``male``, ``boneage`` and ``--native-dir``: a hospital's own cases, never the official test set),
+on which the same rule must pass too.
 
 ``--adopt`` (only when the rule passes) replaces ``<model-dir>`` by the candidate's ``model.pt``,
 ``config.json`` (with ``inference.tta`` and how it was chosen) and ``history.csv``, through a temporary
@@ -32,6 +40,7 @@ from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, write_json_atomi
 from boneage.data import load_images
 from boneage.metrics import bootstrap_ci
 from boneage.predictor import BoneAgePredictor, ModelNotFoundError
+from boneage.tables import read_cases
 from pipelines.cli import data_dir_or_report
 
 
@@ -61,6 +70,16 @@ def compare(shipped: BoneAgePredictor, candidate: BoneAgePredictor, cases: pd.Da
     return res
 
 
+def native_blind_spot(shipped: BoneAgePredictor, candidate: BoneAgePredictor) -> str:
+    """Why the validation split alone cannot judge the candidate ('' when it can): see the module docstring."""
+    a, b = shipped.cfg.geometry, candidate.cfg.geometry
+    if a.fit != b.fit:
+        return (f"the candidate brings native-size films to its input with fit {b.fit!r}, the shipped model with "
+                f"{a.fit!r}; the validation files are already at the base size, so validation cannot measure what "
+                "that changes: give labelled native-size radiographs with --native-cases/--native-dir")
+    return ""
+
+
 def adopt(candidate_dir: Path, model_dir: Path, tta: bool, why: str) -> None:
     """Replace ``model_dir`` by the candidate (temporary folder, then rename; the old folder is removed last)."""
     tmp = model_dir.with_name(model_dir.name + ".new")
@@ -88,6 +107,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=str(REPO_ROOT / "runs" / "cache"))
     ap.add_argument("--max-cases", type=int, help="the first N validation cases only (smoke tests)")
     ap.add_argument("--adopt", action="store_true", help="replace the shipped model when the rule passes")
+    ap.add_argument("--native-cases", help="CSV (id, male, boneage) of labelled native-size radiographs; required "
+                    "when the candidate's fit differs from the shipped model's (never the official test set)")
+    ap.add_argument("--native-dir", help="folder of the --native-cases images (<id>.png, .jpg or .dcm)")
     ap.add_argument("--out", default=str(REPO_ROOT / "runs" / "model_choice.json"))
     args = ap.parse_args(argv)
     data_dir = data_dir_or_report(args.data_dir)
@@ -103,12 +125,33 @@ def main(argv=None) -> int:
     val = splits[splits["split"] == "val"].reset_index(drop=True)
     if args.max_cases:
         val = val.head(args.max_cases)
+    if bool(args.native_cases) != bool(args.native_dir):
+        print("error: give both --native-cases and --native-dir, or neither", file=sys.stderr)
+        return 2
+    native = None
+    if args.native_cases:
+        try:
+            table = read_cases(args.native_cases, require_age=True)
+        except (OSError, ValueError) as exc:
+            print(f"error: --native-cases {args.native_cases}: {exc}", file=sys.stderr)
+            return 2
+        for row, why in table.rejected:
+            print(f"native case {row} left out: {why}", file=sys.stderr)
+        native = table.cases.reset_index(drop=True)
     res = compare(shipped, candidate, val, data_dir / "train", Path(args.cache_dir))
+    blind = native_blind_spot(shipped, candidate)
+    if native is not None:
+        res["native"] = compare(shipped, candidate, native, Path(args.native_dir), None)
+        res["passes"] = res["passes"] and res["native"]["passes"]
+    elif blind:
+        res["validation_passes"], res["passes"], res["blocked"] = res["passes"], False, blind
     res.update(candidate=str(args.candidate), date=date.today().isoformat())
     write_json_atomic(Path(args.out), res)
     print(json.dumps(res, indent=2))
     if not res["passes"]:
-        print("not adopted: the candidate is worse on validation beyond bootstrap noise")
+        print(f"not adopted: {blind}" if "blocked" in res else
+              "not adopted: the candidate is worse on validation beyond bootstrap noise"
+              + (" (or on the native-size cases)" if native is not None else ""))
         return 0
     if args.adopt:
         c = res["tta" if res["candidate_tta"] else "plain"]

@@ -50,3 +50,53 @@ def test_a_worse_candidate_is_refused_and_nothing_changes(repo_root, subprocess_
     assert r.returncode == 0, r.stderr
     assert "not adopted" in r.stdout and (model_dir / "model.pt").read_bytes() == before
     assert (model_dir / "conformal.json").exists()
+
+
+def _area_candidate(repo_root, tmp_path):
+    """The shipped network, but reading native films through the area fit: validation cannot see the change."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(repo_root / "artifacts" / "model", model_dir)
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    shutil.copy2(model_dir / "model.pt", candidate / "model.pt")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["model"]["fit"] = "area"
+    (candidate / "config.json").write_text(json.dumps(cfg))
+    return model_dir, candidate
+
+
+def test_a_fit_change_is_refused_without_native_cases_and_judged_with_them(repo_root, subprocess_env, tmp_path,
+                                                                            data_dir):
+    model_dir, candidate = _area_candidate(repo_root, tmp_path)
+    before = (model_dir / "config.json").read_text()
+    base = [sys.executable, "-m", "pipelines.choose_model", "--candidate", str(candidate), "--model-dir",
+            str(model_dir), "--max-cases", "12", "--cache-dir", str(tmp_path / "cache"), "--adopt"]
+    r = subprocess.run(base + ["--out", str(tmp_path / "a.json")], env=subprocess_env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "a.json").read_text())
+    assert not res["passes"] and "fit 'area'" in res["blocked"] and "--native-cases" in res["blocked"]
+    assert "not adopted" in r.stdout and (model_dir / "config.json").read_text() == before
+    # with labelled native-size films (here six of the official images, only to exercise the mechanism) the
+    # rule runs on them too and its numbers are reported
+    import pandas as pd
+
+    cases = pd.read_csv(data_dir / "test.csv", dtype={"id": str}).dropna(subset=["boneage"]).head(6)
+    cases.to_csv(tmp_path / "native.csv", index=False)
+    r = subprocess.run(base + ["--out", str(tmp_path / "b.json"), "--native-cases", str(tmp_path / "native.csv"),
+                               "--native-dir", str(data_dir / "test")],
+                       env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert "blocked" not in res and res["native"]["n"] == 6
+    assert res["native"]["tta"]["mae"] != res["native"]["shipped"]["mae"]  # the native films are read differently
+    assert res["passes"] == (res["native"]["passes"] and (res["tta"] if res["candidate_tta"] else res["plain"])
+                             ["minus_shipped"]["ci95"][0] <= 0)
+
+
+def test_native_cases_need_their_folder(repo_root, subprocess_env, tmp_path):
+    model_dir, candidate = _area_candidate(repo_root, tmp_path)
+    r = subprocess.run([sys.executable, "-m", "pipelines.choose_model", "--candidate", str(candidate), "--model-dir",
+                        str(model_dir), "--native-cases", str(tmp_path / "x.csv")],
+                       env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "--native-dir" in r.stderr and "Traceback" not in r.stderr
