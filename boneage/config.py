@@ -42,7 +42,7 @@ class StageConfig:
 class ModelConfig:
     """Network and input geometry.
 
-    ``base_size``, ``fit``, ``framing`` and ``framing_margin`` are the input geometry (see
+    ``base_size``, ``fit``, ``framing``, ``framing_margin`` and ``trim_bars`` are the input geometry (see
     :mod:`boneage.geometry`): every image is first brought to the base image by them, then resized to
     ``input_size`` for the network. Older config files without ``fit``/``framing`` mean the original
     squeeze of the whole film.
@@ -54,6 +54,7 @@ class ModelConfig:
     fit: str = "squeeze"
     framing: str = "none"
     framing_margin: float = 0.06
+    trim_bars: bool = False  # uniform bars around a film removed before the fit (boneage.geometry)
     # Trained with mirrored copies; every prediction averages the image and its mirror (boneage.inference),
     # so a right hand, or a film exported mirrored, reads as the left hand would.
     mirror_invariant: bool = False

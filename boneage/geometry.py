@@ -64,6 +64,7 @@ class Geometry:
     fit: str = "squeeze"
     framing: str = "none"
     margin: float = 0.06  # of the crop side, on each side of the hand's bounding box
+    trim_bars: bool = False  # remove uniform bars around the film first (always with ``area`` or framing)
 
     def __post_init__(self):
         if self.fit not in FITS:
@@ -79,11 +80,17 @@ class Geometry:
     def of(cls, cfg) -> "Geometry":
         """The geometry of a :class:`boneage.config.ModelConfig` (or anything with the same fields)."""
         return cls(int(cfg.base_size), getattr(cfg, "fit", "squeeze"), getattr(cfg, "framing", "none"),
-                   float(getattr(cfg, "framing_margin", 0.06)))
+                   float(getattr(cfg, "framing_margin", 0.06)), bool(getattr(cfg, "trim_bars", False)))
+
+    @property
+    def trims(self) -> bool:
+        """Whether uniform bars are removed before the fit (see :func:`fit_to_base`)."""
+        return self.trim_bars or self.fit == "area" or self.framing != "none"
 
     def key(self) -> str:
         """A short text that changes whenever the prepared pixels would (for caches)."""
-        return f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
+        key = f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
+        return key + "-trim" if self.trim_bars else key
 
 
 def as_geometry(geometry: Geometry | int) -> Geometry:
@@ -190,10 +197,10 @@ def trim_uniform_border(arr: np.ndarray, tol: float = 0.02) -> np.ndarray:
 def fit_to_base(arr: np.ndarray, geometry: Geometry) -> np.ndarray:
     """The whole film at the base size, by the geometry's ``fit``.
 
-    With the ``area`` fit or with framing on, uniform bars around the film are removed first
+    With ``trim_bars``, the ``area`` fit or framing on, uniform bars around the film are removed first
     (:func:`trim_uniform_border`): they would shrink the hand in the base image and, when they are the
     commonest level, be taken for the background by the intensity normalisation."""
-    if geometry.framing != "none" or geometry.fit == "area":
+    if geometry.trims:
         arr = trim_uniform_border(arr)
     resize = {"squeeze": squeeze, "area": area_squeeze, "letterbox": letterbox}[geometry.fit]
     return resize(arr, geometry.base_size)

@@ -62,6 +62,8 @@ def main(argv=None) -> int:
                          "box-filtered, bars trimmed) or keep its aspect ratio (letterbox)")
     ap.add_argument("--framing", choices=("none", "hand", "hand-upright"), default=ModelConfig.framing,
                     help="read the whole film, or a square around the hand (optionally turned upright)")
+    ap.add_argument("--trim-bars", action="store_true",
+                    help="remove uniform bars (export padding, a mat) around every film before the fit")
     ap.add_argument("--mirror-invariant", action="store_true",
                     help="train with mirrored copies and average every prediction with its mirror image")
     ap.add_argument("--aug-rotate", type=float, default=TrainConfig.aug_rotate_deg, help="max rotation, degrees")
@@ -101,7 +103,8 @@ def _run(args, info: distributed.DistInfo) -> int:
     if args.max_val_cases:
         va = va.head(args.max_val_cases)
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, base_size=args.base_size,
-                            fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant)
+                            fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant,
+                            trim_bars=args.trim_bars)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,

@@ -67,6 +67,14 @@ def test_area_fit_averages_what_nearest_neighbour_picks(official):
         assert moved_area < moved_nearest / 3, (moved_area, moved_nearest)
 
 
+def test_trim_bars_is_part_of_the_geometry_and_removes_a_border_before_the_squeeze(official):
+    trimmed = Geometry(100, "squeeze", trim_bars=True)
+    assert trimmed.key() == "100-squeeze-none-0.06-trim" and Geometry(100).key() == "100-squeeze-none-0.06"
+    assert ModelConfig(trim_bars=True).geometry == trimmed and not ModelConfig().geometry.trims
+    for raw in official:
+        assert np.abs(prepare(border(raw), trimmed).image - prepare(raw, trimmed).image).mean() < 0.03
+
+
 def test_area_fit_trims_a_uniform_border(official):
     area = Geometry(100, "area")
     for raw in official:
