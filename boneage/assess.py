@@ -312,9 +312,12 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
 
 
 def _header_age(a: Assessment) -> Assessment:
+    """The assessment compared with the DICOM header's age, when it has one (the notes say so)."""
     if a.patient.age_months is None:
         return a
-    return a.with_chronological_age(a.patient.age_months, f"DICOM {a.patient.age_source}")
+    out = a.with_chronological_age(a.patient.age_months, f"DICOM {a.patient.age_source}")
+    out.notes += (f"chronological age {out.chronological_age_months:.1f} months from the {out.chronological_age_source}",)
+    return out
 
 
 def assess(image: Any, sex: Any = None, chronological_age: float | None = None, site: Any = None, *,
@@ -354,6 +357,7 @@ def assess(image: Any, sex: Any = None, chronological_age: float | None = None, 
                    if gated.dicom is not None else "it is not a DICOM file with PatientSex")
             raise AssessmentInputError(f"{case_id}: sex is needed to read bone age and {why}; give M or F.")
         sex_source = "DICOM PatientSex"
+        extra.append(f"sex {'M' if male else 'F'} from the DICOM PatientSex")
     prepared = predictor.prepare(gated.pixels)
     preds, features = predictor.predict_prepared([prepared], np.array([male]))
     a = _build(case_id, male, sex_source, preds[0], features[0], prepared, gated.notes, gated.dicom, predictor,

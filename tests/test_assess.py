@@ -90,6 +90,8 @@ def test_dicom_header_gives_sex_and_age(data_dir, make_dicom):
     assert a.male and a.sex_source == "DICOM PatientSex"
     assert a.chronological_age_months == pytest.approx(months) and a.patient.patient_id == "P-77"
     assert a.chronological_age_source == "DICOM PatientBirthDate and StudyDate" and a.maturity is not None
+    notes = a.as_row()["notes"]
+    assert "sex M from the DICOM PatientSex" in notes and "from the DICOM PatientBirthDate and StudyDate" in notes
     assert a.boneage_months == pytest.approx(plain.boneage_months, abs=1e-4)  # same pixels, same answer
     # given values win over the header
     given = assess(data, "F", chronological_age=150, name="hand.dcm")
