@@ -292,6 +292,9 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
            extra_notes: Sequence[str] = ()) -> Assessment:
     """The one place an :class:`Assessment` is put together (single images and batches alike)."""
     patient = patient_info(header)
+    if sex_source == "given" and patient.male is not None and patient.male != bool(male):
+        extra_notes = (*extra_notes, f"sex given as {'M' if male else 'F'}, but the DICOM PatientSex is "
+                                     f"{patient.sex}: the given sex was used; check which is right")
     score = flag = threshold = None
     if detector is not None and feature is not None:
         from .unlike_training import outlier_scores
