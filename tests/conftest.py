@@ -64,3 +64,64 @@ def predict_cli(subprocess_env):
                               env=subprocess_env, capture_output=True, text=True, timeout=300)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def make_dicom():
+    """``make_dicom(png_path, **tags) -> bytes``: a real radiograph wrapped into an uncompressed DX DICOM file
+    (8-bit MONOCHROME2, body part HAND) with the given header tags (e.g. PatientSex="F",
+    PatientBirthDate="20100115", StudyDate="20201120")."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def make(png_path, **tags) -> bytes:
+        pixels = np.asarray(Image.open(png_path).convert("L"))
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1.1", generate_uid()
+        ds.StudyInstanceUID = generate_uid()
+        ds.Modality, ds.BodyPartExamined = "DX", "HAND"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        for tag, value in tags.items():
+            setattr(ds, tag, value)
+        ds.PixelData = pixels.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def poppler():
+    """(pdf_text, pdf_pages): a PDF's text by ``pdftotext -layout`` and its pages rendered to PNG by ``pdftoppm``
+    (a list of paths), from Debian's poppler-utils (./test.sh installs it). Skips, saying so, where missing."""
+    import shutil
+    import tempfile
+
+    missing = [t for t in ("pdftotext", "pdftoppm") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian package poppler-utils; ./test.sh installs it as root "
+                    "with apt-get): the PDF cannot be rendered to check it")
+
+    def text(pdf: bytes) -> str:
+        return subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, check=True,
+                              timeout=60).stdout.decode()
+
+    def pages(pdf: bytes) -> list[Path]:
+        out = Path(tempfile.mkdtemp(prefix="pdfpages"))
+        (out / "in.pdf").write_bytes(pdf)
+        subprocess.run(["pdftoppm", "-r", "40", "-png", str(out / "in.pdf"), str(out / "page")], check=True,
+                       timeout=60)
+        return sorted(out.glob("page*.png"))
+
+    return text, pages
