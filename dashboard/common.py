@@ -1,31 +1,63 @@
-"""Shared, cached access for the dashboard pages: artifacts, the model, the data directory and images.
+"""Page plumbing for the dashboard: the page table, the frame around every page, and cached access to the
+artifacts, the model, the data folder and images.
 
-Pages call these and lay out results; analysis lives in ``boneage/``.
+Pages call these and lay out results; analysis lives in ``boneage/``. The dashboard is one Streamlit app
+(``dashboard/app.py``, started by ``./run.sh``); the project is installed (``pip install -e .``), so pages import
+``from dashboard import common`` and ``boneage`` like any other package.
 """
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `streamlit run dashboard/Home.py` puts dashboard/ on the path, not the repo
-    sys.path.insert(0, str(ROOT))
-
-from boneage.artifacts import ArtifactMissingError, ArtifactStore  # noqa: E402
-from boneage.config import DATA_ENV, DataDirError, resolve_data_dir  # noqa: E402
-from boneage.imaging import ImageLoadError  # noqa: E402
+from boneage.artifacts import ArtifactMissingError, ArtifactStore
+from boneage.config import DATA_ENV, DataDirError, resolve_data_dir
+from boneage.imaging import ImageLoadError
 
 SPLIT_LABELS = {"test": "Internal test", "official_test": "Official test (RSNA)", "val": "Validation",
                 "calib": "Calibration", "train": "Training"}
 
 
-def page_setup(title: str, icon: str = ":material/radiology:") -> None:
-    st.set_page_config(page_title=f"{title} | Bone age", page_icon=icon, layout="wide")
-    st.title(title)
+@dataclass(frozen=True)
+class PageSpec:
+    """One page of the dashboard: its script (relative to ``dashboard/``), the title in the sidebar and the
+    browser tab, its URL path ("" for the home page) and the heading shown above it (default: the title)."""
+
+    file: str
+    title: str
+    url_path: str
+    heading: str | None = None
+
+    @property
+    def header(self) -> str:
+        return self.heading or self.title
+
+
+# The pages in sidebar order; titles and URL paths are those of the former pages/ folder.
+PAGES = (
+    PageSpec("views/0_Home.py", "Home", "", heading="Pediatric bone age"),
+    PageSpec("views/1_Overview.py", "Overview", "Overview"),
+    PageSpec("views/2_Error_browser.py", "Error browser", "Error_browser"),
+    PageSpec("views/3_Explain.py", "Explain", "Explain"),
+    PageSpec("views/4_Embeddings.py", "Embeddings", "Embeddings"),
+    PageSpec("views/5_Uncertainty.py", "Uncertainty", "Uncertainty"),
+    PageSpec("views/6_Fairness.py", "Fairness", "Fairness"),
+    PageSpec("views/7_Predict.py", "Predict", "Predict"),
+    PageSpec("views/8_Maturation_atlas.py", "Maturation atlas", "Maturation_atlas"),
+    PageSpec("views/9_Explanation_audit.py", "Explanation audit", "Explanation_audit"),
+)
+PAGE_ICON = ":material/radiology:"
+
+
+def page_frame(spec: PageSpec) -> None:
+    """What every page shows above its own content: the tab title, the heading and the artifact banner."""
+    st.set_page_config(page_title=f"{spec.header} | Bone age", page_icon=PAGE_ICON, layout="wide")
+    st.title(spec.header)
+    manifest_banner()
 
 
 @st.cache_resource(show_spinner=False)
@@ -149,8 +181,8 @@ def months_to_text(m: float) -> str:
 
 # -- additions for Home / Overview / Error browser / Explain / Predict ------------------------------------
 CASE_KEY, CASE_SPLIT_KEY = "case_id", "case_split"  # the case chosen on one page, opened on another
-ERROR_BROWSER = "pages/2_Error_browser.py"
-EXPLAIN = "pages/3_Explain.py"
+ERROR_BROWSER = "views/2_Error_browser.py"
+EXPLAIN = "views/3_Explain.py"
 
 
 def artifact_or_none(fn, *args, **kwargs):

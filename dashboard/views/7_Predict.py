@@ -1,22 +1,15 @@
 """Predict: bone age, intervals, stage and evidence for uploaded radiographs; results as CSV."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`)
+from boneage.assessment import maturity_status
+from boneage.csv_safety import to_csv_safe
+from boneage.site_calibration import SiteProfileError
+from dashboard import common
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.assessment import maturity_status  # noqa: E402
-from boneage.csv_safety import to_csv_safe  # noqa: E402
-from boneage.site_calibration import SiteProfileError  # noqa: E402
-
-common.page_setup("Predict")
-common.manifest_banner()
 st.markdown("Upload one or more left-hand radiographs (PNG, JPEG or DICOM). Each gets a bone-age estimate with "
             "80/90/95% prediction intervals, a developmental stage, a Grad-CAM map and the most similar training "
             f"cases. *Decision support only; the model sees the image at {common.base_label()} pixels.*")

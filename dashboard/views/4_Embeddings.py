@@ -1,21 +1,15 @@
 """Embeddings: t-SNE / UMAP maps of what the network has learned, its outliers, and the layer-wise view."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`) under any runner
+from boneage.embeddings import MAP_METHODS, layer_quality_table, map_columns, most_unusual
+from dashboard import common
 
-import numpy as np  # noqa: E402
-import plotly.express as px  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-from plotly.subplots import make_subplots  # noqa: E402
-
-import common  # noqa: E402
-from boneage.embeddings import MAP_METHODS, layer_quality_table, map_columns, most_unusual  # noqa: E402
-
-common.page_setup("Embeddings")
 st.markdown(
     "Each point is one radiograph, placed by the network's **penultimate-layer features** (the fused image + "
     "sex representation the age and stage heads read) after a 2-D or 3-D projection. Cases the network sees "

@@ -1,19 +1,11 @@
 """Error browser: every case with its prediction, filterable and sortable; one case in detail."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`)
-
-import pandas as pd  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-
-common.page_setup("Error browser")
-common.manifest_banner()
+from dashboard import common
 
 df = common.artifact_or_stop(common.predictions)
 chosen = common.selected_case()  # from another page (Overview scatter, Embeddings ...)

@@ -2,18 +2,13 @@
 intervals, and the male-female gap test; the audit as CSV and as a self-contained HTML report."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`) under any runner
-
-import pandas as pd  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.csv_safety import to_csv_safe  # noqa: E402
-from boneage.splits import AGE_BAND_LABELS  # noqa: E402
+from boneage.csv_safety import to_csv_safe
+from boneage.splits import AGE_BAND_LABELS
+from dashboard import common
 
 # metric -> (label, unit/format, what "better" means)
 METRIC_INFO = {
@@ -74,7 +69,6 @@ def all_tables_csv(split: str) -> str:
                                  ignore_index=True))
 
 
-common.page_setup("Fairness")
 st.markdown(
     "Does the model work equally well for **girls and boys**, and across **ages**? Every number comes with a "
     "95% bootstrap confidence interval: with a few dozen cases in a group, differences of several months can "

@@ -1,19 +1,12 @@
 """Explain: where the network looks for one radiograph (a dataset case or an upload), and why."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`)
+from dashboard import common
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-
-common.page_setup("Explain")
-common.manifest_banner()
 
 df = common.artifact_or_stop(common.predictions)
 names = common.stage_names()

@@ -3,26 +3,21 @@ and does the model know when it is unsure?"""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`) under any runner
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import plotly.express as px  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.conformal import LEVELS, coverage_frame  # noqa: E402
-from boneage.site_calibration import EVALUATION_METRICS, evaluation_frame  # noqa: E402
-from boneage.uncertainty import (UNCERTAINTY_MEASURES, error_by_uncertainty, least_certain,  # noqa: E402
+from boneage.conformal import LEVELS, coverage_frame
+from boneage.site_calibration import EVALUATION_METRICS, evaluation_frame
+from boneage.uncertainty import (UNCERTAINTY_MEASURES, error_by_uncertainty, least_certain,
                                  rank_correlation, stage_outcome, with_measures)
+from dashboard import common
 
 VARIANTS = {"mondrian": "Mondrian (per sex x age band)", "global": "Global (one calibration)"}
 VARIANT_COLOURS = {"mondrian": "#4c78a8", "global": "#f58518"}
 
-common.page_setup("Uncertainty")
 st.markdown(
     "Every prediction comes with a **conformal prediction interval** (80, 90 and 95%), calibrated on the "
     "calibration split: a 90% interval should contain the reference bone age in 90% of cases. The *Mondrian* "

@@ -2,18 +2,12 @@
 them, and how its average attention moves as the skeleton matures."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`) under any runner
+from boneage.atlas import AGE_GRID_YEARS, N_PER_BAND, N_TYPICAL, band_samples, typical_cases
+from boneage.config import StageConfig, model_config_from_dict
+from dashboard import common
 
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.atlas import AGE_GRID_YEARS, N_PER_BAND, N_TYPICAL, band_samples, typical_cases  # noqa: E402
-from boneage.config import StageConfig, model_config_from_dict  # noqa: E402
-
-common.page_setup("Maturation atlas")
 st.markdown(
     "An atlas in the spirit of Greulich and Pyle, built from this data set: pick a **bone age** and a **sex** to "
     "see training radiographs whose reference bone age is closest to it *and* which the model reads well "
