@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -52,11 +51,17 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
+def _write_binary(path: Path, save) -> None:
+    """``save(file)`` into an open temporary file, renamed over ``path`` (numpy appends a suffix to bare names)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            save(f)
+
+    write_atomic(path, write)
+
+
 def _save_npy(arr: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    _write_binary(path, lambda f: np.save(f, arr))
 
 
 def all_cases(data_dir: Path, splits_path: Path, max_cases: int | None) -> pd.DataFrame:
@@ -255,17 +260,14 @@ def part_calibration(art: Path, log) -> None:
 
 
 def part_fairness(art: Path, log) -> None:
-    from boneage.fairness import audit, audit_html
+    from boneage.fairness import audit
 
     df = pd.read_parquet(art / "predictions.parquet")
     out_dir = art / "fairness"
-    out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("test", "official_test"):
         tables = audit(df, [split])
         for name, table in tables.items():
-            tmp = out_dir / f"{split}_{name}.csv.tmp"
-            table.to_csv(tmp, index=False)
-            os.replace(tmp, out_dir / f"{split}_{name}.csv")
+            write_atomic(out_dir / f"{split}_{name}.csv", lambda tmp, table=table: table.to_csv(tmp, index=False))
     log("fairness tables written")
 
 
@@ -308,11 +310,7 @@ def part_atlas(art: Path, data_dir: Path, log) -> None:
     t0 = time.time()
     arrays = compute_atlas(predictor.model, df, load)
     arrays["model_sha256"] = np.array(sha256_file(art / "model" / "model.pt"))
-    path = art / ATLAS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    _write_binary(art / ATLAS_FILE, lambda f: np.savez_compressed(f, **arrays))
     log(f"atlas: {len(arrays['ids'])} case Grad-CAMs, {len(arrays['bands'])} band averages: {time.time() - t0:.0f}s")
 
 

@@ -223,7 +223,8 @@ def test_atlas_page_computes_maps_live_without_the_precomputed_ones(store, with_
     try:
         at = run(ATLAS, timeout=600)
         assert n_images(at) >= 2
-        assert not at.warning, [w.value for w in at.warning]
+        # the one warning is the frame's manifest banner, naming the atlas file this set lacks
+        assert [w.value for w in at.warning if "gradcam.npz" not in w.value] == [], [w.value for w in at.warning]
         assert "precomputed by" not in texts(at)
     finally:
         st.cache_data.clear()

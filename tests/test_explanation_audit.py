@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from boneage import explain
+from boneage.hand import hand_mask
 from boneage import explanation_audit as ea
 from boneage.artifacts import ArtifactStore
 
@@ -75,7 +76,7 @@ def test_regions_are_refused_for_a_hand_that_does_not_stand_fingers_up():
 
 
 def test_shares_of_a_real_radiograph_use_the_library_hand_mask(radiograph):
-    mask = explain.hand_mask(radiograph)
+    mask = hand_mask(radiograph)
     assert ea.attribution_shares(mask.astype(float), radiograph).hand == pytest.approx(1.0)
     assert "mostly off the hand" in ea.describe_shares(ea.attribution_shares((~mask).astype(float), radiograph))
 

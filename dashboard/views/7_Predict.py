@@ -8,6 +8,7 @@ import streamlit as st
 from boneage.assessment import maturity_status
 from boneage.csv_safety import to_csv_safe
 from boneage.site_calibration import SiteProfileError
+from boneage.render import overlay
 from dashboard import common
 
 st.markdown("Upload one or more left-hand radiographs (PNG, JPEG or DICOM). Each gets a bone-age estimate with "
@@ -92,7 +93,7 @@ for i, f in enumerate(files):
         c_img, c_num, c_sim = st.columns([1.2, 1.3, 1.5])
         with c_img:
             heat = common.image_attribution(img, male, "gradcam")
-            st.image(np.hstack([np.repeat(img[..., None], 3, axis=2), common.overlay(img, heat, 0.45)]),
+            st.image(np.hstack([np.repeat(img[..., None], 3, axis=2), overlay(img, heat, 0.45)]),
                      caption=f"Model input ({common.base_label()}) and Grad-CAM", width="stretch")
         with c_num:
             st.metric("Bone age", f"{pred.boneage_months:.1f} months", help=common.months_to_text(pred.boneage_months))
@@ -123,7 +124,7 @@ for i, f in enumerate(files):
                                icon=":material/warning:")
         with c_sim:
             try:
-                sim = common.similar_to(feature, k=4)
+                sim = common.similar_cases_index().query(feature, k=4)
             except common.ArtifactMissingError as exc:
                 st.caption(f"Similar cases unavailable: {exc}")
             else:
