@@ -18,24 +18,12 @@ errors are (a regression model pulls the oldest and youngest children towards th
   this small numpy implementation.
 
   **Band offsets.** Each band's scores are first centred on that band's median score *on the training
-  split* (``band_offsets``), so the score is ``(y - y_hat) / sigma - offset[band(y)]``. A score function
+  split* (:func:`band_offsets`), so the score is ``(y - y_hat) / sigma - offset[band(y)]``. A score function
   fitted on training data leaves split-conformal validity untouched; what it buys is that merged bands no
-  longer pool errors of different sign. The model regresses the extremes of age towards the mean, and at
-  the top it cannot tell a mature girl of 17 from one of 15 (its predictions for girls stop near 190
-  months, whatever the reference): the girls of 17 and over are 26 months too old for their prediction
-  on the training split as on the held-out ones (median score +2.6 sigma on both). With 4 calibration
-  cases that band had to be merged with girls of 14-17 (offset +0.3), whose narrower errors decided the
-  group's bound, and the 90 % intervals covered 2 of 4 such girls on the validation split. Centred, the
-  merged group's bounds fit both bands; calibrated on one held-out split and checked on the other
-  (calibration -> validation, validation -> calibration) the lowest group coverage at 90 % rose from
-  0.50 / 0.67 to 0.83 / 0.84, overall coverage and mean width unchanged (0.947 / 40.3 vs 0.945 / 39.7 and
-  0.904 / 37.9 vs 0.907 / 38.7 months).
+  longer pool errors of different sign (the model regresses the extremes of age towards the mean).
 
-  Why: the first Mondrian variant grouped by sex x *predicted* age band. On the internal test split its
-  90 % intervals covered 65 % of boys of 17 years and over (n=26), because a child predicted at 15 years
-  may well be 18, and no group formed from predictions isolates those children. The label-conditional
-  intervals from the same predictions covered 88 % of them, at 3.4 months more mean width (42.0 vs 38.6)
-  and with narrower 95 % intervals (51.5 vs 64.4), where the predicted-band groups were too small.
+  Why label-conditional, and why the offsets: docs/decisions.md (2026-11-24, 2026-11-25), with the coverage
+  measured before and after.
 
 If no candidate age is accepted at all (possible in principle, not seen on the RSNA splits), the case gets
 the pooled interval of its sex instead, and ``last_fallbacks`` counts how often that happened.
@@ -70,10 +58,6 @@ def mondrian_bins(age: np.ndarray, male: np.ndarray) -> np.ndarray:
     """Group code = 2 * age band + sex, for a *reference* (or candidate) age."""
     band = np.digitize(np.asarray(age, float), band_edges()[1:-1])
     return band * 2 + np.asarray(male).astype(int)
-
-
-def bin_label(code: int) -> str:
-    return f"{'M' if code % 2 else 'F'} {AGE_BAND_LABELS[code // 2]}"
 
 
 def min_group_size(level: str | float) -> int:
