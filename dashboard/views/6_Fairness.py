@@ -29,8 +29,8 @@ AUDIT_NOTES = (
     "absolute error, bias (predicted minus reference, months), RMSE, share of predictions within 12 months, "
     "accuracy of the developmental stage, and coverage of the 90% conformal interval, by sex, age band "
     "(reference bone age) and both.\n\n"
-    "Point estimates with fairlearn's MetricFrame; 95% confidence intervals from a percentile bootstrap with "
-    "cases resampled within each group. The male-female gap test gives the difference (boys minus girls) "
+    "Each metric is the mean of a per-case value over the group; 95% confidence intervals from a percentile "
+    "bootstrap with cases resampled within each group. The male-female gap test gives the difference (boys minus girls) "
     "with a bootstrap CI and a two-sided permutation p-value (sex labels shuffled); p_adj is the "
     "Benjamini-Hochberg adjustment over all gap tests in the table.")
 
