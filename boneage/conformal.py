@@ -340,3 +340,45 @@ def coverage_frame(report: dict, split: str) -> pd.DataFrame:
         out = out.sort_values(["variant", "level", "sex", "age_band"], kind="stable",
                               key=lambda s: s.map(rank[s.name]).fillna(99) if s.name in rank else s)
     return out.reset_index(drop=True)
+
+
+def add_intervals(df: pd.DataFrame, save_path: str | Path | None = None) -> "ConformalCalibrator":
+    """Add the interval columns of the predictions table (``lower_/upper_<L>`` Mondrian, ``..._global`` one
+    calibration; :data:`LEVELS`) to every row of ``df``, in place, calibrated on the calibration split only
+    (the Mondrian band offsets come from the training split). Saves the Mondrian calibrator to ``save_path``
+    (the model's ``conformal.json``) when given, and returns it."""
+    cal, train = (df["split"] == "calib").to_numpy(), (df["split"] == "train").to_numpy()
+    male = df["male"].to_numpy()
+    y, y_hat, scale = (df[c].to_numpy(float) for c in ("boneage", "boneage_pred", "uncertainty"))
+    offsets = band_offsets(y[train], y_hat[train], scale[train], male[train])
+    shipped = None
+    for mondrian, suffix in ((True, ""), (False, "_global")):
+        cc = ConformalCalibrator.fit(y[cal], y_hat[cal], scale[cal], male[cal], mondrian=mondrian,
+                                     offsets=offsets if mondrian else None)
+        if mondrian:
+            shipped = cc
+            if save_path is not None:
+                cc.save(save_path)
+        for lvl in LEVELS:
+            lo, hi = cc.interval(y_hat, scale, male, lvl)
+            df[f"lower_{lvl}{suffix}"], df[f"upper_{lvl}{suffix}"] = lo, hi
+    return shipped
+
+
+def coverage_report(df: pd.DataFrame) -> dict:
+    """Coverage and width (:func:`coverage_table`) of both variants per split (test, official_test, calib),
+    level and group (``"<sex> <age band>"`` of the reference), from a predictions table with interval columns:
+    the content of ``coverage.json``. Groups are keyed in the text order of the committed file."""
+    out = {}
+    for variant, suffix in (("mondrian", ""), ("global", "_global")):
+        out[variant] = {}
+        for split in ("test", "official_test", "calib"):
+            d = df[(df["split"] == split) & df["boneage"].notna()]
+            groups = d.groupby([d["sex"].astype(object), d["age_band"].astype(object)])
+            out[variant][split] = {}
+            for lvl in LEVELS:
+                lo, hi = f"lower_{lvl}{suffix}", f"upper_{lvl}{suffix}"
+                entry = coverage_table(d["boneage"], d[lo], d[hi])
+                entry["by_group"] = {f"{s} {b}": coverage_table(g["boneage"], g[lo], g[hi]) for (s, b), g in groups}
+                out[variant][split][lvl] = entry
+    return out

@@ -1,6 +1,6 @@
 """Subgroup audit of the bone-age model: error, bias, stage accuracy and interval coverage by sex and age band.
 
-Works on the *predictions table* (one row per case; see ``boneage.error_analysis`` for the column list).
+Works on the *predictions table* (one row per case; schema: :data:`boneage.predictions_table.COLUMNS`).
 Rows whose reference bone age is unknown (NaN) are dropped before anything is computed: a metric is never
 filled in from a guessed reference.
 
@@ -21,7 +21,8 @@ from scipy.stats import false_discovery_control
 
 from .config import StageConfig
 from .metrics import bootstrap, nanmean, percentile_ci
-from .splits import AGE_BAND_LABELS, age_band
+from .predictions_table import sex_labels, with_reference
+from .splits import AGE_BAND, AGE_BAND_LABELS
 
 STAGE_PROB_COLUMNS = tuple(f"p_{n.lower()}" for n in StageConfig().names)
 WITHIN_MONTHS = 12.0
@@ -30,16 +31,6 @@ SEX_ORDER = ("F", "M")
 
 
 # -- per-row quantities ------------------------------------------------------------------------------
-
-def with_reference(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows with a known reference age; ``sex`` and ``age_band`` are derived where the table lacks them."""
-    out = df[df["boneage"].notna()].copy()
-    if "sex" not in out.columns:
-        out["sex"] = np.where(out["male"].astype(bool), "M", "F")
-    band = age_band(out["boneage"].to_numpy()).to_numpy()
-    out["age_band"] = out["age_band"].where(out["age_band"].notna(), band) if "age_band" in out.columns else band
-    return out
-
 
 def row_values(df: pd.DataFrame) -> pd.DataFrame:
     """One column per metric whose *mean* over a group is that metric (before the RMSE square root).
@@ -69,13 +60,6 @@ def row_values(df: pd.DataFrame) -> pd.DataFrame:
 def _finish(metric: str, mean):
     """Turn the mean of :func:`row_values` into the metric (only RMSE needs a transform)."""
     return np.sqrt(mean) if metric == "rmse" else mean
-
-
-def _order_key(col: str, s: pd.Series) -> pd.Series:
-    """Sort key that puts age bands in age order rather than alphabetical."""
-    if col == "age_band":
-        return s.map({b: i for i, b in enumerate(AGE_BAND_LABELS)}).fillna(len(AGE_BAND_LABELS))
-    return s
 
 
 # -- public API ------------------------------------------------------------------------------------------
@@ -113,7 +97,9 @@ def group_table(df: pd.DataFrame, by: Sequence[str] = ("sex",), n_boot: int = 10
         records.append(rec)
     out = pd.DataFrame.from_records(records)
     if by:
-        out = out.sort_values(by, key=lambda s: _order_key(s.name, s), kind="stable").reset_index(drop=True)
+        if "age_band" in by:
+            out["age_band"] = out["age_band"].astype(AGE_BAND)
+        out = out.sort_values(by, kind="stable").reset_index(drop=True)
     return out
 
 
@@ -196,7 +182,7 @@ def sample_table(df: pd.DataFrame) -> pd.DataFrame:
     """Cases per split and sex, and how many have a reference age (the rest are left out of every metric)."""
     d = df.copy()
     if "sex" not in d.columns:
-        d["sex"] = np.where(d["male"].astype(bool), "M", "F")
+        d["sex"] = sex_labels(d["male"])
     d["has_reference"] = d["boneage"].notna()
     out = (d.groupby(["split", "sex"], sort=True)
            .agg(n_rows=("id", "size"), n_with_reference=("has_reference", "sum")).reset_index())

@@ -8,7 +8,7 @@ import pandas as pd
 from sklearn.metrics import cohen_kappa_score, f1_score, r2_score, roc_auc_score
 
 from .config import StageConfig
-from .splits import age_band
+from .splits import AGE_BAND
 
 
 def stages_from_months(months, stages: StageConfig = StageConfig()) -> np.ndarray:
@@ -56,13 +56,13 @@ def all_metrics(df: pd.DataFrame, stages: StageConfig = StageConfig()) -> dict[s
 
 def grouped_metrics(df: pd.DataFrame, stages: StageConfig = StageConfig()) -> dict:
     """Overall, by sex and by age band; rows without a reference age are left out."""
-    df = df[df["boneage"].notna()].copy()
-    df["sex"] = np.where(df["male"].astype(bool), "M", "F")
-    df["age_band"] = age_band(df["boneage"].to_numpy()).to_numpy()
+    from .predictions_table import with_reference
+
+    df = with_reference(df.drop(columns=["sex", "age_band"], errors="ignore"))
     out = {"overall": all_metrics(df, stages), "by_sex": {}, "by_age_band": {}}
     for sex, g in df.groupby("sex"):
         out["by_sex"][sex] = all_metrics(g, stages)
-    for band, g in df.groupby("age_band", sort=False):
+    for band, g in df.groupby("age_band", sort=False, observed=True):
         out["by_age_band"][band] = all_metrics(g, stages)
     return out
 
@@ -128,9 +128,9 @@ def mae_ci_table(df: pd.DataFrame, by: str | list[str] | None = None, n_boot: in
 
     Columns: the ``by`` columns, ``n``, ``mae``, ``mae_lo``, ``mae_hi``. Age bands come in age order.
     """
-    from .splits import AGE_BAND_LABELS
+    from .predictions_table import with_reference
 
-    d = df[df["boneage"].notna()]
+    d = with_reference(df)
     err = (d["boneage_pred"].astype(float) - d["boneage"].astype(float)).abs()
     by = [by] if isinstance(by, str) else list(by or [])
     groups = d.groupby(by, sort=True, observed=True) if by else [((), d)]
@@ -140,8 +140,7 @@ def mae_ci_table(df: pd.DataFrame, by: str | list[str] | None = None, n_boot: in
         est, lo, hi = bootstrap_ci(err.loc[g.index], np.mean, n_boot=n_boot, seed=seed, level=level)
         rows.append({**dict(zip(by, key)), "n": int(len(g)), "mae": est, "mae_lo": lo, "mae_hi": hi})
     out = pd.DataFrame(rows, columns=[*by, "n", "mae", "mae_lo", "mae_hi"])
-    if "age_band" in by:
-        order = {b: i for i, b in enumerate(AGE_BAND_LABELS)}
-        out = out.sort_values([c for c in by if c != "age_band"] + ["age_band"],
-                              key=lambda s: s.map(order) if s.name == "age_band" else s, kind="stable")
+    if "age_band" in by:  # the ordered categorical: age order within each of the other groups
+        out["age_band"] = out["age_band"].astype(AGE_BAND)
+        out = out.sort_values([c for c in by if c != "age_band"] + ["age_band"], kind="stable")
     return out.reset_index(drop=True)
