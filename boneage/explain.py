@@ -118,11 +118,6 @@ def gradcam_layers(model: BoneAgeNet) -> dict[str, str]:
     return {f"Block {k + 1} (1/{2 ** k})": p for k, p in reversed(list(enumerate(paths)))}
 
 
-def default_gradcam_layer(model: BoneAgeNet) -> str:
-    """Module path of the default Grad-CAM layer (first entry of :func:`gradcam_layers`)."""
-    return next(iter(gradcam_layers(model).values()))
-
-
 def activation_layers(model: BoneAgeNet) -> dict[str, str]:
     """Label -> module path for the activation grid: stem, the end of stages 2..7, head."""
     bb = model.backbone

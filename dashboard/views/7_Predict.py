@@ -7,8 +7,8 @@ import streamlit as st
 
 from boneage.assessment import maturity_status
 from boneage.csv_safety import to_csv_safe
-from boneage.site_calibration import SiteProfileError
 from boneage.render import overlay
+from boneage.site_calibration import SiteProfileError
 from dashboard import common
 
 st.markdown("Upload one or more left-hand radiographs (PNG, JPEG or DICOM). Each gets a bone-age estimate with "
