@@ -4,4 +4,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
 source "$ROOT/scripts/setup_env.sh" "$ROOT/requirements.txt"
 cd "$ROOT"
-exec .venv/bin/python -m streamlit run dashboard/Home.py --server.headless true "$@"
+exec .venv/bin/python -m streamlit run dashboard/app.py --server.headless true "$@"

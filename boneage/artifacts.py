@@ -85,7 +85,10 @@ class ArtifactStore:
         return df
 
     def predictions(self) -> pd.DataFrame:
-        return self.table("predictions.parquet")
+        """The predictions table (schema: :data:`boneage.predictions_table.COLUMNS`), age bands ordered."""
+        from .predictions_table import from_storage
+
+        return from_storage(self.table("predictions.parquet"))
 
     def features(self) -> np.ndarray:
         return np.load(self.path("embeddings/features_penultimate.npy")).astype(np.float32)

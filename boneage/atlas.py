@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .splits import AGE_BAND_EDGES, AGE_BAND_LABELS
+from .splits import AGE_BAND, AGE_BAND_EDGES, AGE_BAND_LABELS
 
 ATLAS_COLUMNS = ("id", "split", "male", "sex", "boneage", "boneage_pred", "abs_error", "age_band")
 
@@ -59,9 +59,8 @@ def band_samples(df: pd.DataFrame, male: bool | None = None, n_per_band: int = 8
         parts = [band_samples(df, m, k, split, bands, balance_sex=False)
                  for m, k in ((False, half), (True, n_per_band - half))]
         out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
-        order = {b: i for i, b in enumerate(AGE_BAND_LABELS)}
-        return out.sort_values(["age_band", "male", "boneage", "id"], kind="stable",
-                               key=lambda s: s.map(order) if s.name == "age_band" else s).reset_index(drop=True)
+        out = out.astype({"age_band": AGE_BAND})  # ordered categorical: sorts in age order
+        return out.sort_values(["age_band", "male", "boneage", "id"], kind="stable").reset_index(drop=True)
     d = _pool(df, male, split)
     cols = [c for c in ATLAS_COLUMNS if c in d.columns or c == "age_band"]
     frames = []

@@ -130,10 +130,6 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**d, stages=StageConfig(**stages))
 
 
-def train_config_from_dict(d: dict) -> TrainConfig:
-    return TrainConfig(**d)
-
-
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Write ``path`` by calling ``write(tmp)`` on a temporary sibling (``<name>.tmp``), then renaming it over
     ``path``: a crash never leaves half a file, and a failed write leaves no temporary file behind."""

@@ -18,24 +18,12 @@ errors are (a regression model pulls the oldest and youngest children towards th
   this small numpy implementation.
 
   **Band offsets.** Each band's scores are first centred on that band's median score *on the training
-  split* (``band_offsets``), so the score is ``(y - y_hat) / sigma - offset[band(y)]``. A score function
+  split* (:func:`band_offsets`), so the score is ``(y - y_hat) / sigma - offset[band(y)]``. A score function
   fitted on training data leaves split-conformal validity untouched; what it buys is that merged bands no
-  longer pool errors of different sign. The model regresses the extremes of age towards the mean, and at
-  the top it cannot tell a mature girl of 17 from one of 15 (its predictions for girls stop near 190
-  months, whatever the reference): the girls of 17 and over are 26 months too old for their prediction
-  on the training split as on the held-out ones (median score +2.6 sigma on both). With 4 calibration
-  cases that band had to be merged with girls of 14-17 (offset +0.3), whose narrower errors decided the
-  group's bound, and the 90 % intervals covered 2 of 4 such girls on the validation split. Centred, the
-  merged group's bounds fit both bands; calibrated on one held-out split and checked on the other
-  (calibration -> validation, validation -> calibration) the lowest group coverage at 90 % rose from
-  0.50 / 0.67 to 0.83 / 0.84, overall coverage and mean width unchanged (0.947 / 40.3 vs 0.945 / 39.7 and
-  0.904 / 37.9 vs 0.907 / 38.7 months).
+  longer pool errors of different sign (the model regresses the extremes of age towards the mean).
 
-  Why: the first Mondrian variant grouped by sex x *predicted* age band. On the internal test split its
-  90 % intervals covered 65 % of boys of 17 years and over (n=26), because a child predicted at 15 years
-  may well be 18, and no group formed from predictions isolates those children. The label-conditional
-  intervals from the same predictions covered 88 % of them, at 3.4 months more mean width (42.0 vs 38.6)
-  and with narrower 95 % intervals (51.5 vs 64.4), where the predicted-band groups were too small.
+  Why label-conditional, and why the offsets: docs/decisions.md (2026-11-24, 2026-11-25), with the coverage
+  measured before and after.
 
 If no candidate age is accepted at all (possible in principle, not seen on the RSNA splits), the case gets
 the pooled interval of its sex instead, and ``last_fallbacks`` counts how often that happened.
@@ -70,10 +58,6 @@ def mondrian_bins(age: np.ndarray, male: np.ndarray) -> np.ndarray:
     """Group code = 2 * age band + sex, for a *reference* (or candidate) age."""
     band = np.digitize(np.asarray(age, float), band_edges()[1:-1])
     return band * 2 + np.asarray(male).astype(int)
-
-
-def bin_label(code: int) -> str:
-    return f"{'M' if code % 2 else 'F'} {AGE_BAND_LABELS[code // 2]}"
 
 
 def min_group_size(level: str | float) -> int:
@@ -356,3 +340,45 @@ def coverage_frame(report: dict, split: str) -> pd.DataFrame:
         out = out.sort_values(["variant", "level", "sex", "age_band"], kind="stable",
                               key=lambda s: s.map(rank[s.name]).fillna(99) if s.name in rank else s)
     return out.reset_index(drop=True)
+
+
+def add_intervals(df: pd.DataFrame, save_path: str | Path | None = None) -> "ConformalCalibrator":
+    """Add the interval columns of the predictions table (``lower_/upper_<L>`` Mondrian, ``..._global`` one
+    calibration; :data:`LEVELS`) to every row of ``df``, in place, calibrated on the calibration split only
+    (the Mondrian band offsets come from the training split). Saves the Mondrian calibrator to ``save_path``
+    (the model's ``conformal.json``) when given, and returns it."""
+    cal, train = (df["split"] == "calib").to_numpy(), (df["split"] == "train").to_numpy()
+    male = df["male"].to_numpy()
+    y, y_hat, scale = (df[c].to_numpy(float) for c in ("boneage", "boneage_pred", "uncertainty"))
+    offsets = band_offsets(y[train], y_hat[train], scale[train], male[train])
+    shipped = None
+    for mondrian, suffix in ((True, ""), (False, "_global")):
+        cc = ConformalCalibrator.fit(y[cal], y_hat[cal], scale[cal], male[cal], mondrian=mondrian,
+                                     offsets=offsets if mondrian else None)
+        if mondrian:
+            shipped = cc
+            if save_path is not None:
+                cc.save(save_path)
+        for lvl in LEVELS:
+            lo, hi = cc.interval(y_hat, scale, male, lvl)
+            df[f"lower_{lvl}{suffix}"], df[f"upper_{lvl}{suffix}"] = lo, hi
+    return shipped
+
+
+def coverage_report(df: pd.DataFrame) -> dict:
+    """Coverage and width (:func:`coverage_table`) of both variants per split (test, official_test, calib),
+    level and group (``"<sex> <age band>"`` of the reference), from a predictions table with interval columns:
+    the content of ``coverage.json``. Groups are keyed in the text order of the committed file."""
+    out = {}
+    for variant, suffix in (("mondrian", ""), ("global", "_global")):
+        out[variant] = {}
+        for split in ("test", "official_test", "calib"):
+            d = df[(df["split"] == split) & df["boneage"].notna()]
+            groups = d.groupby([d["sex"].astype(object), d["age_band"].astype(object)])
+            out[variant][split] = {}
+            for lvl in LEVELS:
+                lo, hi = f"lower_{lvl}{suffix}", f"upper_{lvl}{suffix}"
+                entry = coverage_table(d["boneage"], d[lo], d[hi])
+                entry["by_group"] = {f"{s} {b}": coverage_table(g["boneage"], g[lo], g[hi]) for (s, b), g in groups}
+                out[variant][split][lvl] = entry
+    return out

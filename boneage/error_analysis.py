@@ -1,11 +1,8 @@
 """Where the bone-age model goes wrong, and whether its own warning signs point there.
 
-All functions take the *predictions table*, one row per case, with columns: id, split, male, sex ('M'/'F'),
-boneage (reference, months; NaN when unknown), age_band, boneage_pred, residual (pred - ref), abs_error,
-uncertainty (Laplace scale, months), stage_true (0/1/2, -1 unknown), stage_pred, p_child, p_adolescent,
-p_adult, entropy, lower_/upper_{80,90,95} (conformal bounds), outlier_score (LOF; higher = more unusual)
-and is_outlier. Rows with an unknown reference are dropped first; residual and abs_error are recomputed
-from boneage and boneage_pred so they can never disagree with the reference used.
+All functions take the *predictions table* (schema: :data:`boneage.predictions_table.COLUMNS`). Rows with an
+unknown reference are dropped first (:func:`boneage.predictions_table.with_reference`, which also recomputes
+residual and abs_error, so they can never disagree with the reference used).
 """
 from __future__ import annotations
 
@@ -18,27 +15,10 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .splits import AGE_BAND_LABELS, age_band
+from .predictions_table import with_reference
 
 CASE_COLUMNS = ("id", "split", "sex", "age_band", "boneage", "boneage_pred", "residual", "abs_error",
                 "uncertainty", "lower_90", "upper_90", "stage_true", "stage_pred", "outlier_score", "is_outlier")
-
-
-def _with_reference(df: pd.DataFrame) -> pd.DataFrame:
-    d = df[df["boneage"].notna()].copy()
-    d["residual"] = d["boneage_pred"].astype(float) - d["boneage"].astype(float)
-    d["abs_error"] = d["residual"].abs()
-    if "sex" not in d.columns and "male" in d.columns:
-        d["sex"] = np.where(d["male"].astype(bool), "M", "F")
-    band = age_band(d["boneage"].to_numpy()).to_numpy()
-    d["age_band"] = d["age_band"].where(d["age_band"].notna(), band) if "age_band" in d.columns else band
-    return d
-
-
-def _order_key(s: pd.Series) -> pd.Series:
-    if s.name == "age_band":
-        return s.map({b: i for i, b in enumerate(AGE_BAND_LABELS)}).fillna(len(AGE_BAND_LABELS))
-    return s
 
 
 def worst_cases(df: pd.DataFrame, by: Sequence[str] = ("sex", "age_band"), k: int = 5) -> pd.DataFrame:
@@ -48,11 +28,11 @@ def worst_cases(df: pd.DataFrame, by: Sequence[str] = ("sex", "age_band"), k: in
     the table has. Groups are in sex / age order, cases by rank within a group.
     """
     by = list(by)
-    d = _with_reference(df).sort_values("abs_error", ascending=False, kind="stable")
+    d = with_reference(df).sort_values("abs_error", ascending=False, kind="stable")
     d["rank"] = (d.groupby(by, sort=False).cumcount() if by else pd.Series(np.arange(len(d)), index=d.index)) + 1
     d = d[d["rank"] <= k]
     if by:
-        d = d.sort_values([*by, "rank"], key=_order_key, kind="stable")
+        d = d.sort_values([*by, "rank"], kind="stable")  # age bands sort in age order (ordered categorical)
     cols = [*by, "rank"] + [c for c in CASE_COLUMNS if c in d.columns and c not in by]
     return d[cols].reset_index(drop=True)
 
@@ -76,7 +56,7 @@ class BlandAltman:
 
 
 def bland_altman(df: pd.DataFrame) -> BlandAltman:
-    d = _with_reference(df)
+    d = with_reference(df)
     ref, pred = d["boneage"].to_numpy(float), d["boneage_pred"].to_numpy(float)
     mean, diff = (ref + pred) / 2, pred - ref
     points = pd.DataFrame({c: d[c].to_numpy() for c in ("id", "sex", "age_band") if c in d.columns})
@@ -169,7 +149,7 @@ def flag_effectiveness(df: pd.DataFrame, big_error: float = 24.0, top_frac: floa
     Flags: ``is_outlier`` as stored, and ``uncertainty_top{10}``: the ``top_frac`` most uncertain cases
     (uncertainty >= its (1 - top_frac) quantile).
     """
-    d = _with_reference(df)
+    d = with_reference(df)
     err = d["abs_error"].to_numpy(float)
     big = err > big_error
     summary = {"n": int(len(d)), "big_error": float(big_error), "n_big": int(big.sum()),

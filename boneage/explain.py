@@ -45,7 +45,6 @@ from captum.attr import (
     Saliency,
 )
 
-from .hand import hand_mask  # noqa: F401  (heat on the hand is measured with it)
 from .inference import EAGER_LOCK, Member, run_network
 from .model import BoneAgeNet, EfficientNetLite
 from .preprocess import to_model_input
@@ -97,11 +96,10 @@ def _smallcnn_block_ends(model: BoneAgeNet) -> list[str]:
 def gradcam_layers(model: BoneAgeNet) -> dict[str, str]:
     """Human label -> module path of the layers Grad-CAM can use; the first entry is the default.
 
-    For EfficientNet-Lite: stage 4 and stage 5 ends are at 1/16 resolution, stage 6, stage 7 and the head
-    conv at 1/32. The default is the end of stage 4 (1/16), the layer whose maps are the most faithful
-    to the prediction (deletion curves against a random order, :mod:`boneage.explanation_audit`, chosen
-    on the validation split; see docs/decisions.md). The 1/32 layers' grid is too coarse to land on
-    the hand's bones.
+    EfficientNet-Lite: the end of stage 4 (1/16 resolution) first, the layer whose maps are the most faithful to
+    the prediction (deletion against a random order, chosen on the validation split: docs/decisions.md,
+    2026-12-01), then stage 5 (also 1/16), the last block, the head conv and the stages down to stage 4. The
+    1/32 layers' coarse grid puts no more heat on the hand than chance (docs/decisions.md, 2026-11-24).
     """
     bb = model.backbone
     if isinstance(bb, EfficientNetLite):
@@ -120,11 +118,6 @@ def gradcam_layers(model: BoneAgeNet) -> dict[str, str]:
     # SmallCNN baseline: the last ReLU of each block (before its pooling), deepest (1/16) first
     paths = _smallcnn_block_ends(model)
     return {f"Block {k + 1} (1/{2 ** k})": p for k, p in reversed(list(enumerate(paths)))}
-
-
-def default_gradcam_layer(model: BoneAgeNet) -> str:
-    """Module path of the default Grad-CAM layer (first entry of :func:`gradcam_layers`)."""
-    return next(iter(gradcam_layers(model).values()))
 
 
 def activation_layers(model: BoneAgeNet) -> dict[str, str]:
@@ -268,8 +261,7 @@ def _integrated_gradients(fn: _Explained, x: torch.Tensor, male: torch.Tensor, n
     ``n_steps`` over ``chunks`` equal segments; then, while the summed segment errors exceed
     ``tolerance`` x |f(x) - f(black)| and fewer than ``max_steps`` (default 4 x n_steps) were used, the
     worst segment is halved and recomputed (the function is rough near the black baseline, where the
-    network sees unnaturally dark hands: with the trained model a fixed 32-step grid left a median
-    completeness error of 14-23% over 20 training images, the adaptive default a median of 2%).
+    network sees unnaturally dark hands; completeness errors of fixed and adaptive grids: docs/decisions.md).
     ``tolerance=0`` with ``max_steps=n_steps`` is plain (segmented) IG.
     """
     ig = IntegratedGradients(fn)
@@ -384,7 +376,7 @@ def attribute(model: BoneAgeNet, image: np.ndarray, male: bool, method: str, lay
         is called between them), ``tolerance=0.05`` and ``max_steps=4*n_steps`` (adaptive refinement
         until the completeness error is below tolerance), ``internal_batch_size=None``,
         ``ig_method="riemann_middle"`` (Captum's midpoint rule: on this network's rough path it
-        converges faster than Gauss-Legendre, median completeness error 6% vs 10% at 64 fixed steps);
+        converges faster than Gauss-Legendre, see docs/decisions.md);
         pass an ``info`` dict to receive the steps used, f(image), f(black) and the completeness error.
       occlusion: ``window`` (default base/8, i.e. input_size/8 network pixels), ``stride=window//2``,
         ``perturbations_per_eval=32``.
@@ -441,22 +433,6 @@ def attribute(model: BoneAgeNet, image: np.ndarray, male: bool, method: str, lay
     if not normalize:
         return a
     return normalize_heatmap(_apply_sign(a, sign or _DEFAULT_SIGN[method]), clip_percentile)
-
-
-def integrated_gradients_check(model: BoneAgeNet, image: np.ndarray, male: bool, target: str = "age",
-                               **kw) -> dict[str, float]:
-    """Completeness of IG for one image: attribution sum vs f(image) - f(black image) (both from an
-    independent forward pass), plus the steps the adaptive quadrature used."""
-    info: dict = {}
-    attr = attribute(model, image, male, "integrated_gradients", target=target, normalize=False, info=info, **kw)
-    fn = _Explained(model, target)
-    x, m = _as_input(image), _male_tensor(male, 1)
-    with _eval_mode(model), torch.no_grad():
-        fx, f0 = float(fn(x, m)), float(fn(torch.zeros_like(x), m))
-    s = float(attr.sum())
-    return {"attribution_sum": s, "f_image": fx, "f_baseline": f0, "difference": fx - f0,
-            "relative_error": abs(s - (fx - f0)) / abs(fx - f0) if fx != f0 else float("inf"),
-            "steps": info.get("steps")}
 
 
 def average_gradcam(model: BoneAgeNet, images: np.ndarray | Sequence[np.ndarray], males, layer: str | None = None,
@@ -517,54 +493,3 @@ def sex_flip(model: BoneAgeNet, image: np.ndarray, male: bool, tta: bool = False
     given, flipped = float(ages[0]), float(ages[1])
     return {"age_as_given": given, "age_flipped": flipped, "difference": flipped - given,
             "male_as_given": bool(male)}
-
-
-# --------------------------------------------------------------------------------------------------
-# Hand mask and display
-# --------------------------------------------------------------------------------------------------
-def heat_on_hand(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heatmap's mass inside ``mask`` (0 when the map is empty)."""
-    h = np.maximum(np.asarray(heatmap, np.float64), 0)
-    total = h.sum()
-    return float(h[np.asarray(mask, bool)].sum() / total) if total > 0 else 0.0
-
-
-# Colour maps as anchor colours (positions 0..1 evenly spaced), linearly interpolated to 256 entries.
-_CMAP_ANCHORS = {
-    "jet": [(0, 0, 0.5), (0, 0, 1), (0, 0.5, 1), (0, 1, 1), (0.5, 1, 0.5), (1, 1, 0), (1, 0.5, 0), (1, 0, 0), (0.5, 0, 0)],
-    "inferno": [(0.001, 0.000, 0.014), (0.087, 0.045, 0.225), (0.258, 0.039, 0.406), (0.416, 0.090, 0.433),
-                (0.578, 0.148, 0.404), (0.735, 0.216, 0.330), (0.865, 0.317, 0.226), (0.954, 0.469, 0.098),
-                (0.988, 0.645, 0.040), (0.964, 0.843, 0.273), (0.988, 0.998, 0.645)],
-    "gray": [(0, 0, 0), (1, 1, 1)],
-}
-
-
-def colormap_lut(cmap: str = "jet") -> np.ndarray:
-    """(256, 3) uint8 lookup table for 'jet', 'inferno' or 'gray'."""
-    if cmap not in _CMAP_ANCHORS:
-        raise ValueError(f"unknown colour map {cmap!r}; one of {list(_CMAP_ANCHORS)}")
-    anchors = np.asarray(_CMAP_ANCHORS[cmap], np.float64)
-    pos = np.linspace(0, 1, len(anchors))
-    t = np.linspace(0, 1, 256)
-    lut = np.stack([np.interp(t, pos, anchors[:, c]) for c in range(3)], axis=1)
-    return np.round(lut * 255).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """Blend a [0, 1] heatmap (coloured with ``cmap``) onto a gray image: (H, W, 3) uint8.
-
-    The heatmap is resized (bilinear) to the image when their shapes differ."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.round(np.clip(img.astype(np.float32), 0, 1) * 255).astype(np.uint8)
-    if img.ndim == 3:
-        img = img[..., :3].mean(axis=2).astype(np.uint8)
-    h = np.nan_to_num(np.asarray(heatmap, np.float32))
-    if h.shape != img.shape:
-        h = F.interpolate(torch.from_numpy(h)[None, None], size=img.shape, mode="bilinear",
-                          align_corners=False)[0, 0].numpy()
-    idx = np.round(np.clip(h, 0, 1) * 255).astype(np.intp)
-    colour = colormap_lut(cmap)[idx].astype(np.float32)
-    gray = np.repeat(img[..., None], 3, axis=2).astype(np.float32)
-    out = (1 - alpha) * gray + alpha * colour
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)

@@ -4,7 +4,7 @@ Three questions, each answered per case and method with the maps exactly as the 
 (:func:`boneage.explain.attribute`, normalised, non-negative, on the 100x100 base image):
 
 1. **Attention on the anatomy** (:func:`attribution_shares`): the share of the map's mass inside the hand
-   (:func:`boneage.explain.hand_mask`) and, when the hand stands fingers up, inside three horizontal bands of
+   (:func:`boneage.hand.hand_mask`) and, when the hand stands fingers up, inside three horizontal bands of
    the mask's vertical extent (rule in :func:`hand_regions`): phalanges (top 40 %), metacarpals (middle 30 %),
    wrist (bottom 30 %: carpals and distal radius/ulna). A map with less than half of its mass on the hand is
    flagged as *mostly off the hand* (:data:`OFF_HAND_SHARE`).
@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 from . import explain
+from .hand import hand_mask
 from .metrics import bootstrap_ci
 from .model import BoneAgeNet, EfficientNetLite
 
@@ -133,12 +134,12 @@ def _share(h: np.ndarray, region: np.ndarray, total: float) -> float:
 def attribution_shares(heatmap: np.ndarray, image: np.ndarray | None = None, mask: np.ndarray | None = None) -> Shares:
     """Share of a non-negative map's mass on the hand (and on its regions), for one preprocessed image.
 
-    Give ``image`` (the hand mask is then :func:`boneage.explain.hand_mask` of it) or a precomputed ``mask``.
+    Give ``image`` (the hand mask is then :func:`boneage.hand.hand_mask` of it) or a precomputed ``mask``.
     An empty map has share 0 everywhere (it points nowhere)."""
     if mask is None:
         if image is None:
             raise ValueError("attribution_shares needs the image (to find the hand) or its hand mask")
-        mask = explain.hand_mask(image)
+        mask = hand_mask(image)
     mask = np.asarray(mask, bool)
     h = np.maximum(np.nan_to_num(np.asarray(heatmap, np.float64)), 0)
     if h.shape != mask.shape:
@@ -420,7 +421,7 @@ def run_audit(model: BoneAgeNet, cases: Sequence[AuditCase], cfg: AuditConfig = 
     maps_by_case: dict[int, dict[str, np.ndarray]] = {}
     for ci, case in enumerate(cases):
         rng = np.random.default_rng([cfg.seed, ci])
-        mask = explain.hand_mask(case.image)
+        mask = hand_mask(case.image)
         orders, maps = {}, {}
         for m in cfg.methods:
             t0 = time.perf_counter()
@@ -577,7 +578,7 @@ def summarize(df: pd.DataFrame, curves: dict, sanity: dict, infid: dict, cfg: Au
         "config": {**asdict(cfg), "methods": list(cfg.methods), "fractions": list(cfg.fractions)},
         "sets": {s: {"n_cases": int(df[df["set"] == s]["id"].nunique())} for s in sets},
         "rules": {
-            "share_on_hand": "share of the [0, 1] map's mass inside boneage.explain.hand_mask; a case is flagged "
+            "share_on_hand": "share of the [0, 1] map's mass inside boneage.hand.hand_mask; a case is flagged "
                              f"'mostly off the hand' below {OFF_HAND_SHARE}; cases whose mask covers less than "
                              f"{HAND_AREA_RANGE[0]} or more than {HAND_AREA_RANGE[1]} of the image (the mask failed) "
                              "are left out of the share summaries",

@@ -1,29 +1,28 @@
 """Subgroup audit of the bone-age model: error, bias, stage accuracy and interval coverage by sex and age band.
 
-Works on the *predictions table* (one row per case; see ``boneage.error_analysis`` for the column list).
+Works on the *predictions table* (one row per case; schema: :data:`boneage.predictions_table.COLUMNS`).
 Rows whose reference bone age is unknown (NaN) are dropped before anything is computed: a metric is never
 filled in from a guessed reference.
 
-Point estimates come from fairlearn's :class:`~fairlearn.metrics.MetricFrame`, because that is the tool an
-auditor will recognise and re-run. Uncertainty comes from a plain non-parametric bootstrap (cases resampled
-*within* each group, so every replicate keeps the group's size) and, for the male-female gap, from a
-permutation test of the sex labels: the bootstrap says how precisely the gap is known, the permutation test
-how surprising it would be if sex made no difference at all.
+Each metric is defined once, in :func:`row_values`: a per-row value whose mean over a group is the metric
+(RMSE takes a square root after). Point estimates, the bootstrap CIs (:func:`boneage.metrics.bootstrap`, cases
+resampled *within* each group, so every replicate keeps the group's size) and the male-female gap all read
+those values. The gap also gets a permutation test of the sex labels: the bootstrap says how precisely the gap
+is known, the permutation test how surprising it would be if sex made no difference at all.
 """
 from __future__ import annotations
 
 import html
-import warnings
 from collections.abc import Sequence
-from typing import Callable
 
 import numpy as np
 import pandas as pd
-from fairlearn.metrics import MetricFrame, count
 from scipy.stats import false_discovery_control
 
 from .config import StageConfig
-from .splits import AGE_BAND_LABELS, age_band
+from .metrics import bootstrap, nanmean, percentile_ci
+from .predictions_table import sex_labels, with_reference
+from .splits import AGE_BAND, AGE_BAND_LABELS
 
 STAGE_PROB_COLUMNS = tuple(f"p_{n.lower()}" for n in StageConfig().names)
 WITHIN_MONTHS = 12.0
@@ -32,16 +31,6 @@ SEX_ORDER = ("F", "M")
 
 
 # -- per-row quantities ------------------------------------------------------------------------------
-
-def with_reference(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows with a known reference age; ``sex`` and ``age_band`` are derived where the table lacks them."""
-    out = df[df["boneage"].notna()].copy()
-    if "sex" not in out.columns:
-        out["sex"] = np.where(out["male"].astype(bool), "M", "F")
-    band = age_band(out["boneage"].to_numpy()).to_numpy()
-    out["age_band"] = out["age_band"].where(out["age_band"].notna(), band) if "age_band" in out.columns else band
-    return out
-
 
 def row_values(df: pd.DataFrame) -> pd.DataFrame:
     """One column per metric whose *mean* over a group is that metric (before the RMSE square root).
@@ -73,93 +62,6 @@ def _finish(metric: str, mean):
     return np.sqrt(mean) if metric == "rmse" else mean
 
 
-# -- fairlearn metric functions (signature y_true, y_pred[, sample params]) ---------------------------
-
-def _nanmean(x) -> float:
-    x = np.asarray(x, float)
-    x = x[~np.isnan(x)]
-    return float(x.mean()) if len(x) else np.nan
-
-
-def _mae(y_true, y_pred) -> float:
-    return float(np.mean(np.abs(np.asarray(y_pred) - np.asarray(y_true))))
-
-
-def _bias(y_true, y_pred) -> float:
-    return float(np.mean(np.asarray(y_pred) - np.asarray(y_true)))
-
-
-def _rmse(y_true, y_pred) -> float:
-    return float(np.sqrt(np.mean((np.asarray(y_pred) - np.asarray(y_true)) ** 2)))
-
-
-def _within_12(y_true, y_pred) -> float:
-    return float(np.mean(np.abs(np.asarray(y_pred) - np.asarray(y_true)) <= WITHIN_MONTHS))
-
-
-def _stage_accuracy(y_true, y_pred, correct) -> float:
-    return _nanmean(correct)
-
-
-def _coverage_90(y_true, y_pred, covered) -> float:
-    return _nanmean(covered)
-
-
-def _metric_frame(df: pd.DataFrame, rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    metrics: dict[str, Callable] = {"n": count, "mae": _mae, "bias": _bias, "rmse": _rmse,
-                                    "within_12": _within_12, "stage_accuracy": _stage_accuracy,
-                                    "coverage_90": _coverage_90}
-    feats = df[by] if by else pd.Series("all", index=df.index, name="group")
-    mf = MetricFrame(metrics=metrics, y_true=df["boneage"].to_numpy(float),
-                     y_pred=df["boneage_pred"].to_numpy(float), sensitive_features=feats,
-                     sample_params={"stage_accuracy": {"correct": rows["stage_accuracy"].to_numpy()},
-                                    "coverage_90": {"covered": rows["coverage_90"].to_numpy()}})
-    table = mf.by_group
-    return table[table["n"].fillna(0) > 0]
-
-
-# -- bootstrap -----------------------------------------------------------------------------------------
-
-def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator,
-                    max_elems: int = 4_000_000) -> np.ndarray:
-    """Means of each column over ``n_boot`` resamples (with replacement) of the rows; NaNs are skipped.
-
-    Vectorised in chunks of at most ``max_elems`` gathered values so memory stays bounded on big splits.
-    Returns shape (n_boot, k); a replicate whose column is all NaN gives NaN.
-    """
-    values = np.asarray(values, float)
-    if values.ndim == 1:
-        values = values[:, None]
-    n, k = values.shape
-    out = np.full((n_boot, k), np.nan)
-    if n == 0:
-        return out
-    ok = ~np.isnan(values)
-    filled, okf = np.where(ok, values, 0.0), ok.astype(float)
-    step = max(1, max_elems // (n * k))
-    for s in range(0, n_boot, step):
-        b = min(step, n_boot - s)
-        idx = rng.integers(0, n, size=(b, n))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[s:s + b] = filled[idx].sum(1) / okf[idx].sum(1)
-    return out
-
-
-def _percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    a = (1 - level) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column (e.g. no known stages in a group)
-        lo, hi = np.nanpercentile(samples, [a, 100 - a], axis=0)
-    return lo, hi
-
-
-def _order_key(col: str, s: pd.Series) -> pd.Series:
-    """Sort key that puts age bands in age order rather than alphabetical."""
-    if col == "age_band":
-        return s.map({b: i for i, b in enumerate(AGE_BAND_LABELS)}).fillna(len(AGE_BAND_LABELS))
-    return s
-
-
 # -- public API ------------------------------------------------------------------------------------------
 
 def group_table(df: pd.DataFrame, by: Sequence[str] = ("sex",), n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -175,27 +77,29 @@ def group_table(df: pd.DataFrame, by: Sequence[str] = ("sex",), n_boot: int = 10
     if len(d) == 0:
         return pd.DataFrame(columns=[*by, "group", "n", "n_stage"]
                             + [c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")])
-    point = _metric_frame(d, rows, by)
     rng = np.random.default_rng(seed)
     groups = d.groupby(by, sort=False).indices if by else {("all",): np.arange(len(d))}
+    columns = {m: rows[m].to_numpy(float) for m in METRICS}
     records = []
     for key, idx in groups.items():
         key = key if isinstance(key, tuple) else (key,)
         vals = rows.iloc[idx][list(METRICS)].to_numpy(float)
-        boot = bootstrap_means(vals, n_boot, rng)
+        boot = bootstrap(vals, nanmean, n_boot, rng)
         boot[:, METRICS.index("rmse")] = np.sqrt(boot[:, METRICS.index("rmse")])
-        lo, hi = _percentile_ci(boot)
-        pt = point.loc[key if len(key) > 1 else key[0]]
+        lo, hi = percentile_ci(boot)
         rec = {c: v for c, v in zip(by, key)}
         rec["group"] = " / ".join(str(k) for k in key)
         rec["n"] = int(len(idx))
         rec["n_stage"] = int(np.sum(~np.isnan(vals[:, METRICS.index("stage_accuracy")])))
         for j, m in enumerate(METRICS):
-            rec[m], rec[f"{m}_lo"], rec[f"{m}_hi"] = float(pt[m]), float(lo[j]), float(hi[j])
+            rec[m] = float(_finish(m, nanmean(columns[m][idx])))
+            rec[f"{m}_lo"], rec[f"{m}_hi"] = float(lo[j]), float(hi[j])
         records.append(rec)
     out = pd.DataFrame.from_records(records)
     if by:
-        out = out.sort_values(by, key=lambda s: _order_key(s.name, s), kind="stable").reset_index(drop=True)
+        if "age_band" in by:
+            out["age_band"] = out["age_band"].astype(AGE_BAND)
+        out = out.sort_values(by, kind="stable").reset_index(drop=True)
     return out
 
 
@@ -228,8 +132,8 @@ def sex_gap(df: pd.DataFrame, metric: str = "mae", n_boot: int = 2000, n_perm: i
     if len(vm) < min_n or len(vf) < min_n:
         return out
     rng = np.random.default_rng(seed)
-    boot = _finish(metric, bootstrap_means(vm, n_boot, rng)[:, 0]) - _finish(metric, bootstrap_means(vf, n_boot, rng)[:, 0])
-    lo, hi = _percentile_ci(boot)
+    boot = _finish(metric, bootstrap(vm, np.mean, n_boot, rng)) - _finish(metric, bootstrap(vf, np.mean, n_boot, rng))
+    lo, hi = percentile_ci(boot)
     out["ci_lo"], out["ci_hi"] = float(lo), float(hi)
 
     n, n_m = len(v), len(vm)
@@ -278,7 +182,7 @@ def sample_table(df: pd.DataFrame) -> pd.DataFrame:
     """Cases per split and sex, and how many have a reference age (the rest are left out of every metric)."""
     d = df.copy()
     if "sex" not in d.columns:
-        d["sex"] = np.where(d["male"].astype(bool), "M", "F")
+        d["sex"] = sex_labels(d["male"])
     d["has_reference"] = d["boneage"].notna()
     out = (d.groupby(["split", "sex"], sort=True)
            .agg(n_rows=("id", "size"), n_with_reference=("has_reference", "sum")).reset_index())

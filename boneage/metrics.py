@@ -1,12 +1,14 @@
 """Pure metric functions for bone-age regression and developmental-stage classification."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score, f1_score, r2_score, roc_auc_score
 
 from .config import StageConfig
-from .splits import age_band
+from .splits import AGE_BAND
 
 
 def stages_from_months(months, stages: StageConfig = StageConfig()) -> np.ndarray:
@@ -54,39 +56,70 @@ def all_metrics(df: pd.DataFrame, stages: StageConfig = StageConfig()) -> dict[s
 
 def grouped_metrics(df: pd.DataFrame, stages: StageConfig = StageConfig()) -> dict:
     """Overall, by sex and by age band; rows without a reference age are left out."""
-    df = df[df["boneage"].notna()].copy()
-    df["sex"] = np.where(df["male"].astype(bool), "M", "F")
-    df["age_band"] = age_band(df["boneage"].to_numpy()).to_numpy()
+    from .predictions_table import with_reference
+
+    df = with_reference(df.drop(columns=["sex", "age_band"], errors="ignore"))
     out = {"overall": all_metrics(df, stages), "by_sex": {}, "by_age_band": {}}
     for sex, g in df.groupby("sex"):
         out["by_sex"][sex] = all_metrics(g, stages)
-    for band, g in df.groupby("age_band", sort=False):
+    for band, g in df.groupby("age_band", sort=False, observed=True):
         out["by_age_band"][band] = all_metrics(g, stages)
     return out
 
 
+def bootstrap(values, stat=np.mean, n_boot: int = 1000, rng: np.random.Generator | int = 0,
+              max_elems: int = 4_000_000) -> np.ndarray:
+    """``stat`` of ``n_boot`` resamples (rows drawn with replacement) of ``values``: the one bootstrap of the project.
+
+    ``values`` is (n,) or (n, k); ``stat`` reduces with ``axis=1`` over the resampled rows (``np.mean``,
+    ``np.median``, :func:`nanmean` ...), so the result is (n_boot,) or (n_boot, k). Resamples are drawn and
+    evaluated in chunks of at most ``max_elems`` gathered values, so memory stays bounded on big tables; the
+    chunking does not change the result. ``rng`` is a generator (continued by the caller) or a seed. With no
+    rows every replicate is NaN.
+    """
+    x = np.asarray(values, float)
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    n = len(x)
+    out = np.full((n_boot, *x.shape[1:]), np.nan)
+    if n == 0:
+        return out
+    step = max(1, max_elems // x.size)
+    for s in range(0, n_boot, step):
+        b = min(step, n_boot - s)
+        out[s:s + b] = stat(x[rng.integers(0, n, size=(b, n))], axis=1)
+    return out
+
+
+def nanmean(x: np.ndarray, axis=None):
+    """Mean that skips NaNs (NaN, without a warning, where nothing is left): the bootstrap statistic of metrics
+    defined only on some rows (a known stage, both interval bounds)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of bootstrap replicates (rows), NaN replicates skipped; NaN where all are NaN."""
+    a = (1 - level) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column (e.g. no known stages in a group)
+        lo, hi = np.nanpercentile(samples, [a, 100 - a], axis=0)
+    return lo, hi
+
+
 def bootstrap_ci(values, fn=np.mean, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
                  max_elems: int = 4_000_000) -> tuple[float, float, float]:
-    """Point estimate and percentile bootstrap confidence interval of ``fn`` over ``values``.
+    """Point estimate and percentile bootstrap confidence interval of ``fn`` over ``values`` (see :func:`bootstrap`).
 
-    ``fn`` must accept ``axis=`` (``np.mean``, ``np.median``, ``np.std`` ...): the resamples are evaluated
-    in vectorised chunks of at most ``max_elems`` values. NaNs are dropped first. Returns
-    ``(estimate, lower, upper)``; all NaN when there are no values, a zero-width interval for one value.
+    NaNs are dropped first. Returns ``(estimate, lower, upper)``; all NaN when there are no values, a zero-width
+    interval for one value.
     """
     x = np.asarray(values, float).ravel()
     x = x[~np.isnan(x)]
     if len(x) == 0:
         return float("nan"), float("nan"), float("nan")
-    est = float(fn(x))
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    step = max(1, max_elems // len(x))
-    for s in range(0, n_boot, step):
-        b = min(step, n_boot - s)
-        stats[s:s + b] = fn(x[rng.integers(0, len(x), size=(b, len(x)))], axis=1)
-    a = (1 - level) / 2 * 100
-    lo, hi = np.percentile(stats, [a, 100 - a])
-    return est, float(lo), float(hi)
+    lo, hi = percentile_ci(bootstrap(x, fn, n_boot, seed, max_elems), level)
+    return float(fn(x)), float(lo), float(hi)
 
 
 def mae_ci_table(df: pd.DataFrame, by: str | list[str] | None = None, n_boot: int = 1000, seed: int = 0,
@@ -95,9 +128,9 @@ def mae_ci_table(df: pd.DataFrame, by: str | list[str] | None = None, n_boot: in
 
     Columns: the ``by`` columns, ``n``, ``mae``, ``mae_lo``, ``mae_hi``. Age bands come in age order.
     """
-    from .splits import AGE_BAND_LABELS
+    from .predictions_table import with_reference
 
-    d = df[df["boneage"].notna()]
+    d = with_reference(df)
     err = (d["boneage_pred"].astype(float) - d["boneage"].astype(float)).abs()
     by = [by] if isinstance(by, str) else list(by or [])
     groups = d.groupby(by, sort=True, observed=True) if by else [((), d)]
@@ -107,8 +140,7 @@ def mae_ci_table(df: pd.DataFrame, by: str | list[str] | None = None, n_boot: in
         est, lo, hi = bootstrap_ci(err.loc[g.index], np.mean, n_boot=n_boot, seed=seed, level=level)
         rows.append({**dict(zip(by, key)), "n": int(len(g)), "mae": est, "mae_lo": lo, "mae_hi": hi})
     out = pd.DataFrame(rows, columns=[*by, "n", "mae", "mae_lo", "mae_hi"])
-    if "age_band" in by:
-        order = {b: i for i, b in enumerate(AGE_BAND_LABELS)}
-        out = out.sort_values([c for c in by if c != "age_band"] + ["age_band"],
-                              key=lambda s: s.map(order) if s.name == "age_band" else s, kind="stable")
+    if "age_band" in by:  # the ordered categorical: age order within each of the other groups
+        out["age_band"] = out["age_band"].astype(AGE_BAND)
+        out = out.sort_values([c for c in by if c != "age_band"] + ["age_band"], kind="stable")
     return out.reset_index(drop=True)

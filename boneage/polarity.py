@@ -1,10 +1,8 @@
 """Is this radiograph a negative (bone dark, background bright)? A small learned check.
 
 Why learned: DICOM files say their polarity (MONOCHROME1 is inverted on reading), but PNG and JPEG exports
-do not, and a negative fed to the network as it is gives a meaningless age. Hand-written rules fail on
-real data: "the background is the brightest part" fired on 0 of 12,611 training images but also on only
-0.2 % of their negatives, because the official test images have grey and bright plates as background and
-a negative's background spreads. Rules tuned to catch negatives wrongly flipped 4-20 % of normal images.
+do not, and a negative fed to the network as it is gives a meaningless age. Hand-written rules about the
+background failed on real data (grey and bright plates; measurements in docs/decisions.md, 2026-11-24).
 
 What tells the two apart is local structure, not the background: cortical bone forms thin *bright* ridges
 on darker soft tissue, so intensity correlates with ridge strength and edge strength one way in a normal
@@ -13,9 +11,7 @@ histogram, border and centre levels, ridge / edge statistics) of the 100 px imag
 ``python -m pipelines.fit_polarity`` on the training split and its negatives; its coefficients live in
 ``polarity.json`` beside this file (package data, no pickle). An image is flipped only when the check is
 confident (probability >= ``threshold``), because flipping a normal image costs far more than leaving a
-rare undeclared negative alone. The default 0.9 was chosen after seeing that 0.5 would have flipped 2 of the
-200 official test images (normal ones with a grey plate), so the official-test count of 0 is not an
-independent check of that threshold; on the validation and internal test splits no normal image reaches 0.32.
+rare undeclared negative alone (how the default 0.9 was chosen: docs/decisions.md).
 
 The features (ring widths, ridge and edge filters of fixed sigma) are measured in pixels, so the check reads
 every image at the geometry it was fitted at, ``REFERENCE_SIZE`` (the 100 px squeeze of the RSNA training

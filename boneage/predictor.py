@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -351,7 +351,3 @@ def load_predictor(model_dir: str | os.PathLike | None = None, tta: bool | None 
     if (tta is not None and _DEFAULT.tta != tta) or not ensemble:
         return _DEFAULT.with_options(tta=tta, ensemble=ensemble)
     return _DEFAULT
-
-
-def prediction_dict(pred: Prediction) -> dict:
-    return asdict(pred)

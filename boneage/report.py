@@ -51,7 +51,7 @@ def _ood_text(a: Assessment) -> str:
 
 def _panel(a: Assessment, heatmap: np.ndarray | None) -> Image.Image:
     """The model input and its Grad-CAM overlay side by side (RGB), upscaled for print."""
-    from .explain import overlay
+    from .render import overlay
 
     img = np.asarray(a.image, np.uint8)
     tiles = [np.repeat(img[..., None], 3, axis=2)]

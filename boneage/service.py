@@ -231,7 +231,7 @@ def create_app(settings: ServiceSettings = ServiceSettings()) -> FastAPI:
                 return render_report(a, heat)
             row = a.as_row()
             if heat is not None:
-                from .explain import overlay
+                from .render import overlay
 
                 row["heatmap_png"] = _png_base64(overlay(a.image, heat, 0.45))
             return row

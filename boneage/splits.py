@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 SPLIT_NAMES = ("train", "val", "calib", "test")
 AGE_BAND_EDGES = (0, 24, 60, 96, 132, 168, 204, 10_000)
 AGE_BAND_LABELS = ("0-2y", "2-5y", "5-8y", "8-11y", "11-14y", "14-17y", "17y+")
+AGE_BAND = pd.CategoricalDtype(list(AGE_BAND_LABELS), ordered=True)  # sorts and groups in age order
 
 
 @dataclass
@@ -25,9 +26,9 @@ class SplitConfig:
 
 
 def age_band(months) -> pd.Series:
-    """Age band label for months (Series or array); NaN stays NaN."""
+    """Age band of months (Series or array) as the ordered categorical :data:`AGE_BAND`; NaN stays NaN."""
     return pd.cut(pd.Series(months, dtype=float), bins=list(AGE_BAND_EDGES), labels=list(AGE_BAND_LABELS),
-                  right=False).astype(object)
+                  right=False).astype(AGE_BAND)
 
 
 def make_splits(cases: pd.DataFrame, cfg: SplitConfig = SplitConfig()) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import distributed as D
 from .batches import CaseBatches, Rows, batches_of, rank_shard_order, single_process_order
-from .config import ModelConfig, TrainConfig, to_jsonable, write_json_atomic
+from .config import ModelConfig, TrainConfig, to_jsonable, write_atomic, write_json_atomic
 from .inference import INFERENCE_BATCH, run_network
 from .model import BoneAgeNet, laplace_nll
 from .preprocess import random_affine, to_model_input
@@ -88,9 +88,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _augment_intensity(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
@@ -324,9 +322,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
                       "gen": gen.get_state(), "epoch": epoch, "best_mae": best_mae, "best_epoch": best_epoch,
                       "best_weights": best_kind, "history": history, "elapsed": elapsed,
                       **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
-        hist_tmp = out_dir / "history.csv.tmp"
-        pd.DataFrame(history).to_csv(hist_tmp, index=False)
-        os.replace(hist_tmp, out_dir / "history.csv")
+        write_atomic(out_dir / "history.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
         write_json_atomic(out_dir / "config.json", {**config_blob, "best_epoch": epoch_offset + best_epoch + 1,
                                                     "best_val_mae": best_mae, "best_weights": best_kind,
                                                     "epochs_run": len(history),

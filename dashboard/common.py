@@ -1,31 +1,63 @@
-"""Shared, cached access for the dashboard pages: artifacts, the model, the data directory and images.
+"""Page plumbing for the dashboard: the page table, the frame around every page, and cached access to the
+artifacts, the model, the data folder and images.
 
-Pages call these and lay out results; analysis lives in ``boneage/``.
+Pages call these and lay out results; analysis lives in ``boneage/``. The dashboard is one Streamlit app
+(``dashboard/app.py``, started by ``./run.sh``); the project is installed (``pip install -e .``), so pages import
+``from dashboard import common`` and ``boneage`` like any other package.
 """
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `streamlit run dashboard/Home.py` puts dashboard/ on the path, not the repo
-    sys.path.insert(0, str(ROOT))
-
-from boneage.artifacts import ArtifactMissingError, ArtifactStore  # noqa: E402
-from boneage.config import DATA_ENV, DataDirError, resolve_data_dir  # noqa: E402
-from boneage.imaging import ImageLoadError  # noqa: E402
+from boneage.artifacts import ArtifactMissingError, ArtifactStore
+from boneage.config import DATA_ENV, DataDirError, resolve_data_dir
+from boneage.imaging import ImageLoadError
 
 SPLIT_LABELS = {"test": "Internal test", "official_test": "Official test (RSNA)", "val": "Validation",
                 "calib": "Calibration", "train": "Training"}
 
 
-def page_setup(title: str, icon: str = ":material/radiology:") -> None:
-    st.set_page_config(page_title=f"{title} | Bone age", page_icon=icon, layout="wide")
-    st.title(title)
+@dataclass(frozen=True)
+class PageSpec:
+    """One page of the dashboard: its script (relative to ``dashboard/``), the title in the sidebar and the
+    browser tab, its URL path ("" for the home page) and the heading shown above it (default: the title)."""
+
+    file: str
+    title: str
+    url_path: str
+    heading: str | None = None
+
+    @property
+    def header(self) -> str:
+        return self.heading or self.title
+
+
+# The pages in sidebar order; titles and URL paths are those of the former pages/ folder.
+PAGES = (
+    PageSpec("views/0_Home.py", "Home", "", heading="Pediatric bone age"),
+    PageSpec("views/1_Overview.py", "Overview", "Overview"),
+    PageSpec("views/2_Error_browser.py", "Error browser", "Error_browser"),
+    PageSpec("views/3_Explain.py", "Explain", "Explain"),
+    PageSpec("views/4_Embeddings.py", "Embeddings", "Embeddings"),
+    PageSpec("views/5_Uncertainty.py", "Uncertainty", "Uncertainty"),
+    PageSpec("views/6_Fairness.py", "Fairness", "Fairness"),
+    PageSpec("views/7_Predict.py", "Predict", "Predict"),
+    PageSpec("views/8_Maturation_atlas.py", "Maturation atlas", "Maturation_atlas"),
+    PageSpec("views/9_Explanation_audit.py", "Explanation audit", "Explanation_audit"),
+)
+PAGE_ICON = ":material/radiology:"
+
+
+def page_frame(spec: PageSpec) -> None:
+    """What every page shows above its own content: the tab title, the heading and the artifact banner."""
+    st.set_page_config(page_title=f"{spec.header} | Bone age", page_icon=PAGE_ICON, layout="wide")
+    st.title(spec.header)
+    manifest_banner()
 
 
 @st.cache_resource(show_spinner=False)
@@ -149,8 +181,8 @@ def months_to_text(m: float) -> str:
 
 # -- additions for Home / Overview / Error browser / Explain / Predict ------------------------------------
 CASE_KEY, CASE_SPLIT_KEY = "case_id", "case_split"  # the case chosen on one page, opened on another
-ERROR_BROWSER = "pages/2_Error_browser.py"
-EXPLAIN = "pages/3_Explain.py"
+ERROR_BROWSER = "views/2_Error_browser.py"
+EXPLAIN = "views/3_Explain.py"
 
 
 def artifact_or_none(fn, *args, **kwargs):
@@ -293,10 +325,6 @@ def case_feature(case_id: str, split: str) -> np.ndarray | None:
     return None if len(idx) == 0 else features()[idx[0]]
 
 
-def explain_model():
-    return predictor().model
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
 def case_attribution(case_id: str, split: str, method: str, layer: str | None = None,
                      _progress=None) -> np.ndarray | None:
@@ -307,7 +335,7 @@ def case_attribution(case_id: str, split: str, method: str, layer: str | None = 
     row = case_row_in(case_id, split)
     if img is None or row is None:
         return None
-    return explain.attribute(explain_model(), img, bool(row["male"]), method, layer=layer, progress=_progress)
+    return explain.attribute(predictor().model, img, bool(row["male"]), method, layer=layer, progress=_progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -316,41 +344,21 @@ def image_attribution(image: np.ndarray, male: bool, method: str, layer: str | N
     """Attribution heatmap of an arbitrary preprocessed image (an upload), cached on its pixels."""
     from boneage import explain
 
-    return explain.attribute(explain_model(), image, bool(male), method, layer=layer, progress=_progress)
+    return explain.attribute(predictor().model, image, bool(male), method, layer=layer, progress=_progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def image_activations(image: np.ndarray, male: bool, layer: str, max_maps: int = 32) -> np.ndarray:
     from boneage import explain
 
-    return explain.layer_activations(explain_model(), image, bool(male), layer, max_maps=max_maps, normalize=True)
-
-
-def activation_mosaic(maps: np.ndarray, cols: int = 8, cell: int = 56, gap: int = 2, cmap: str = "inferno") -> np.ndarray:
-    """Grid image (RGB uint8) of [0, 1] feature maps (C, h, w), each upsampled to ``cell`` px (nearest)."""
-    from boneage import explain
-
-    maps = np.asarray(maps, np.float32)
-    n = len(maps)
-    cols = max(1, min(cols, n))
-    rows = -(-n // cols)
-    out = np.full((rows * (cell + gap) - gap, cols * (cell + gap) - gap), np.nan, np.float32)
-    for k, m in enumerate(maps):
-        ry = np.linspace(0, m.shape[0] - 1e-6, cell).astype(int)
-        rx = np.linspace(0, m.shape[1] - 1e-6, cell).astype(int)
-        r, c = divmod(k, cols)
-        out[r * (cell + gap):r * (cell + gap) + cell, c * (cell + gap):c * (cell + gap) + cell] = m[np.ix_(ry, rx)]
-    lut = explain.colormap_lut(cmap)
-    rgb = lut[np.round(np.clip(np.nan_to_num(out), 0, 1) * 255).astype(np.intp)]
-    rgb[np.isnan(out)] = 255
-    return rgb
+    return explain.layer_activations(predictor().model, image, bool(male), layer, max_maps=max_maps, normalize=True)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def image_sex_flip(image: np.ndarray, male: bool) -> dict:
     from boneage import explain
 
-    return explain.sex_flip(explain_model(), image, bool(male), tta=predictor().tta, members=predictor().ensemble())
+    return explain.sex_flip(predictor().model, image, bool(male), tta=predictor().tta, members=predictor().ensemble())
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -396,22 +404,13 @@ def site_predictor(name: str):
     return predictor().with_site(store().root / "sites" / f"{name}.json")
 
 
-def similar_to(feature: np.ndarray, k: int = 5, exclude_id: str | None = None) -> pd.DataFrame:
-    return similar_cases_index().query(feature, k=k, exclude_id=exclude_id)
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def read_upload_image(data: bytes, name: str) -> np.ndarray:
     """Decode + check an upload and preprocess it to the base-size uint8 image the network sees.
 
     Raises :class:`ImageLoadError` with a readable reason (empty, not an image, too big, colour photo ...).
     """
-    return read_upload_checked(data, name)[0]
-
-
-def read_upload_checked(data: bytes, name: str) -> tuple[np.ndarray, bool]:
-    """As :func:`read_upload_image`, plus whether the upload looked like a negative and was inverted."""
-    return read_upload_gated(data, name)[:2]
+    return read_upload_gated(data, name)[0]
 
 
 def read_upload_gated(data: bytes, name: str) -> tuple[np.ndarray, bool, tuple[str, ...]]:
@@ -434,28 +433,56 @@ def md_escape(text: str) -> str:
     return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
-    from boneage import explain
+# -- case tables (Error browser, Embeddings, Uncertainty) -----------------------------------------------------
+def case_column_config() -> dict:
+    """One set of labels and formats for the predictions-table columns wherever cases are listed."""
+    num, cc = st.column_config.NumberColumn, st.column_config
+    return {
+        "id": cc.TextColumn("id"),
+        "boneage": num("reference (mo)", format="%.1f"),
+        "boneage_pred": num("predicted (mo)", format="%.1f"),
+        "residual": num("pred - ref (mo)", format="%+.1f"),
+        "abs_error": num("|error| (mo)", format="%.1f"),
+        "uncertainty": num("model scale (mo)", format="%.1f"),
+        "lower_90": num("90% low", format="%.0f"),
+        "upper_90": num("90% high", format="%.0f"),
+        "width_90": num("90% width", format="%.0f"),
+        "entropy": num("stage entropy", format="%.3f"),
+        "stage_true": "true stage",
+        "stage_pred": "predicted stage",
+        "outlier_score": num("LOF score", format="%.2f"),
+        "is_outlier": cc.CheckboxColumn("outlier flag"),
+    }
 
-    return explain.overlay(image, heatmap, alpha, cmap)
+
+def case_table(cases: pd.DataFrame, key: str, open_selected: bool = True, **kwargs) -> pd.Series | None:
+    """A single-row-selectable table of cases with :func:`case_column_config`; returns the selected row (None
+    without one). ``open_selected``: the selected case opens in the Error browser (needs ``id`` and ``split``)."""
+    event = st.dataframe(cases, key=key, on_select="rerun", selection_mode="single-row", hide_index=True,
+                         column_config=case_column_config(), **kwargs)
+    rows = event.selection.rows if event is not None and event.selection else []
+    if not rows or rows[0] >= len(cases):
+        return None
+    row = cases.iloc[rows[0]]
+    if open_selected:
+        try_open_case(str(row["id"]), str(row["split"]))
+    return row
 
 
-def explain_methods() -> dict[str, str]:
-    from boneage import explain
-
-    return dict(explain.METHODS)
-
-
-def gradcam_layers() -> dict[str, str]:
-    from boneage import explain
-
-    return dict(explain.gradcam_layers(explain_model()))
-
-
-def activation_layers() -> dict[str, str]:
-    from boneage import explain
-
-    return dict(explain.activation_layers(explain_model()))
+def case_thumbnails(cases: pd.DataFrame, caption, per_row: int, what: str) -> None:
+    """The preprocessed radiographs of ``cases`` (``id``, ``split``) in rows of ``per_row``, each captioned
+    ``caption(row)``; without a data folder the notice instead (``what`` names the images)."""
+    if data_dir() is None:
+        data_dir_notice(what)
+        return
+    cols = st.columns(per_row)
+    for i, (_, r) in enumerate(cases.iterrows()):
+        img = case_image(str(r["id"]), str(r["split"]))
+        with cols[i % per_row]:
+            if img is None:
+                st.caption(f"{r['id']}: image not found")
+            else:
+                st.image(img, caption=caption(r), width="stretch")
 
 
 def show_radiograph_or_notice(case_id: str, split: str, caption: str | None = None, width: int | None = None) -> bool:
@@ -533,7 +560,7 @@ def average_gradcam_of(ids: tuple[str, ...], splits: tuple[str, ...], males: tup
     if not imgs:
         return None
     stack = np.stack(imgs)
-    heat = explain.average_gradcam(explain_model(), stack, np.array(used_males), layer=layer)
+    heat = explain.average_gradcam(predictor().model, stack, np.array(used_males), layer=layer)
     return stack.mean(0).round().astype(np.uint8), heat, len(imgs)
 
 

@@ -7,12 +7,11 @@ Every number in the card is read from a committed artifact; a missing input is n
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from boneage.config import ARTIFACTS_DIR
+from boneage.config import ARTIFACTS_DIR, write_atomic
 
 
 def _load(path: Path):
@@ -344,9 +343,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
 
 def main(argv=None) -> int:
     out = ARTIFACTS_DIR / "MODEL_CARD.md"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(build_card())
-    os.replace(tmp, out)
+    card = build_card()
+    write_atomic(out, lambda tmp: tmp.write_text(card))
     print(f"wrote {out}")
     return 0
 

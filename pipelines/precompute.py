@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,14 +33,13 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_atomic, write_json_atomic
-from boneage.conformal import LEVELS, ConformalCalibrator, band_offsets, coverage_table
+from boneage.conformal import add_intervals, coverage_report
 from boneage.data import load_images
 from boneage.embeddings import (OutlierDetector, embed_maps, extract_features, layer_age_quality,
                                 layer_description)
 from boneage.manifest import write_manifest
-from boneage.metrics import stages_from_months
+from boneage.predictions_table import for_storage, model_columns, read_predictions, write_predictions
 from boneage.predictor import load_predictor
-from boneage.splits import age_band
 from boneage.tables import read_cases
 
 PARTS = ("predictions", "embeddings", "calibration", "fairness", "errors", "atlas", "explanations")
@@ -52,11 +50,17 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
+def _write_binary(path: Path, save) -> None:
+    """``save(file)`` into an open temporary file, renamed over ``path`` (numpy appends a suffix to bare names)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            save(f)
+
+    write_atomic(path, write)
+
+
 def _save_npy(arr: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    _write_binary(path, lambda f: np.save(f, arr))
 
 
 def all_cases(data_dir: Path, splits_path: Path, max_cases: int | None) -> pd.DataFrame:
@@ -91,23 +95,9 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     log(f"forward pass + features (TTA {'on' if predictor.tta else 'off'}, {1 + len(predictor.members)} "
         f"network(s)): {time.time() - t0:.0f}s")
 
-    df = cases.drop(columns=["image_dir"]).copy()
-    df["sex"] = np.where(df["male"], "M", "F")
-    df["age_band"] = age_band(df["boneage"].to_numpy()).to_numpy()
-    df["boneage_pred"] = raw.age.astype(float)
-    df["residual"] = df["boneage_pred"] - df["boneage"]
-    df["abs_error"] = df["residual"].abs()
-    df["uncertainty"] = raw.scale.astype(float)
-    names = list(cfg.stages.names)
-    st = np.where(df["boneage"].notna(), stages_from_months(df["boneage"].fillna(0), cfg.stages), -1)
-    df["stage_true"] = st.astype(int)
-    df["stage_pred"] = [names[i] for i in raw.stage_prob.argmax(1)]
-    for j, n in enumerate(names):
-        df[f"p_{n.lower()}"] = raw.stage_prob[:, j].astype(float)
-    p = np.clip(raw.stage_prob, 1e-12, 1)
-    df["entropy"] = -(p * np.log(p)).sum(1)
-
-    reports = add_intervals(df, art)
+    df = model_columns(cases.drop(columns=["image_dir"]), raw.age, raw.scale, raw.stage_prob, cfg.stages)
+    add_intervals(df, art / "model" / "conformal.json")
+    reports = coverage_report(df)
 
     # Outliers: LOF fitted on training-split penultimate features.
     feats = layer_feats["penultimate"]
@@ -116,7 +106,7 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     df["outlier_score"] = det.score(feats)
     df["is_outlier"] = df["outlier_score"] > det.threshold
 
-    _write_parquet(df, art / "predictions.parquet")
+    write_predictions(df, art / "predictions.parquet")
     _save_npy(feats.astype(np.float16), art / "embeddings" / "features_penultimate.npy")
     write_json_atomic(art / "coverage.json", reports)
     write_json_atomic(art / "outliers.json", {
@@ -133,52 +123,17 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
         f"{reports['mondrian']['test']['90']['coverage']:.3f}")
 
 
-def add_intervals(df: pd.DataFrame, art: Path) -> dict:
-    """Conformal interval columns for every row, calibrated on the calibration split only (the Mondrian
-    variant's band offsets come from the training split); writes model/conformal.json and returns the
-    coverage report."""
-    cal, train = (df["split"] == "calib").to_numpy(), (df["split"] == "train").to_numpy()
-    male = df["male"].to_numpy()
-    y, y_hat, scale = (df[c].to_numpy(float) for c in ("boneage", "boneage_pred", "uncertainty"))
-    offsets = band_offsets(y[train], y_hat[train], scale[train], male[train])
-    for mondrian, suffix in ((True, ""), (False, "_global")):
-        cc = ConformalCalibrator.fit(y[cal], y_hat[cal], scale[cal], male[cal], mondrian=mondrian,
-                                     offsets=offsets if mondrian else None)
-        if mondrian:
-            cc.save(art / "model" / "conformal.json")
-        for lvl in LEVELS:
-            lo, hi = cc.interval(y_hat, scale, male, lvl)
-            df[f"lower_{lvl}{suffix}"], df[f"upper_{lvl}{suffix}"] = lo, hi
-    return coverage_report(df)
-
-
 def part_intervals(art: Path, log) -> None:
     """Recalibrate the intervals from the stored predictions, without running the network again."""
     path = art / "predictions.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `python -m pipelines.precompute --only predictions` first")
-    df = pd.read_parquet(path)
-    reports = add_intervals(df, art)
-    _write_parquet(df, path)
+    df = read_predictions(path)
+    add_intervals(df, art / "model" / "conformal.json")
+    reports = coverage_report(df)
+    write_predictions(df, path)
     write_json_atomic(art / "coverage.json", reports)
     log(f"intervals: conformal 90% coverage internal test {reports['mondrian']['test']['90']['coverage']:.3f}")
-
-
-def coverage_report(df: pd.DataFrame) -> dict:
-    """Coverage / width per split, level, and group (sex x age band of the reference)."""
-    out = {}
-    for variant, suffix in (("mondrian", ""), ("global", "_global")):
-        out[variant] = {}
-        for split in ("test", "official_test", "calib"):
-            d = df[(df["split"] == split) & df["boneage"].notna()]
-            out[variant][split] = {}
-            for lvl in LEVELS:
-                entry = coverage_table(d["boneage"], d[f"lower_{lvl}{suffix}"], d[f"upper_{lvl}{suffix}"])
-                entry["by_group"] = {
-                    f"{s} {b}": coverage_table(g["boneage"], g[f"lower_{lvl}{suffix}"], g[f"upper_{lvl}{suffix}"])
-                    for (s, b), g in d.groupby(["sex", "age_band"])}
-                out[variant][split][lvl] = entry
-    return out
 
 
 TSNE3_MAX_CASES = 5000
@@ -195,7 +150,7 @@ def _layer_describer(model_dir: Path):
 
 
 def part_embeddings(art: Path, log, seed: int = 0, subsample: int = 3000) -> None:
-    df = pd.read_parquet(art / "predictions.parquet")
+    df = read_predictions(art / "predictions.parquet")
     feats = np.load(art / "embeddings" / "features_penultimate.npy").astype(np.float32)
     t0 = time.time()
     # 3-D t-SNE on a subsample (see embed_maps): every non-training case, then training cases at random.
@@ -245,7 +200,7 @@ def part_calibration(art: Path, log) -> None:
     from boneage.config import model_config_from_dict
 
     cfg = model_config_from_dict(json.loads((art / "model" / "config.json").read_text())["model"])
-    df = pd.read_parquet(art / "predictions.parquet")
+    df = read_predictions(art / "predictions.parquet")
     out = {}
     for split in ("test", "official_test"):
         d = df[(df["split"] == split) & (df["stage_true"] >= 0)]
@@ -255,34 +210,31 @@ def part_calibration(art: Path, log) -> None:
 
 
 def part_fairness(art: Path, log) -> None:
-    from boneage.fairness import audit, audit_html
+    from boneage.fairness import audit
 
-    df = pd.read_parquet(art / "predictions.parquet")
+    df = read_predictions(art / "predictions.parquet")
     out_dir = art / "fairness"
-    out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("test", "official_test"):
         tables = audit(df, [split])
         for name, table in tables.items():
-            tmp = out_dir / f"{split}_{name}.csv.tmp"
-            table.to_csv(tmp, index=False)
-            os.replace(tmp, out_dir / f"{split}_{name}.csv")
+            write_atomic(out_dir / f"{split}_{name}.csv", lambda tmp, table=table: table.to_csv(tmp, index=False))
     log("fairness tables written")
 
 
 def part_errors(art: Path, log) -> None:
     from boneage.error_analysis import bland_altman, flag_effectiveness, worst_cases
 
-    df = pd.read_parquet(art / "predictions.parquet")
+    df = read_predictions(art / "predictions.parquet")
     out = {}
     for split in ("test", "official_test"):
         d = df[(df["split"] == split) & df["boneage"].notna()]
         flags = flag_effectiveness(d)
         out[split] = {"flags": flags.summary}
         _write_parquet(flags.deciles, art / "errors" / f"{split}_flag_deciles.parquet")
-        _write_parquet(worst_cases(d), art / "errors" / f"{split}_worst.parquet")
+        _write_parquet(for_storage(worst_cases(d)), art / "errors" / f"{split}_worst.parquet")
         ba = bland_altman(d)
         out[split]["bland_altman"] = ba.summary
-        _write_parquet(ba.points, art / "errors" / f"{split}_bland_altman.parquet")
+        _write_parquet(for_storage(ba.points), art / "errors" / f"{split}_bland_altman.parquet")
     write_json_atomic(art / "errors" / "summary.json", out)
     log("error analysis written")
 
@@ -295,7 +247,7 @@ def part_atlas(art: Path, data_dir: Path, log) -> None:
     from boneage.preprocess import to_uint8
 
     predictor = load_predictor(art / "model")
-    df = pd.read_parquet(art / "predictions.parquet")
+    df = read_predictions(art / "predictions.parquet")
     df["id"] = df["id"].astype(str)
 
     def load(case_id: str, split: str):
@@ -308,11 +260,7 @@ def part_atlas(art: Path, data_dir: Path, log) -> None:
     t0 = time.time()
     arrays = compute_atlas(predictor.model, df, load)
     arrays["model_sha256"] = np.array(sha256_file(art / "model" / "model.pt"))
-    path = art / ATLAS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    _write_binary(art / ATLAS_FILE, lambda f: np.savez_compressed(f, **arrays))
     log(f"atlas: {len(arrays['ids'])} case Grad-CAMs, {len(arrays['bands'])} band averages: {time.time() - t0:.0f}s")
 
 

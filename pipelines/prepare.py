@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from boneage.config import ARTIFACTS_DIR, write_json_atomic
+from boneage.config import ARTIFACTS_DIR, write_atomic, write_json_atomic
 from boneage.splits import SplitConfig, make_splits
 from boneage.tables import read_cases
 from pipelines.cli import data_dir_or_report
@@ -20,10 +19,7 @@ def prepare_splits(data_dir: Path, out: Path, cfg: SplitConfig = SplitConfig()) 
     for cid, reason in table.rejected:
         print(f"skipped row {cid}: {reason}", file=sys.stderr)
     df = make_splits(table.cases, cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    write_atomic(out, lambda tmp: df.to_csv(tmp, index=False))
     write_json_atomic(out.with_suffix(".json"), {"split_config": cfg, "counts": df["split"].value_counts().to_dict(),
                                                  "source": "train.csv", "rejected_rows": table.rejected})
     return out

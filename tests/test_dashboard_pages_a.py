@@ -20,8 +20,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from boneage.artifacts import ArtifactStore  # noqa: E402
 
+import dashboard_app  # noqa: E402  (tests/dashboard_app.py)
+
 ROOT = Path(__file__).resolve().parent.parent
-HOME = str(ROOT / "dashboard" / "Home.py")
 FIRST = 120  # seconds for a first load (model, indexes); later runs must be fast
 PERF_LIMIT = float(os.environ.get("BONEAGE_PAGE_SECONDS", "3"))  # "no page takes more than 3 s after first load"
 TEST_CASE, TEST_CASE_AGE = "4361", 169.65  # official test radiograph with a public reference
@@ -71,13 +72,7 @@ def without_data(monkeypatch):
 
 
 def open_page(page: str | None, session: dict | None = None) -> AppTest:
-    at = AppTest.from_file(HOME, default_timeout=FIRST)
-    at.run(timeout=FIRST)
-    if page:
-        at.switch_page(page)
-    for k, v in (session or {}).items():
-        at.session_state[k] = v
-    at.run(timeout=FIRST)
+    at = dashboard_app.open_page(page, session, timeout=FIRST)
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -110,7 +105,7 @@ def test_home_shows_metrics_from_metrics_json():
 
 
 def test_overview_counts_labelled_cases_and_switches_split():
-    at = open_page("pages/1_Overview.py")
+    at = open_page("views/1_Overview.py")
     df = STORE.predictions()
     for split in ("test", "official_test"):
         if split != "test":
@@ -128,7 +123,7 @@ def test_overview_counts_labelled_cases_and_switches_split():
 
 
 def test_error_browser_without_data_dir(without_data):
-    at = open_page("pages/2_Error_browser.py", {"case_id": TEST_CASE, "case_split": "official_test"})
+    at = open_page("views/2_Error_browser.py", {"case_id": TEST_CASE, "case_split": "official_test"})
     row = STORE.predictions().query("id == @TEST_CASE and split == 'official_test'").iloc[0]
     assert f"{row['boneage_pred']:.1f} mo" in [m.value for m in at.metric]
     assert any("BONEAGE_DATA" in i.value for i in at.info)
@@ -138,7 +133,7 @@ def test_error_browser_without_data_dir(without_data):
 
 @needs_data
 def test_error_browser_with_data_dir_and_table_selection(with_data):
-    at = open_page("pages/2_Error_browser.py", {"case_id": TEST_CASE, "case_split": "official_test"})
+    at = open_page("views/2_Error_browser.py", {"case_id": TEST_CASE, "case_split": "official_test"})
     assert not any("BONEAGE_DATA" in i.value for i in at.info)
     captions = [c for im in at.image for c in im.captions]
     assert any("Grad-CAM" in c for c in captions) and any("Radiograph" in c for c in captions)
@@ -154,7 +149,7 @@ def test_error_browser_with_data_dir_and_table_selection(with_data):
 
 @needs_data
 def test_explain_with_data_dir(with_data):
-    at = open_page("pages/3_Explain.py", {"case_id": TEST_CASE, "case_split": "official_test"})
+    at = open_page("views/3_Explain.py", {"case_id": TEST_CASE, "case_split": "official_test"})
     assert at.text_input[0].value == TEST_CASE
     captions = [c for im in at.image for c in im.captions]
     assert any(c.startswith("Grad-CAM") for c in captions) and any(c.startswith("Saliency") for c in captions)
@@ -173,7 +168,7 @@ def test_explain_with_data_dir(with_data):
 
 
 def test_explain_without_data_dir_offers_upload(without_data):
-    at = open_page("pages/3_Explain.py")
+    at = open_page("views/3_Explain.py")
     assert any("BONEAGE_DATA" in i.value for i in at.info)
     at.segmented_control(key="ex_source").set_value("upload")
     at.run(timeout=FIRST)
@@ -213,7 +208,7 @@ def _bad_uploads() -> list[tuple[str, bytes, str]]:
 
 
 def test_predict_bad_uploads_each_get_an_error(without_data):
-    at = open_page("pages/7_Predict.py")
+    at = open_page("views/7_Predict.py")
     assert any("No radiograph" in i.value for i in at.info)
     at.file_uploader(key="pr_files").set_value(_bad_uploads())
     at.run(timeout=FIRST)
@@ -229,7 +224,7 @@ def test_predict_bad_uploads_each_get_an_error(without_data):
 
 @needs_data
 def test_predict_real_radiograph_with_data(with_data):
-    at = open_page("pages/7_Predict.py")
+    at = open_page("views/7_Predict.py")
     at.radio(key="pr_sex").set_value("female" if _sex_of(TEST_CASE) == "F" else "male")
     at.file_uploader(key="pr_files").set_value([(f"{TEST_CASE}.png", (DATA / "test" / f"{TEST_CASE}.png").read_bytes(),
                                                  "image/png"), ("empty.png", b"", "image/png")])
@@ -260,7 +255,7 @@ def test_predict_inverts_a_negative_upload_and_says_so(with_data):
     raw = np.asarray(Image.open(DATA / "test" / f"{TEST_CASE}.png").convert("L"))
     neg = io.BytesIO()
     Image.fromarray(255 - raw).save(neg, "PNG")
-    at = open_page("pages/7_Predict.py")
+    at = open_page("views/7_Predict.py")
     at.file_uploader(key="pr_files").set_value([(f"{TEST_CASE}.png", (DATA / "test" / f"{TEST_CASE}.png").read_bytes(),
                                                  "image/png"), ("negative.png", neg.getvalue(), "image/png")])
     at.run(timeout=FIRST)

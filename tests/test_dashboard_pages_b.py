@@ -8,7 +8,6 @@ artifact instead of failing.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -21,11 +20,10 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from boneage.artifacts import ArtifactStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "dashboard") not in sys.path:
-    sys.path.insert(0, str(REPO / "dashboard"))
-import common  # noqa: E402  (dashboard/common.py)
+from dashboard import common  # noqa: E402
+from dashboard_app import open_page  # noqa: E402  (tests/dashboard_app.py)
 
-PAGES = REPO / "dashboard" / "pages"
+PAGES = REPO / "dashboard" / "views"
 EMBEDDINGS = PAGES / "4_Embeddings.py"
 UNCERTAINTY = PAGES / "5_Uncertainty.py"
 FAIRNESS = PAGES / "6_Fairness.py"
@@ -59,8 +57,7 @@ def without_data(monkeypatch):
 
 
 def run(page: Path, timeout: float = FIRST_LOAD_TIMEOUT) -> AppTest:
-    at = AppTest.from_file(str(page), default_timeout=timeout)
-    at.run()
+    at = open_page(page, timeout=timeout)
     assert not at.exception, [e.message for e in at.exception]
     return at
 
@@ -226,7 +223,8 @@ def test_atlas_page_computes_maps_live_without_the_precomputed_ones(store, with_
     try:
         at = run(ATLAS, timeout=600)
         assert n_images(at) >= 2
-        assert not at.warning, [w.value for w in at.warning]
+        # the one warning is the frame's manifest banner, naming the atlas file this set lacks
+        assert [w.value for w in at.warning if "gradcam.npz" not in w.value] == [], [w.value for w in at.warning]
         assert "precomputed by" not in texts(at)
     finally:
         st.cache_data.clear()

@@ -1,6 +1,6 @@
 """End-to-end: the real dashboard server in a real (headless) browser.
 
-Starts ``streamlit run dashboard/Home.py`` on a free port, drives it with Playwright and Debian's chromium
+Starts ``streamlit run dashboard/app.py`` on a free port, drives it with Playwright and Debian's chromium
 (no browser download: ``apt-get install chromium``; ``$BONEAGE_CHROMIUM`` overrides the path), checks the
 sidebar lists the pages in order, visits every page (no exception box), screenshots each one to
 ``$BONEAGE_SCREENSHOTS`` (default ``tests/screenshots/``, git-ignored), and uploads a real radiograph on
@@ -58,12 +58,10 @@ def _free_port() -> int:
 
 
 def _page_files() -> list[tuple[str, str]]:
-    """(sidebar title, url path) of Home and every page file, in file order (as Streamlit does)."""
-    out = [("Home", "")]
-    for f in sorted((ROOT / "dashboard" / "pages").glob("*.py")):
-        stem = f.stem.split("_", 1)[1] if f.stem.split("_", 1)[0].isdigit() else f.stem
-        out.append((stem.replace("_", " "), stem))
-    return out
+    """(sidebar title, url path) of every page of the app's navigation, in sidebar order."""
+    from dashboard.common import PAGES
+
+    return [(p.title, p.url_path) for p in PAGES]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +74,7 @@ def server():
     SHOTS.mkdir(parents=True, exist_ok=True)
     log = open(SHOTS / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.headless", "true",
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

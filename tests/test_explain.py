@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from boneage import explain as E
+from boneage import render
 from boneage.config import MODEL_DIR, ModelConfig
 from boneage.data import load_case_image
+from boneage.hand import hand_mask
 from boneage.inference import run_network
 from boneage.model import BoneAgeNet
 from boneage.preprocess import to_uint8
@@ -146,7 +148,7 @@ def test_gradcam_layers_exist_and_default_is_stage4_at_1_16(imagenet_model, case
     assert {"Last block (stage 7)", "Head conv", "Stage 6", "Stage 5", "Stage 4"} <= set(layers)
     assert layers["Last block (stage 7)"] == "backbone._blocks.15" and layers["Head conv"] == "backbone._bn1"
     assert all(path in modules for path in layers.values())
-    assert E.default_gradcam_layer(imagenet_model) == layers["Stage 4"] == "backbone._blocks.7"
+    assert next(iter(layers.values())) == layers["Stage 4"] == "backbone._blocks.7"  # the default
     assert layers["Stage 5"] == "backbone._blocks.10"
     acts = E.layer_activations(imagenet_model, cases[0][0], True, layers["Stage 4"])
     assert acts.shape[1:] == (128 // 16, 128 // 16)
@@ -171,8 +173,8 @@ def test_gradcam_heat_concentrates_on_the_hand(trained_model, cases):
     images, males = cases
     on, area = [], []
     for img, male in zip(images, males):
-        mask = E.hand_mask(img)
-        on.append(E.heat_on_hand(E.attribute(trained_model, img, bool(male), "gradcam"), mask))
+        mask = hand_mask(img)
+        on.append(heat_on_hand(E.attribute(trained_model, img, bool(male), "gradcam"), mask))
         area.append(mask.mean())
     on, area = np.array(on), np.array(area)
     assert (on > area).sum() >= len(on) - 1, f"heat on hand {on.round(2)} vs hand area {area.round(2)}"
@@ -236,33 +238,49 @@ def test_sex_flip(model, cases):
     assert tta["age_as_given"] == pytest.approx(float(with_tta), abs=1e-3)
 
 
+def heat_on_hand(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the heatmap's mass inside ``mask`` (0 when the map is empty)."""
+    h = np.maximum(np.asarray(heatmap, np.float64), 0)
+    total = h.sum()
+    return float(h[np.asarray(mask, bool)].sum() / total) if total > 0 else 0.0
+
+
 # -- hand mask, overlay ----------------------------------------------------------------------------
 def test_hand_mask_on_real_and_synthetic_images(cases):
     for img in cases[0]:
-        share = E.hand_mask(img).mean()
+        share = hand_mask(img).mean()
         assert 0.05 < share < 0.6
     img = np.zeros((100, 100), np.uint8)
     img[20:90, 30:70] = 180  # "hand"
     img[5:9, 5:9] = 255  # a marker letter: smaller component, dropped
     img[50:55, 45:50] = 0  # a dark hole inside the hand: filled
-    mask = E.hand_mask(img)
+    mask = hand_mask(img)
     expected = np.zeros((100, 100), bool)
     expected[20:90, 30:70] = True
     np.testing.assert_array_equal(mask, expected)
-    assert E.heat_on_hand(np.ones((100, 100)), mask) == pytest.approx(expected.mean())
-    assert E.heat_on_hand(expected.astype(float), mask) == pytest.approx(1.0)
-    assert E.heat_on_hand(np.zeros((100, 100)), mask) == 0.0
+    assert heat_on_hand(np.ones((100, 100)), mask) == pytest.approx(expected.mean())
+    assert heat_on_hand(expected.astype(float), mask) == pytest.approx(1.0)
+    assert heat_on_hand(np.zeros((100, 100)), mask) == 0.0
 
 
 def test_overlay(cases):
     img = cases[0][0]
     heat = np.linspace(0, 1, 100 * 100, dtype=np.float32).reshape(100, 100)
     for cmap in ("jet", "inferno"):
-        out = E.overlay(img, heat, alpha=0.5, cmap=cmap)
+        out = render.overlay(img, heat, alpha=0.5, cmap=cmap)
         assert out.shape == (100, 100, 3) and out.dtype == np.uint8
-    np.testing.assert_array_equal(E.overlay(img, heat, alpha=0.0), np.repeat(img[..., None], 3, axis=2))
-    full = E.overlay(img, heat, alpha=1.0, cmap="jet")
+    np.testing.assert_array_equal(render.overlay(img, heat, alpha=0.0), np.repeat(img[..., None], 3, axis=2))
+    full = render.overlay(img, heat, alpha=1.0, cmap="jet")
     assert tuple(full[0, 0]) == (0, 0, 128) and tuple(full[-1, -1]) == (128, 0, 0)  # dark blue .. dark red
-    assert E.overlay(img, heat[::2, ::2]).shape == (100, 100, 3)  # a coarser map is resized
+    assert render.overlay(img, heat[::2, ::2]).shape == (100, 100, 3)  # a coarser map is resized
     with pytest.raises(ValueError):
-        E.overlay(img, heat, cmap="rainbow")
+        render.overlay(img, heat, cmap="rainbow")
+
+
+def test_activation_mosaic_lays_maps_out_in_a_grid():
+    maps = np.stack([np.full((4, 4), v, np.float32) for v in (0.0, 0.5, 0.25)])
+    out = render.activation_mosaic(maps, cols=2, cell=8, gap=2, cmap="gray")
+    assert out.shape == (2 * 8 + 2, 2 * 8 + 2, 3) and out.dtype == np.uint8
+    assert tuple(out[0, 0]) == (0, 0, 0) and tuple(out[0, 10]) == (128, 128, 128)  # maps 0 and 1, first row
+    assert tuple(out[10, 0]) == (64, 64, 64)  # map 2 starts the second row
+    assert tuple(out[0, 8]) == (255, 255, 255) and tuple(out[-1, -1]) == (255, 255, 255)  # gap, empty cell

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from boneage import explain
+from boneage.hand import hand_mask
 from boneage import explanation_audit as ea
 from boneage.artifacts import ArtifactStore
 
@@ -75,7 +76,7 @@ def test_regions_are_refused_for_a_hand_that_does_not_stand_fingers_up():
 
 
 def test_shares_of_a_real_radiograph_use_the_library_hand_mask(radiograph):
-    mask = explain.hand_mask(radiograph)
+    mask = hand_mask(radiograph)
     assert ea.attribution_shares(mask.astype(float), radiograph).hand == pytest.approx(1.0)
     assert "mostly off the hand" in ea.describe_shares(ea.attribution_shares((~mask).astype(float), radiograph))
 
@@ -213,12 +214,11 @@ STORE = ArtifactStore.default()
 
 @pytest.mark.skipif(not STORE.exists(ea.AUDIT_FILE), reason="no explanation audit in the artifact set")
 def test_audit_page_renders_the_numbers_and_the_verdict(monkeypatch):
-    from streamlit.testing.v1 import AppTest
+    from dashboard_app import open_page
 
     monkeypatch.delenv("BONEAGE_DATA", raising=False)  # the page needs only the artifacts
     audit = STORE.json(ea.AUDIT_FILE)
-    at = AppTest.from_file(str(REPO / "dashboard" / "pages" / "9_Explanation_audit.py"), default_timeout=120)
-    at.run()
+    at = open_page("views/9_Explanation_audit.py")
     assert not at.exception, [e.value for e in at.exception]
     body = "\n".join(str(x.value) for x in (*at.markdown, *at.warning, *at.success, *at.caption, *at.error))
     assert audit["verdict"]["text"] in body
@@ -231,16 +231,12 @@ def test_audit_page_renders_the_numbers_and_the_verdict(monkeypatch):
 
 
 def test_error_browser_and_explain_state_the_share_on_the_hand_of_the_shown_map(monkeypatch, data_dir):
-    from streamlit.testing.v1 import AppTest
+    from dashboard_app import open_page
 
     monkeypatch.setenv("BONEAGE_DATA", str(data_dir))
     case = ("4361", "official_test")
-    for page in ("pages/2_Error_browser.py", "pages/3_Explain.py"):
-        at = AppTest.from_file(str(REPO / "dashboard" / "Home.py"), default_timeout=120)
-        at.run()
-        at.switch_page(page)
-        at.session_state["case_id"], at.session_state["case_split"] = case
-        at.run()
+    for page in ("views/2_Error_browser.py", "views/3_Explain.py"):
+        at = open_page(page, {"case_id": case[0], "case_split": case[1]})
         assert not at.exception, [e.value for e in at.exception]
         notes = [str(x.value) for x in (*at.caption, *at.warning) if "on the hand" in str(x.value)
                  or "could not be located" in str(x.value)]

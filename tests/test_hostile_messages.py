@@ -192,20 +192,18 @@ def test_streamlit_config_has_safe_defaults(repo_root):
     assert 20 <= cfg["server"]["maxUploadSize"] <= 100
     assert cfg["browser"]["gatherUsageStats"] is False
     run_sh = (repo_root / "run.sh").read_text()
-    assert 'cd "$ROOT"' in run_sh and "streamlit run dashboard/Home.py" in run_sh and '"$@"' in run_sh
+    assert 'cd "$ROOT"' in run_sh and "streamlit run dashboard/app.py" in run_sh and '"$@"' in run_sh
 
 
 def test_upload_names_are_plain_text_on_the_predict_page(monkeypatch, data_dir):
-    from streamlit.testing.v1 import AppTest
+    from dashboard_app import open_page
 
     monkeypatch.delenv("BONEAGE_DATA", raising=False)
     name = "[x](http://evil.example)_*bold*.png"
     black = io.BytesIO()
     Image.fromarray(np.zeros((200, 200), np.uint8)).save(black, "PNG")
     real = (data_dir / "test" / "4361.png").read_bytes()
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "7_Predict.py"),
-                           default_timeout=120)
-    at.run()
+    at = open_page("views/7_Predict.py")
     at.file_uploader(key="pr_files").set_value([(name, black.getvalue(), "image/png"), ("=cmd|' /C calc'!A0.png", real,
                                                                                          "image/png")])
     at.run()

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from streamlit.testing.v1 import AppTest
+from dashboard_app import open_page
 
 from boneage.artifacts import ArtifactStore
 
-PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 FIRST = 120
 TEST_CASE = "4361"  # official test radiograph, a boy
 STORE = ArtifactStore.default()
@@ -30,7 +30,7 @@ def _texts(at) -> str:
 
 def test_uncertainty_page_shows_the_sites_before_and_after(data_dir, monkeypatch):
     monkeypatch.setenv("BONEAGE_DATA", str(data_dir))
-    at = AppTest.from_file(str(PAGES / "5_Uncertainty.py"), default_timeout=FIRST).run()
+    at = open_page(PAGES / "5_Uncertainty.py", timeout=FIRST)
     assert not at.exception, [e.message for e in at.exception]
     ev = STORE.json("sites/rsna-official.json")["evaluation"]
     shown = _texts(at)
@@ -43,7 +43,7 @@ def test_uncertainty_page_shows_the_sites_before_and_after(data_dir, monkeypatch
 
 def test_predict_page_site_selector_changes_the_prediction(data_dir, monkeypatch):
     monkeypatch.setenv("BONEAGE_DATA", str(data_dir))
-    at = AppTest.from_file(str(PAGES / "7_Predict.py"), default_timeout=FIRST).run()
+    at = open_page(PAGES / "7_Predict.py", timeout=FIRST)
     assert at.selectbox(key="pr_site").value == "none"
     at.radio(key="pr_sex").set_value("male")
     at.file_uploader(key="pr_files").set_value([(f"{TEST_CASE}.png", (data_dir / "test" / f"{TEST_CASE}.png").read_bytes(),

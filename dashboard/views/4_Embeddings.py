@@ -1,21 +1,15 @@
 """Embeddings: t-SNE / UMAP maps of what the network has learned, its outliers, and the layer-wise view."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`) under any runner
+from boneage.embeddings import MAP_METHODS, layer_quality_table, map_columns, most_unusual
+from dashboard import common
 
-import numpy as np  # noqa: E402
-import plotly.express as px  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-from plotly.subplots import make_subplots  # noqa: E402
-
-import common  # noqa: E402
-from boneage.embeddings import MAP_METHODS, layer_quality_table, map_columns, most_unusual  # noqa: E402
-
-common.page_setup("Embeddings")
 st.markdown(
     "Each point is one radiograph, placed by the network's **penultimate-layer features** (the fused image + "
     "sex representation the age and stage heads read) after a 2-D or 3-D projection. Cases the network sees "
@@ -149,32 +143,11 @@ if preds is not None and outliers_info is not None:
         st.info(f"No case in the chosen splits scores above the threshold {thr:.3f}; the 12 highest scores are listed.")
     show = table[["id", "split", "sex", "boneage", "boneage_pred", "abs_error", "uncertainty", "outlier_score",
                   "is_outlier"]]
-    sel = st.dataframe(
-        show, hide_index=True, on_select="rerun", selection_mode="single-row", key="emb_outlier_table",
-        column_config={"boneage": st.column_config.NumberColumn("reference (mo)", format="%.0f"),
-                       "boneage_pred": st.column_config.NumberColumn("predicted (mo)", format="%.1f"),
-                       "abs_error": st.column_config.NumberColumn("|error| (mo)", format="%.1f"),
-                       "uncertainty": st.column_config.NumberColumn("scale (mo)", format="%.1f"),
-                       "outlier_score": st.column_config.NumberColumn("LOF score", format="%.3f"),
-                       "is_outlier": st.column_config.CheckboxColumn("flagged")})
+    common.case_table(show, key="emb_outlier_table")
     st.caption(f"{n_flagged} flagged case(s) listed, highest score first. Select a row to open it in the Error browser.")
-    rows = sel.selection.rows if sel and sel.selection else []
-    if rows:
-        r = show.iloc[rows[0]]
-        common.try_open_case(str(r["id"]), str(r["split"]))
-    if common.data_dir() is None:
-        common.data_dir_notice("Thumbnails of the unusual radiographs")
-    else:
-        top = table.head(12)
-        cols = st.columns(6)
-        for i, (_, r) in enumerate(top.iterrows()):
-            img = common.case_image(str(r["id"]), str(r["split"]))
-            with cols[i % 6]:
-                if img is None:
-                    st.caption(f"{r['id']}: image not found")
-                else:
-                    flag = " · flagged" if r["is_outlier"] else ""
-                    st.image(img, caption=f"{r['id']} · LOF {r['outlier_score']:.2f}{flag}", width="stretch")
+    common.case_thumbnails(table.head(12), lambda r: f"{r['id']} · LOF {r['outlier_score']:.2f}"
+                           + (" · flagged" if r["is_outlier"] else ""), per_row=6,
+                           what="Thumbnails of the unusual radiographs")
 
 # -- layer-wise --------------------------------------------------------------------------------------
 st.header("Layer by layer: where does age appear?")

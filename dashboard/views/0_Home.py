@@ -1,19 +1,11 @@
 """Home: what the tool is, the model card, headline metrics with confidence intervals, training curves."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # dashboard/ (for `common`) under any runner
-
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-from plotly.subplots import make_subplots  # noqa: E402
-
-import common  # noqa: E402
-
-common.page_setup("Pediatric bone age")
-common.manifest_banner()
+from dashboard import common
 
 st.markdown(
     "This dashboard estimates **bone age** (skeletal maturity, in months) from a left-hand radiograph and the "

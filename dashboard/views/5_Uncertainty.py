@@ -3,26 +3,21 @@ and does the model know when it is unsure?"""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`) under any runner
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import plotly.express as px  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.conformal import LEVELS, coverage_frame  # noqa: E402
-from boneage.site_calibration import EVALUATION_METRICS, evaluation_frame  # noqa: E402
-from boneage.uncertainty import (UNCERTAINTY_MEASURES, error_by_uncertainty, least_certain,  # noqa: E402
+from boneage.conformal import LEVELS, coverage_frame
+from boneage.site_calibration import EVALUATION_METRICS, evaluation_frame
+from boneage.uncertainty import (UNCERTAINTY_MEASURES, error_by_uncertainty, least_certain,
                                  rank_correlation, stage_outcome, with_measures)
+from dashboard import common
 
 VARIANTS = {"mondrian": "Mondrian (per sex x age band)", "global": "Global (one calibration)"}
 VARIANT_COLOURS = {"mondrian": "#4c78a8", "global": "#f58518"}
 
-common.page_setup("Uncertainty")
 st.markdown(
     "Every prediction comes with a **conformal prediction interval** (80, 90 and 95%), calibrated on the "
     "calibration split: a 90% interval should contain the reference bone age in 90% of cases. The *Mondrian* "
@@ -320,28 +315,8 @@ if preds is not None:
     st.subheader("The cases the model is least sure about")
     k = st.slider("How many", 5, 50, 15, key="unc_k")
     worst = least_certain(d, by=measure, k=k)
-    sel = st.dataframe(worst, hide_index=True, on_select="rerun", selection_mode="single-row", key="unc_least_table",
-                       column_config={"boneage": st.column_config.NumberColumn("reference (mo)", format="%.0f"),
-                                      "boneage_pred": st.column_config.NumberColumn("predicted (mo)", format="%.1f"),
-                                      "abs_error": st.column_config.NumberColumn("|error| (mo)", format="%.1f"),
-                                      "uncertainty": st.column_config.NumberColumn("scale (mo)", format="%.1f"),
-                                      "lower_90": st.column_config.NumberColumn("90% low", format="%.0f"),
-                                      "upper_90": st.column_config.NumberColumn("90% high", format="%.0f"),
-                                      "width_90": st.column_config.NumberColumn("90% width", format="%.0f"),
-                                      "entropy": st.column_config.NumberColumn(format="%.3f"),
-                                      "outlier_score": st.column_config.NumberColumn("LOF", format="%.2f"),
-                                      "is_outlier": st.column_config.CheckboxColumn("LOF flag")})
+    common.case_table(worst, key="unc_least_table")
     st.caption(f"Sorted by {UNCERTAINTY_MEASURES[measure].lower()}, highest first; cases without a reference age "
                "are included. Select a row (or click a point above) to open the case in the Error browser.")
-    rows = sel.selection.rows if sel and sel.selection else []
-    if rows:
-        r = worst.iloc[rows[0]]
-        common.try_open_case(str(r["id"]), str(r["split"]))
-    if common.data_dir() is None:
-        common.data_dir_notice("Thumbnails of these cases")
-    else:
-        cols = st.columns(8)
-        for i, (_, r) in enumerate(worst.head(8).iterrows()):
-            img = common.case_image(str(r["id"]), str(r["split"]))
-            if img is not None:
-                cols[i].image(img, caption=f"{r['id']} · ±{r['uncertainty']:.0f} mo", width="stretch")
+    common.case_thumbnails(worst.head(8), lambda r: f"{r['id']} · ±{r['uncertainty']:.0f} mo", per_row=8,
+                           what="Thumbnails of these cases")

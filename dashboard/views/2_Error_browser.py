@@ -1,19 +1,12 @@
 """Error browser: every case with its prediction, filterable and sortable; one case in detail."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`)
-
-import pandas as pd  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-
-common.page_setup("Error browser")
-common.manifest_banner()
+from boneage.render import overlay
+from dashboard import common
 
 df = common.artifact_or_stop(common.predictions)
 chosen = common.selected_case()  # from another page (Overview scatter, Embeddings ...)
@@ -59,25 +52,8 @@ st.markdown(f"**{len(view):,} cases** match the filters (of {len(df):,}). Sorted
 if len(view):
     mae = view["abs_error"].mean()
     st.caption(f"MAE of the matching labelled cases: {mae:.2f} months." if pd.notna(mae) else "")
-event = st.dataframe(
-    view, key="eb_table", on_select="rerun", selection_mode="single-row", hide_index=True, height=360,
-    column_config={
-        "id": st.column_config.TextColumn("id"),
-        "boneage": st.column_config.NumberColumn("reference", format="%.1f"),
-        "boneage_pred": st.column_config.NumberColumn("predicted", format="%.1f"),
-        "residual": st.column_config.NumberColumn("pred - ref", format="%+.1f"),
-        "abs_error": st.column_config.NumberColumn("|error|", format="%.1f"),
-        "lower_90": st.column_config.NumberColumn("90% low", format="%.0f"),
-        "upper_90": st.column_config.NumberColumn("90% high", format="%.0f"),
-        "stage_true": "true stage", "stage_pred": "predicted stage",
-        "uncertainty": st.column_config.NumberColumn("model scale", format="%.1f"),
-        "outlier_score": st.column_config.NumberColumn("LOF score", format="%.2f"),
-        "is_outlier": st.column_config.CheckboxColumn("outlier"),
-    })
-
-sel_rows = event.selection.rows if event is not None else []
-if sel_rows and sel_rows[0] < len(view):
-    r = view.iloc[sel_rows[0]]
+r = common.case_table(view, key="eb_table", open_selected=False, height=360)
+if r is not None:
     split_key = {v: k for k, v in common.SPLIT_LABELS.items()}.get(r["split"], r["split"])
     common.open_case(r["id"], split_key, page=None)
     chosen = (str(r["id"]), split_key)
@@ -136,7 +112,7 @@ else:
         if img is not None:
             try:
                 heat = common.case_attribution(case_id, split, "gradcam")
-                st.image(common.overlay(img, heat, 0.45), caption=f"Grad-CAM: where the model looks ({common.base_label()} input)",
+                st.image(overlay(img, heat, 0.45), caption=f"Grad-CAM: where the model looks ({common.base_label()} input)",
                          width="stretch")
                 note, off_hand = common.attention_note(img, heat, "Grad-CAM")
                 (st.warning if off_hand else st.caption)(note)

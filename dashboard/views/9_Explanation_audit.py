@@ -2,22 +2,15 @@
 and the randomisation sanity check, from ``artifacts/explanation_audit.json`` (rules: boneage/explanation_audit.py)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`)
-
-import pandas as pd  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.explanation_audit import (AUDIT_COMMAND, AUDIT_FILE, CASES_FILE, REGION_LABELS,  # noqa: E402
+from boneage.explanation_audit import (AUDIT_COMMAND, AUDIT_FILE, CASES_FILE, REGION_LABELS,
                                        SANITY_THRESHOLD)
-from boneage.splits import AGE_BAND_LABELS  # noqa: E402
+from boneage.splits import AGE_BAND_LABELS
+from dashboard import common
 
-common.page_setup("Explanation audit")
-common.manifest_banner()
 
 audit = common.artifact_or_none(common.artifact_json, AUDIT_FILE)
 if audit is None:

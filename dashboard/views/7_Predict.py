@@ -1,23 +1,17 @@
 """Predict: bone age, intervals, stage and evidence for uploaded radiographs; results as CSV."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`)
+from boneage.assess import error_row, row_columns
+from boneage.csv_safety import to_csv_safe
+from boneage.render import overlay
+from boneage.report import render_report, report_name
+from boneage.site_calibration import SiteProfileError
+from dashboard import common
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.assess import error_row, row_columns  # noqa: E402
-from boneage.csv_safety import to_csv_safe  # noqa: E402
-from boneage.report import render_report, report_name  # noqa: E402
-from boneage.site_calibration import SiteProfileError  # noqa: E402
-
-common.page_setup("Predict")
-common.manifest_banner()
 st.markdown("Upload one or more left-hand radiographs (PNG, JPEG or DICOM). Each gets a bone-age estimate with "
             "80/90/95% prediction intervals, a developmental stage, a Grad-CAM map and the most similar training "
             f"cases. *Decision support only; the model sees the image at {common.base_label()} pixels.*")
@@ -97,7 +91,7 @@ for i, f in enumerate(files):
         c_img, c_num, c_sim = st.columns([1.2, 1.3, 1.5])
         with c_img:
             heat = common.image_attribution(a.image, male, "gradcam")
-            st.image(np.hstack([np.repeat(a.image[..., None], 3, axis=2), common.overlay(a.image, heat, 0.45)]),
+            st.image(np.hstack([np.repeat(a.image[..., None], 3, axis=2), overlay(a.image, heat, 0.45)]),
                      caption=f"Model input ({common.base_label()}) and Grad-CAM", width="stretch")
             st.download_button("Report (PDF)", render_report(a, heat), file_name=report_name(f.name),
                                mime="application/pdf", icon=":material/picture_as_pdf:", key=f"pr_report_{key}",
@@ -120,7 +114,7 @@ for i, f in enumerate(files):
                 st.caption(f"Rule: {a.maturity.rule}.{source}")
         with c_sim:
             try:
-                sim = common.similar_to(a.feature, k=4)
+                sim = common.similar_cases_index().query(a.feature, k=4)
             except common.ArtifactMissingError as exc:
                 st.caption(f"Similar cases unavailable: {exc}")
             else:

@@ -2,18 +2,13 @@
 intervals, and the male-female gap test; the audit as CSV and as a self-contained HTML report."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`) under any runner
-
-import pandas as pd  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.csv_safety import to_csv_safe  # noqa: E402
-from boneage.splits import AGE_BAND_LABELS  # noqa: E402
+from boneage.csv_safety import to_csv_safe
+from boneage.splits import AGE_BAND_LABELS
+from dashboard import common
 
 # metric -> (label, unit/format, what "better" means)
 METRIC_INFO = {
@@ -34,8 +29,8 @@ AUDIT_NOTES = (
     "absolute error, bias (predicted minus reference, months), RMSE, share of predictions within 12 months, "
     "accuracy of the developmental stage, and coverage of the 90% conformal interval, by sex, age band "
     "(reference bone age) and both.\n\n"
-    "Point estimates with fairlearn's MetricFrame; 95% confidence intervals from a percentile bootstrap with "
-    "cases resampled within each group. The male-female gap test gives the difference (boys minus girls) "
+    "Each metric is the mean of a per-case value over the group; 95% confidence intervals from a percentile "
+    "bootstrap with cases resampled within each group. The male-female gap test gives the difference (boys minus girls) "
     "with a bootstrap CI and a two-sided permutation p-value (sex labels shuffled); p_adj is the "
     "Benjamini-Hochberg adjustment over all gap tests in the table.")
 
@@ -74,7 +69,6 @@ def all_tables_csv(split: str) -> str:
                                  ignore_index=True))
 
 
-common.page_setup("Fairness")
 st.markdown(
     "Does the model work equally well for **girls and boys**, and across **ages**? Every number comes with a "
     "95% bootstrap confidence interval: with a few dozen cases in a group, differences of several months can "

@@ -2,18 +2,14 @@
 them, and how its average attention moves as the skeleton matures."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`) under any runner
+from boneage import explain
+from boneage.atlas import AGE_GRID_YEARS, N_PER_BAND, N_TYPICAL, band_samples, typical_cases
+from boneage.config import StageConfig, model_config_from_dict
+from boneage.render import overlay
+from dashboard import common
 
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-from boneage.atlas import AGE_GRID_YEARS, N_PER_BAND, N_TYPICAL, band_samples, typical_cases  # noqa: E402
-from boneage.config import StageConfig, model_config_from_dict  # noqa: E402
-
-common.page_setup("Maturation atlas")
 st.markdown(
     "An atlas in the spirit of Greulich and Pyle, built from this data set: pick a **bone age** and a **sex** to "
     "see training radiographs whose reference bone age is closest to it *and* which the model reads well "
@@ -86,7 +82,7 @@ elif not typical.empty:
                                   f"{r['boneage_pred'] / 12:.1f} y", width="stretch")
             heat = gradcam_or_none(cid, split)
             if heat is not None:
-                st.image(common.overlay(img, heat, alpha), caption="Grad-CAM (red = most attention)", width="stretch")
+                st.image(overlay(img, heat, alpha), caption="Grad-CAM (red = most attention)", width="stretch")
 
 # -- average attention per age band ------------------------------------------------------------------
 st.header("How attention moves with maturity")
@@ -104,7 +100,7 @@ else:
         layer_label = precomputed.layer if precomputed is not None else None
         if layer_label is None:
             try:
-                layer_label = next(iter(common.gradcam_layers()))
+                layer_label = next(iter(explain.gradcam_layers(common.predictor().model)))
             except Exception as exc:  # noqa: BLE001 - model missing: say so, keep the page
                 st.warning(f"Grad-CAM unavailable: {exc}")
         if layer_label is not None:
@@ -124,8 +120,8 @@ else:
                         st.caption(f"{band}: images not found.")
                         continue
                     mean_img, heat, n = res
-                    st.image(common.overlay(mean_img, heat, 0.5), caption=f"{band} (n = {n})", width="stretch")
-                    st.image(common.overlay(mean_img, heat, 1.0), caption="heatmap alone", width="stretch")
+                    st.image(overlay(mean_img, heat, 0.5), caption=f"{band} (n = {n})", width="stretch")
+                    st.image(overlay(mean_img, heat, 1.0), caption="heatmap alone", width="stretch")
             source = "" if precomputed is None else " (maps precomputed by `python -m pipelines.precompute --only atlas`)"
             st.caption(f"Grad-CAM layer: {layer_label}{source}. Hands differ in position and size, so the average "
                        "radiograph is blurred; read the maps as where attention concentrates on average (fingers and "

@@ -1,19 +1,14 @@
 """Explain: where the network looks for one radiograph (a dataset case or an upload), and why."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`)
+from boneage import explain
+from boneage.render import activation_mosaic, overlay
+from dashboard import common
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-
-common.page_setup("Explain")
-common.manifest_banner()
 
 df = common.artifact_or_stop(common.predictions)
 names = common.stage_names()
@@ -88,8 +83,8 @@ def heatmap(method: str, layer: str | None = None, progress=None) -> np.ndarray:
 st.markdown(pred_text)
 
 # -- attribution maps ---------------------------------------------------------------------------------------
-methods = common.explain_methods()
-layers = common.gradcam_layers()
+methods = dict(explain.METHODS)
+layers = explain.gradcam_layers(common.predictor().model)
 with st.container(border=True):
     c = st.columns([1, 1, 1, 1, 1])
     m_a = c[0].selectbox("Left map", list(methods), index=0, format_func=methods.get, key="ex_m_a")
@@ -114,7 +109,7 @@ for col, method in zip(cols[1:], (m_a, m_b)):
         else:
             with st.spinner(f"Computing {methods[method]}...", show_time=method == "smoothgrad"):
                 h = heatmap(method, lay)
-        st.image(enlarge(common.overlay(img, h, alpha, cmap)), width="stretch",
+        st.image(enlarge(overlay(img, h, alpha, cmap)), width="stretch",
                  caption=methods[method] + (f" ({layer})" if lay else ""))
         note, off_hand = common.attention_note(img, h, methods[method])
         (st.warning if off_hand else st.caption)(note + common.audit_method_note(method))
@@ -140,12 +135,12 @@ c[2].caption("Same image, only the sex input changed. Girls mature earlier, so t
 
 # -- activations ------------------------------------------------------------------------------------------------
 st.subheader("Layer activations")
-act_layers = common.activation_layers()
+act_layers = explain.activation_layers(common.predictor().model)
 labels = list(act_layers)
 a_layer = st.selectbox("Layer", labels, index=labels.index("Stage 3") if "Stage 3" in labels else 0, key="ex_act_layer",
                        help="Early layers: edges and texture at fine resolution; late layers: coarse, abstract maps.")
 maps = common.image_activations(img, male, a_layer, 32)
-st.image(common.activation_mosaic(maps, cols=8), width="stretch",
+st.image(activation_mosaic(maps, cols=8), width="stretch",
          caption=f"{len(maps)} most active channels of {a_layer} ({maps.shape[1]}x{maps.shape[2]} each), "
                  "each scaled to its own range.")
 
@@ -154,7 +149,7 @@ st.subheader("Most similar training cases")
 if feature is None:
     st.info("No feature vector for this case.")
 else:
-    sim = common.similar_to(feature, k=6, exclude_id=exclude)
+    sim = common.similar_cases_index().query(feature, k=6, exclude_id=exclude)
     if common.data_dir() is not None:
         cols = st.columns(len(sim))
         for col, (_, r) in zip(cols, sim.iterrows()):

@@ -1,20 +1,12 @@
 """Overview: accuracy of the bone-age regression and of the stage classifier on a test set."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dashboard/ (for `common`)
-
-import numpy as np  # noqa: E402
-import plotly.express as px  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
-
-common.page_setup("Overview")
-common.manifest_banner()
+from dashboard import common
 
 SPLITS = {"test": "Internal test", "official_test": "Official test"}
 split = st.segmented_control("Test set", list(SPLITS), format_func=SPLITS.get, default="test", required=True,
