@@ -64,3 +64,42 @@ def predict_cli(subprocess_env):
                               env=subprocess_env, capture_output=True, text=True, timeout=300)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def hand_dx():
+    """``make(png, sex="M", ...)``: a real radiograph (PNG, native size) wrapped as an uncompressed DX DICOM
+    file (bytes) with patient, study and series attributes; ``sex=None`` leaves PatientSex out, ``body_part``
+    and ``modality`` set those header fields."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def make(png: Path, sex: str | None = "M", birth_date: str = "20120115", study_date: str = "20260110",
+             body_part: str = "HAND", modality: str = "DX", patient_id: str = "BA-TEST-1") -> bytes:
+        pixels = np.asarray(Image.open(png).convert("L"))
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1.1", generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Test^Child", patient_id, birth_date
+        if sex is not None:
+            ds.PatientSex = sex
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = study_date, "101500", "1", "ACC1"
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
+        ds.Modality, ds.BodyPartExamined, ds.Laterality = modality, body_part, "L"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = pixels.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    return make
