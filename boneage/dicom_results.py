@@ -97,7 +97,7 @@ class Reading:
         out.append(f"Sex {sex} ({self.sex_source})")
         if self.chronological_age_months is not None and self.maturity is not None:
             diff = self.difference_months or 0.0
-            rel = "behind" if diff < 0 else "ahead of"
+            rel = "behind" if diff < 0 else "ahead"
             out.append(f"Chronological age {self.chronological_age_months:.1f} months: "
                        f"{self.maturity_label or self.maturity} (bone age {abs(diff):.1f} months {rel})")
         else:
@@ -108,7 +108,8 @@ class Reading:
             out.append("Image looked like a negative and was inverted before reading")
         if self.site:
             out.append(f"Site calibration: {self.site}")
-        out.append(f"Model: {self.model}. Heatmap (Grad-CAM): where the network looked, not a finding")
+        out.append(f"Model: {self.model}. Left: the radiograph as received. Right: what the model read, with its "
+                   "Grad-CAM map (where the network looked, not a finding).")
         return out
 
 
@@ -155,19 +156,33 @@ def result_picture(radiograph: np.ndarray, model_input: np.ndarray, heatmap: np.
     rad = rad.resize((max(1, round(rad.width * PANEL / rad.height)), PANEL), Image.BILINEAR)
     heat = overlay(model_input, heatmap, 0.45)
     heat = Image.fromarray(heat).resize((PANEL, PANEL), Image.BILINEAR)
-    width = rad.width + PANEL + 10
+    width = max(rad.width + PANEL + 10, 1000)
+    font = _font(FONT_SIZE)
+    lines = [part for line in lines for part in _wrap(line, font, width - 20)]
     text_h = LINE * len(lines) + 12
     top = LINE + 8
-    canvas = Image.new("RGB", (max(width, 1000), top + text_h + PANEL), (0, 0, 0))
+    canvas = Image.new("RGB", (width, top + text_h + PANEL), (0, 0, 0))
     canvas.paste(Image.fromarray(banner(DECISION_SUPPORT, canvas.width)), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    font = _font(FONT_SIZE)
     for i, line in enumerate(lines):
         draw.text((10, top + 6 + i * LINE), line, fill=(255, 255, 160), font=font)
     y = top + text_h
     canvas.paste(rad.convert("RGB"), (0, y))
     canvas.paste(heat, (rad.width + 10, y))
     return np.asarray(canvas)
+
+
+def _wrap(line: str, font: ImageFont.ImageFont, width: float) -> list[str]:
+    """``line`` broken at spaces into pieces no wider than ``width`` px in ``font``."""
+    out, current = [], ""
+    for word in line.split(" "):
+        candidate = f"{current} {word}".strip()
+        if current and font.getlength(candidate) > width:
+            out.append(current)
+            current = word
+        else:
+            current = candidate
+    return out + [current] if current else out
 
 
 def _series_uid_and_number(series_number: int) -> tuple[str, int]:
