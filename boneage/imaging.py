@@ -164,6 +164,12 @@ def _dicom_header(data: bytes, source: str):
         raise ImageLoadError(f"{source}: not a readable DICOM file ({type(exc).__name__}: {exc}).") from None
 
 
+def dicom_header(data: bytes, source: str = "upload"):
+    """The DICOM header of ``data`` (a pydicom Dataset without pixel data); raises :class:`ImageLoadError`
+    when the bytes are not a readable DICOM."""
+    return _dicom_header(data, source)[0]
+
+
 def _read_dicom(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Decode a DICOM after checking all its frames' pixels against ``max_pixels`` from the header.
 

@@ -83,12 +83,13 @@ class GateResult:
 
 @dataclass(frozen=True)
 class GatedImage:
-    """A decoded image that passed the gate (pixels 2-D float32), with the gate's result and the decoder's
-    notes (e.g. "only the first frame was used")."""
+    """A decoded image that passed the gate (pixels 2-D float32), with the gate's result, the decoder's
+    notes (e.g. "only the first frame was used") and the DICOM header (None for PNG/JPEG and arrays)."""
     pixels: np.ndarray
     source: str
     gate: GateResult
     notes: tuple[str, ...] = ()
+    dicom: Any = None
 
 
 def _shrink(a: np.ndarray, side: int = STRUCTURE_SIDE) -> np.ndarray:
@@ -220,7 +221,7 @@ def gate_decoded(dec: DecodedImage) -> GatedImage:
     result = check_radiograph(dec.pixels, dec.source, dec.dicom, dec.colorfulness)
     if not result.ok:
         raise NotARadiographError(result.reason)
-    return GatedImage(dec.pixels, dec.source, result, dec.notes)
+    return GatedImage(dec.pixels, dec.source, result, dec.notes, dec.dicom)
 
 
 def gate_array(arr: np.ndarray, source: str = "image") -> np.ndarray:

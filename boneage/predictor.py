@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
-from .imaging import ImageLoadError, safe_image_path
 from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
 from .inference import FastNetwork, Member, RawPredictions, fast_network_for, run_network
 from .model import BoneAgeNet, fold_batchnorm
@@ -288,6 +287,15 @@ class BoneAgePredictor:
         pred.notes = tuple(notes)
         return pred
 
+    def predict_prepared(self, prepared: list[Prepared], male: np.ndarray) -> tuple[list[Prediction], np.ndarray]:
+        """Predictions (with their framing and mirroring notes) and penultimate features (N, D) of prepared
+        images, in one batch; the outlier check is left to the caller (:mod:`boneage.assess`)."""
+        m = np.asarray(male).astype(bool)
+        raw = self.predict_preprocessed(np.stack([p.image for p in prepared]), m, return_features=True)
+        features, raw.features = raw.features, None
+        preds = [self._describe_input(pr, p.framing) for pr, p in zip(self._to_predictions(raw, m), prepared)]
+        return preds, features
+
     # Every door passes the input gate (boneage.input_gate): images that cannot be a hand radiograph (blank,
     # tiny, noise, colour photos, other DICOM modalities) raise NotARadiographError, an ImageLoadError.
     def predict_array(self, arr: np.ndarray, male: bool) -> Prediction:
@@ -302,44 +310,14 @@ class BoneAgePredictor:
         return self._predict_pixels(g.pixels, male, g.notes)
 
     def predict_cases(self, cases: pd.DataFrame, image_dir: str | os.PathLike, batch_size: int = 64) -> pd.DataFrame:
-        """One output row per input row, in input order; every failed row keeps its ``error`` (why), the rest
-        still succeed. ``male`` may hold True/False, 1/0 or M/F; a missing or unreadable sex is that row's
-        error. An ``error`` column already in ``cases`` (a row the table reader could not parse) is kept."""
-        from .tables import parse_male
+        """One output row per input row, in input order, in the schema every door shares
+        (:meth:`boneage.assess.Assessment.as_row`); every failed row keeps its ``error`` (why), the rest still
+        succeed. ``male`` may hold True/False, 1/0 or M/F; a missing or unreadable sex is that row's error. An
+        ``error`` column already in ``cases`` (a row the table reader could not parse) is kept. The same as
+        :func:`boneage.assess.assess_cases` with this predictor."""
+        from .assess import assess_cases
 
-        given_err = cases["error"].fillna("").astype(str).tolist() if "error" in cases else [""] * len(cases)
-        rows: list[dict] = [{"id": str(cid), "error": err} for cid, err in zip(cases["id"], given_err)]
-        males: list[bool | None] = [parse_male(v) for v in cases["male"]]
-        ok_idx, imgs, framings = [], [], []
-        for i, cid in enumerate(cases["id"]):
-            if rows[i]["error"]:
-                continue
-            if males[i] is None:
-                rows[i]["error"] = (f"sex missing or not understood ({cases['male'].iloc[i]!r}); give True/False, "
-                                    "1/0 or M/F")
-                continue
-            try:
-                p = self.prepare(load_radiograph(safe_image_path(image_dir, str(cid))).pixels)
-                imgs.append(p.image)
-                framings.append(p.framing)
-                ok_idx.append(i)
-            except ImageLoadError as exc:
-                rows[i]["error"] = str(exc)
-            except Exception as exc:  # an odd file must not take the whole batch down
-                rows[i]["error"] = f"{type(exc).__name__}: {exc}"
-        male_arr = np.array([bool(m) for m in males], dtype=bool)
-        for start in range(0, len(ok_idx), batch_size):
-            idx = ok_idx[start:start + batch_size]
-            raw = self.predict_preprocessed(np.stack(imgs[start:start + batch_size]), male_arr[idx],
-                                            return_features=self.outlier_check is not None)
-            for i, fr, pred in zip(idx, framings[start:start + batch_size], self._to_predictions(raw, male_arr[idx])):
-                rows[i].update(self._describe_input(pred, fr).as_row())
-        df = pd.DataFrame(rows, columns=None if rows else ["id", "error"])
-        df.insert(1, "male", pd.array(males, dtype="boolean"))
-        if self.site is not None:
-            df["site"] = self.site.name
-        cols = [c for c in df.columns if c != "error"] + ["error"]
-        return df[cols]
+        return assess_cases(cases, image_dir, self, batch_size)
 
 
 _DEFAULT: BoneAgePredictor | None = None

@@ -360,6 +360,21 @@ def image_prediction(image: np.ndarray, male: bool, site: str | None = None):
     return (site_predictor(site) if site else predictor()).predict_image(image, bool(male))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def assess_upload(data: bytes, name: str, male: bool, site: str | None = None):
+    """:func:`boneage.assess.assess` of an upload with the model and the outlier check of the artifact set in
+    use (``site``: a profile of that set), cached on the bytes; the chronological age is applied by the page
+    (:meth:`Assessment.with_chronological_age`, no new prediction). Raises ImageLoadError with the reason."""
+    from boneage.assess import assess
+
+    try:
+        detector = outlier_detector()
+    except ArtifactMissingError:
+        detector = None  # the page says that the check is unavailable
+    return assess(data, male, name=name, predictor=site_predictor(site) if site else predictor(),
+                  outlier_check=detector, upload=True)
+
+
 def site_names() -> list[str]:
     """Site profiles of the artifact set in use (``sites/<name>.json``)."""
     from boneage.site_calibration import available_sites

@@ -1,14 +1,17 @@
 """Predict bone age with the shipped model.
 
-One file:     python -m pipelines.predict IMAGE --sex F
+One file:     python -m pipelines.predict IMAGE --sex F [--age MONTHS] [--output ROW.csv]
 Many cases:   python -m pipelines.predict --image-dir DIR --cases CASES.csv --output OUT.csv
 
 CASES.csv needs ``id`` and ``male`` (True/False, 1/0) or ``sex`` (M/F); the image is DIR/<id>.png (or .jpg,
-.jpeg, .dcm). OUT.csv has one row per case: id, male, boneage_pred (months), uncertainty, stage_pred, stage
-probabilities, conformal interval bounds when calibrated, ``outlier_score`` and ``unlike_training_data`` (the
-shipped model only), and ``error`` (empty on success, else why). Images that cannot be a hand radiograph are
-refused by the input gate (boneage.input_gate) with the reason in ``error``. Exit status 0 when at least one
-case was predicted, 1 when none was, 2 when the input or output cannot be used (nothing is written then).
+.jpeg, .dcm). OUT.csv has one row per case in the schema every door shares (boneage.assess.row_columns): id,
+male, boneage_pred (months), uncertainty, stage_pred, stage probabilities, conformal interval bounds
+(lower_80 ... upper_95, empty when not calibrated), ``outlier_score`` and ``unlike_training_data`` (the shipped
+model only), framing, mirrored, inverted_negative, chronological_age_months / difference_months / maturity
+(from --age, or a DICOM header's age), site, notes and ``error`` (empty on success, else why). Images that
+cannot be a hand radiograph are refused by the input gate (boneage.input_gate) with the reason in ``error``.
+For a DICOM, a missing --sex is read from its PatientSex. Exit status 0 when at least one case was predicted,
+1 when none was, 2 when the input or output cannot be used (nothing is written then).
 
 ``--site SITE`` applies a site profile (artifacts/sites/SITE.json or a path, from ``pipelines.calibrate_site``):
 the site's corrected age and its own intervals, and a ``site`` column.
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from boneage.assess import AssessmentInputError, assess, assess_cases
 from boneage.config import write_atomic
 from boneage.csv_safety import to_csv_safe
 from boneage.imaging import ImageLoadError
@@ -61,10 +65,43 @@ def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     write_atomic(path, write)
 
 
+def check_report_dir(folder: str) -> str:
+    """Why reports cannot be written into ``folder`` ('' when they can; it is created when missing)."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        return f"--report-dir {path} is a file; give a folder."
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--report-dir {path}: {existing} is not writable."
+    return ""
+
+
+def write_case_report(a, predictor, folder: Path) -> Path:
+    """The one-page PDF of an assessment (with its Grad-CAM map) as ``folder/<id>.pdf``; returns the path."""
+    from boneage.assess import gradcam
+    from boneage.report import report_name, write_report
+
+    path = folder / report_name(a.id)
+    write_report(path, a, gradcam(a, predictor))
+    return path
+
+
+def summary_line(a) -> str:
+    """One line for people: bone age, 90 % interval, stage, uncertainty, sex (and where it came from), site."""
+    iv = a.intervals.get("90")
+    extra = f", 90% interval {iv[0]:.1f}-{iv[1]:.1f}" if iv else ", no interval (not calibrated)"
+    sex = "" if a.sex_source == "given" else f", sex {a.sex} from the {a.sex_source}"
+    return (f"{a.id}: bone age {a.boneage_months:.1f} months ({a.boneage_months / 12:.1f} years){extra}, stage "
+            f"{a.stage} (p={a.stage_probs[a.stage]:.2f}), uncertainty +/-{a.scale_months:.1f} months{sex}"
+            + (f", site {a.site}" if a.site else ""))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image", nargs="?", help="one radiograph (PNG, JPEG or DICOM)")
-    ap.add_argument("--sex", help="M or F (for a single image)")
+    ap.add_argument("--sex", help="M or F (for a single image; a DICOM's PatientSex when left out)")
+    ap.add_argument("--age", type=float, help="chronological age in months (a single image): adds the maturity "
+                                              "status (delayed / normal / advanced)")
     ap.add_argument("--image-dir", help="folder with <id>.png/.jpg/.dcm files")
     ap.add_argument("--cases", help="CSV with id and male/sex columns")
     ap.add_argument("--output", help="output CSV (default: print to stdout)")
@@ -76,6 +113,8 @@ def main(argv=None) -> int:
                     help="average over small zooms (default: the model's stored choice, inference.tta in config.json; "
                          "its intervals were calibrated that way)")
     ap.add_argument("--site", help="site profile: a name in artifacts/sites or a path (pipelines.calibrate_site)")
+    ap.add_argument("--report-dir", help="also write a printable one-page PDF report per radiograph "
+                                         "(DIR/<id>.pdf, with its Grad-CAM map) into this folder")
     args = ap.parse_args(argv)
 
     single = args.image is not None
@@ -84,11 +123,16 @@ def main(argv=None) -> int:
     male = None
     if single:
         male = parse_male(args.sex)
-        if male is None:
+        if args.sex is not None and male is None:
             ap.error("--sex must be M or F (or male/female, 1/0)")
     elif not (args.cases and args.image_dir):
         ap.error("--cases and --image-dir go together")
+    elif args.age is not None:
+        ap.error("--age goes with a single IMAGE (a batch reads ages from DICOM headers)")
     if args.output and (problem := check_output_path(args.output, args.cases)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.report_dir and (problem := check_report_dir(args.report_dir)):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     table = None
@@ -124,23 +168,40 @@ def main(argv=None) -> int:
 
     if single:
         try:
-            pred = predictor.predict_file(args.image, male)
+            a = assess(args.image, male, chronological_age=args.age, predictor=predictor)
         except ImageLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        for note in pred.notes:
-            print(f"note: {note}", file=sys.stderr)
-        if pred.unlike_training_data:
-            print(f"warning: {args.image} looks unlike the training radiographs (outlier score "
-                  f"{pred.outlier_score:.2f}); read the estimate with extra caution.", file=sys.stderr)
-        iv = pred.intervals.get("90")
-        extra = f", 90% interval {iv[0]:.1f}-{iv[1]:.1f}" if iv else ", no interval (not calibrated)"
-        print(f"{args.image}: bone age {pred.boneage_months:.1f} months ({pred.boneage_months / 12:.1f} years)"
-              f"{extra}, stage {pred.stage} (p={pred.stage_probs[pred.stage]:.2f}), uncertainty "
-              f"+/-{pred.scale_months:.1f} months" + (f", site {predictor.site.name}" if predictor.site else ""))
+        except AssessmentInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for caution in a.cautions():
+            print(f"{'warning' if 'unlike the training' in caution else 'note'}: {caution}", file=sys.stderr)
+        print(summary_line(a))
+        if a.maturity is not None:
+            print(f"{a.maturity_text()} Rule: {a.maturity.rule}.")
+        if args.output:
+            write_csv_atomic(pd.DataFrame([a.as_row()]), Path(args.output))
+            print(f"wrote 1 row to {args.output}")
+        if args.report_dir:
+            try:
+                print(f"wrote the report {write_case_report(a, predictor, Path(args.report_dir))}")
+            except OSError as exc:
+                print(f"error: the report could not be written: {exc}", file=sys.stderr)
+                return 2
         return 0
 
-    out = predictor.predict_cases(table.all_rows, args.image_dir)
+    reports: list[Path] = []
+
+    def report(a) -> None:
+        try:
+            reports.append(write_case_report(a, predictor, Path(args.report_dir)))
+        except OSError as exc:  # a full disk must not take the batch down; the rows are still written
+            print(f"failed report {a.id}: {exc}", file=sys.stderr)
+
+    out = assess_cases(table.all_rows, args.image_dir, predictor, on_assessment=report if args.report_dir else None)
+    if args.report_dir:
+        print(f"wrote {len(reports)} reports to {args.report_dir}")
     n_err = int((out["error"] != "").sum())
     if args.output:
         path = Path(args.output)

@@ -67,10 +67,10 @@ def predict_cli(subprocess_env):
 
 
 @pytest.fixture(scope="session")
-def hand_dx():
-    """``make(png, sex="M", ...)``: a real radiograph (PNG, native size) wrapped as an uncompressed DX DICOM
-    file (bytes) with patient, study and series attributes; ``sex=None`` leaves PatientSex out, ``body_part``
-    and ``modality`` set those header fields."""
+def make_dicom():
+    """``make_dicom(png_path, **tags) -> bytes``: a real radiograph wrapped into an uncompressed DX DICOM file
+    (8-bit MONOCHROME2, body part HAND) with the given header tags (e.g. PatientSex="F",
+    PatientBirthDate="20100115", StudyDate="20201120")."""
     import io
 
     import numpy as np
@@ -78,21 +78,17 @@ def hand_dx():
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    def make(png: Path, sex: str | None = "M", birth_date: str = "20120115", study_date: str = "20260110",
-             body_part: str = "HAND", modality: str = "DX", patient_id: str = "BA-TEST-1") -> bytes:
-        pixels = np.asarray(Image.open(png).convert("L"))
+    def make(png_path, **tags) -> bytes:
+        pixels = np.asarray(Image.open(png_path).convert("L"))
         ds = Dataset()
         ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1.1", generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Test^Child", patient_id, birth_date
-        if sex is not None:
-            ds.PatientSex = sex
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = study_date, "101500", "1", "ACC1"
-        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
-        ds.Modality, ds.BodyPartExamined, ds.Laterality = modality, body_part, "L"
+        ds.StudyInstanceUID = generate_uid()
+        ds.Modality, ds.BodyPartExamined = "DX", "HAND"
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        for tag, value in tags.items():
+            setattr(ds, tag, value)
         ds.PixelData = pixels.tobytes()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -103,3 +99,48 @@ def hand_dx():
         return buf.getvalue()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def hand_dx(make_dicom):
+    """``hand_dx(png, sex="M", ...) -> bytes``: :func:`make_dicom` with what a PACS has in every image (patient,
+    study and series ids, dates); ``sex=None`` leaves PatientSex out, ``body_part``/``modality`` replace HAND/DX."""
+    from pydicom.uid import generate_uid
+
+    def make(png: Path, sex: str | None = "M", birth_date: str = "20120115", study_date: str = "20260110",
+             body_part: str = "HAND", modality: str = "DX", patient_id: str = "BA-TEST-1") -> bytes:
+        tags = dict(SeriesInstanceUID=generate_uid(), PatientName="Test^Child", PatientID=patient_id,
+                    PatientBirthDate=birth_date, StudyDate=study_date, StudyTime="101500", StudyID="1",
+                    AccessionNumber="ACC1", ReferringPhysicianName="", SeriesNumber=1, InstanceNumber=1,
+                    Modality=modality, BodyPartExamined=body_part, Laterality="L")
+        if sex is not None:
+            tags["PatientSex"] = sex
+        return make_dicom(png, **tags)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def poppler():
+    """(pdf_text, pdf_pages): a PDF's text by ``pdftotext -layout`` and its pages rendered to PNG by ``pdftoppm``
+    (a list of paths), from Debian's poppler-utils (./test.sh installs it). Skips, saying so, where missing."""
+    import shutil
+    import tempfile
+
+    missing = [t for t in ("pdftotext", "pdftoppm") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian package poppler-utils; ./test.sh installs it as root "
+                    "with apt-get): the PDF cannot be rendered to check it")
+
+    def text(pdf: bytes) -> str:
+        return subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, check=True,
+                              timeout=60).stdout.decode()
+
+    def pages(pdf: bytes) -> list[Path]:
+        out = Path(tempfile.mkdtemp(prefix="pdfpages"))
+        (out / "in.pdf").write_bytes(pdf)
+        subprocess.run(["pdftoppm", "-r", "40", "-png", str(out / "in.pdf"), str(out / "page")], check=True,
+                       timeout=60)
+        return sorted(out.glob("page*.png"))
+
+    return text, pages

@@ -241,7 +241,7 @@ def test_predict_real_radiograph_with_data(with_data):
     assert 0 <= predicted <= 300
     assert any(e.value.startswith("empty.png") for e in at.error)
     res = at.dataframe[-1].value
-    ok = res[res["file"] == f"{TEST_CASE}.png"].iloc[0]
+    ok = res[res["id"] == f"{TEST_CASE}.png"].iloc[0]
     assert ok["error"] == "" and abs(ok["boneage_pred"] - predicted) < 0.051
     assert {"lower_90", "upper_90", "stage_pred"} <= set(res.columns)
     # chronological age -> delayed / normal / advanced
@@ -265,7 +265,7 @@ def test_predict_inverts_a_negative_upload_and_says_so(with_data):
     at.run(timeout=FIRST)
     assert not at.exception, [e.value for e in at.exception]
     assert sum("looks like a negative" in i.value for i in at.info) == 1
-    res = at.dataframe[-1].value.set_index("file")
+    res = at.dataframe[-1].value.set_index("id")
     assert res.loc["negative.png", "inverted_negative"] and not res.loc[f"{TEST_CASE}.png", "inverted_negative"]
     assert abs(res.loc["negative.png", "boneage_pred"] - res.loc[f"{TEST_CASE}.png", "boneage_pred"]) < 3.0
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from boneage.assessment import ADVANCED, DELAYED, NORMAL, maturity_status
+from boneage.maturity import ADVANCED, DELAYED, NORMAL, maturity_status
 from boneage.imaging import ImageLoadError, colorfulness, looks_like_radiograph, read_upload
 from boneage.metrics import bootstrap_ci, mae_ci_table
 

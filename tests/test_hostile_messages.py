@@ -215,4 +215,4 @@ def test_upload_names_are_plain_text_on_the_predict_page(monkeypatch, data_dir):
     assert len(errors) == 1 and "blank" in errors[0]
     assert "](http" not in errors[0] and r"\[x\]\(http\://evil.example\)" in errors[0]  # no live link
     res = at.dataframe[-1].value
-    assert res["file"].tolist() == [name, "=cmd|' /C calc'!A0.png"]
+    assert res["id"].tolist() == [name, "=cmd|' /C calc'!A0.png"]

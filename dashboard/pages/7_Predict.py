@@ -11,8 +11,9 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 import common  # noqa: E402
-from boneage.assessment import maturity_status  # noqa: E402
+from boneage.assess import error_row, row_columns  # noqa: E402
 from boneage.csv_safety import to_csv_safe  # noqa: E402
+from boneage.report import render_report, report_name  # noqa: E402
 from boneage.site_calibration import SiteProfileError  # noqa: E402
 
 common.page_setup("Predict")
@@ -70,67 +71,56 @@ for i, f in enumerate(files):
         sex = sex_col.selectbox("Sex", SEXES, index=SEXES.index(default_sex), key=f"pr_sex_{key}")
         chrono = age_col.number_input("Chronological age (months, optional)", min_value=0.0, max_value=300.0,
                                       value=None, step=1.0, key=f"pr_age_{key}",
-                                      help="Compares bone age with age: delayed / normal / advanced.")
+                                      help="Compares bone age with age: delayed / normal / advanced. Left empty, "
+                                           "a DICOM's own age (birth and study dates, or PatientAge) is used.")
         male = sex == "male"
-        row = {"file": f.name, "sex": "M" if male else "F"}
         try:
-            img, negative, notes = common.read_upload_gated(f.getvalue(), f.name)
-            pred, feature = common.image_prediction(img, male, site)
+            a = common.assess_upload(f.getvalue(), f.name, male, site)
+            if chrono is not None:
+                a = a.with_chronological_age(chrono)
         except common.ImageLoadError as exc:
             st.error(common.md_escape(exc), icon=":material/broken_image:")
-            rows.append({**row, "error": str(exc)})
+            rows.append(error_row(f.name, male, str(exc), common.stage_names()))
             continue
         except Exception as exc:  # never let one odd file take the page down
             st.error(common.md_escape(f"{f.name}: could not be processed ({type(exc).__name__}: {exc})."),
                      icon=":material/error:")
-            rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
+            rows.append(error_row(f.name, male, f"{type(exc).__name__}: {exc}", common.stage_names()))
             continue
-        row.update(pred.as_row())
-        if site:
-            row["site"] = site
-        row["inverted_negative"] = negative
-        for note in notes:
-            st.info(common.md_escape(note), icon=":material/info:")
-        if negative:
-            st.info("This image looks like a negative (bone dark on a bright background), so it was inverted "
-                    "before prediction. Check the model input below: bone should be bright.",
-                    icon=":material/invert_colors:")
+        for caution in a.cautions():
+            if a.unlike_training_data and "unlike the training" in caution:
+                st.warning(common.md_escape(caution), icon=":material/warning:")
+            else:
+                st.info(common.md_escape(caution), icon=":material/invert_colors:" if "negative" in caution
+                        else ":material/info:")
 
         c_img, c_num, c_sim = st.columns([1.2, 1.3, 1.5])
         with c_img:
-            heat = common.image_attribution(img, male, "gradcam")
-            st.image(np.hstack([np.repeat(img[..., None], 3, axis=2), common.overlay(img, heat, 0.45)]),
+            heat = common.image_attribution(a.image, male, "gradcam")
+            st.image(np.hstack([np.repeat(a.image[..., None], 3, axis=2), common.overlay(a.image, heat, 0.45)]),
                      caption=f"Model input ({common.base_label()}) and Grad-CAM", width="stretch")
+            st.download_button("Report (PDF)", render_report(a, heat), file_name=report_name(f.name),
+                               mime="application/pdf", icon=":material/picture_as_pdf:", key=f"pr_report_{key}",
+                               help="One printable page: patient, bone age with its 90% interval, stage, maturity "
+                                    "status, out-of-distribution note, model and site, disclaimer.")
         with c_num:
-            st.metric("Bone age", f"{pred.boneage_months:.1f} months", help=common.months_to_text(pred.boneage_months))
-            st.caption(f"= {pred.boneage_months / 12:.1f} years; model scale (typical error it expects) {pred.scale_months:.1f} months")
-            if pred.intervals:
+            st.metric("Bone age", f"{a.boneage_months:.1f} months", help=common.months_to_text(a.boneage_months))
+            st.caption(f"= {a.boneage_months / 12:.1f} years; model scale (typical error it expects) {a.scale_months:.1f} months")
+            if a.intervals:
                 st.dataframe(pd.DataFrame([{"level": f"{lvl}%", "from (months)": round(lo, 1), "to (months)": round(hi, 1)}
-                                           for lvl, (lo, hi) in pred.intervals.items()]),
+                                           for lvl, (lo, hi) in a.intervals.items()]),
                              hide_index=True, width="content")
-            probs = ", ".join(f"{k} {v:.0%}" for k, v in pred.stage_probs.items())
-            st.markdown(f"**Stage:** {pred.stage} ({probs})")
-            if chrono is not None:
-                ma = maturity_status(pred.boneage_months, chrono, interval=pred.intervals.get("95"),
-                                     scale=pred.scale_months)
-                rel = "behind" if ma.difference_months < 0 else "ahead of"
-                text = (f"**{ma.label}**: bone age is {abs(ma.difference_months):.1f} months {rel} the chronological "
-                        f"age ({chrono:.0f} months).")
-                (st.warning if ma.status != "normal" else st.success)(text)
-                st.caption(f"Rule: {ma.rule}.")
-                row.update(chronological_age=chrono, difference_months=round(ma.difference_months, 1),
-                           maturity=ma.status)
-            if detector is not None:
-                score = float(detector.score(feature[None])[0])
-                flagged = bool(detector.flag(feature[None])[0])
-                row.update(outlier_score=round(score, 3), unlike_training_data=flagged)
-                if flagged:
-                    st.warning(f"This image looks unlike the training radiographs (LOF score {score:.2f} > "
-                               f"{detector.threshold:.2f}): treat the estimate with extra caution.",
-                               icon=":material/warning:")
+            probs = ", ".join(f"{k} {v:.0%}" for k, v in a.stage_probs.items())
+            st.markdown(f"**Stage:** {a.stage} ({probs})")
+            if a.maturity is not None:
+                label, rest = a.maturity_text().split(": ", 1)
+                (st.warning if a.maturity.status != "normal" else st.success)(f"**{label}**: {rest}")
+                source = "" if a.chronological_age_source == "given" else \
+                    f" Chronological age from the {common.md_escape(a.chronological_age_source)}."
+                st.caption(f"Rule: {a.maturity.rule}.{source}")
         with c_sim:
             try:
-                sim = common.similar_to(feature, k=4)
+                sim = common.similar_to(a.feature, k=4)
             except common.ArtifactMissingError as exc:
                 st.caption(f"Similar cases unavailable: {exc}")
             else:
@@ -146,12 +136,10 @@ for i, f in enumerate(files):
                     st.dataframe(sim[["id", "sex", "boneage"]].rename(columns={"boneage": "bone age (months)"}),
                                  hide_index=True, width="content")
                     st.caption("Radiographs of similar cases are shown where the data folder is configured.")
-        rows.append({**row, "error": ""})
+        rows.append(a.as_row())
 
 st.subheader("Results")
-res = pd.DataFrame(rows)
-cols = [c for c in res.columns if c != "error"] + ["error"]
-res = res[cols]
+res = pd.DataFrame(rows, columns=row_columns(common.stage_names()))  # the schema every door writes
 n_ok = int((res["error"] == "").sum())
 st.caption(f"{n_ok} of {len(res)} uploads processed" + (f"; {len(res) - n_ok} failed (see the error column)."
                                                          if n_ok < len(res) else "."))
