@@ -15,12 +15,13 @@ Both are built with highdicom from the received radiograph's dataset, so they la
 
 :func:`read_bone_age` reads the bone age back from an SR made here (tests, and any receiver in Python).
 
-What goes into both is a :class:`Reading`: the assessment's numbers as shown to a clinician.
+What goes into both is the library's one assessment record, :class:`boneage.assess.Assessment` (the record the
+Predict page, ``pipelines.predict`` and the HTTP service give), so the PACS shows the same numbers and cautions.
 """
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -28,6 +29,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+
+if TYPE_CHECKING:
+    from .assess import Assessment
 
 SCHEME = "99BONEAGE"  # private coding scheme for concepts without a standard code
 MANUFACTURER = "boneage (research software)"
@@ -58,59 +62,33 @@ def value_code(text: str) -> Code:
     return Code(text.upper().replace(" ", "")[:16], SCHEME, text)
 
 
-@dataclass(frozen=True)
-class Reading:
-    """What the DICOM results say about one radiograph (months throughout).
+def model_name(a: "Assessment") -> str:
+    """The model as the results name it: the shipped network's fingerprint (and the site profile)."""
+    name = f"boneage model sha256 {a.model_sha256[:12]}" if a.model_sha256 else "boneage model"
+    return name + (f", site profile {a.site}" if a.site else "")
 
-    ``intervals``: level ("80", "90", "95") -> (lower, upper), empty when uncalibrated. ``maturity``:
-    "delayed" / "normal" / "advanced" with ``difference_months`` (bone age - chronological age), only when
-    the chronological age is known. ``unlike_training_data``: None when the check was not run. ``sex_source``
-    says where the sex came from ("header" or "configured default"); ``model`` names the model (and site).
-    """
-    boneage_months: float
-    stage: str
-    male: bool
-    scale_months: float | None = None
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
-    chronological_age_months: float | None = None
-    maturity: str | None = None
-    maturity_label: str | None = None
-    difference_months: float | None = None
-    unlike_training_data: bool | None = None
-    negative: bool = False
-    site: str | None = None
-    sex_source: str = "header"
-    model: str = "boneage shipped model"
-    model_version: str = "1"
 
-    def lines(self) -> list[str]:
-        """The reading as short lines of text (the Secondary Capture's burnt-in text, also the SR's summary)."""
-        ba = self.boneage_months
-        out = [f"Bone age {ba:.1f} months ({int(ba // 12)} y {ba % 12:.0f} mo), stage {self.stage}"]
-        if self.intervals:
-            level = "90" if "90" in self.intervals else next(iter(self.intervals))
-            lo, hi = self.intervals[level]
-            out.append(f"{level}% prediction interval {lo:.1f} - {hi:.1f} months")
-        else:
-            out.append("No prediction interval (model not calibrated)")
-        sex = "male" if self.male else "female"
-        out.append(f"Sex {sex} ({self.sex_source})")
-        if self.chronological_age_months is not None and self.maturity is not None:
-            diff = self.difference_months or 0.0
-            rel = "behind" if diff < 0 else "ahead"
-            out.append(f"Chronological age {self.chronological_age_months:.1f} months: "
-                       f"{self.maturity_label or self.maturity} (bone age {abs(diff):.1f} months {rel})")
-        else:
-            out.append("Chronological age unknown: no delayed/advanced call")
-        if self.unlike_training_data:
-            out.append("CAUTION: image unlike the training radiographs - read the estimate with extra care")
-        if self.negative:
-            out.append("Image looked like a negative and was inverted before reading")
-        if self.site:
-            out.append(f"Site calibration: {self.site}")
-        out.append(f"Model: {self.model}. Left: the radiograph as received. Right: what the model read, with its "
-                   "Grad-CAM map (where the network looked, not a finding).")
-        return out
+def reading_lines(a: "Assessment") -> list[str]:
+    """The assessment as short lines of text: what the Secondary Capture shows under its banner."""
+    ba = a.boneage_months
+    out = [f"Bone age {ba:.1f} months ({int(ba // 12)} y {ba % 12:.0f} mo), stage {a.stage}"]
+    if a.intervals:
+        level = "90" if "90" in a.intervals else next(iter(a.intervals))
+        lo, hi = a.intervals[level]
+        out.append(f"{level}% prediction interval {lo:.1f} - {hi:.1f} months")
+    else:
+        out.append(f"No prediction interval ({a.interval_problem or 'model not calibrated'})")
+    out.append(f"Sex {'male' if a.male else 'female'} ({a.sex_source})")
+    if a.maturity is not None:
+        out.append(f"{a.maturity_text()} [age from {a.chronological_age_source}]")
+    else:
+        out.append("Chronological age unknown: no delayed / normal / advanced call")
+    out += [f"CAUTION: {c}" for c in a.cautions()]
+    if a.site_note:
+        out.append(a.site_note[0].upper() + a.site_note[1:])
+    out.append(f"Model: {model_name(a)}. Left: the radiograph as received. Right: what the model read, with its "
+               "Grad-CAM map (where the network looked, not a finding).")
+    return out
 
 
 # -- Secondary Capture ---------------------------------------------------------------------------------
@@ -124,11 +102,20 @@ def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def display_radiograph(image: np.ndarray, height: int = PANEL) -> np.ndarray:
+    """A 2-D radiograph windowed to its 0.5-99.5th percentiles, as uint8 ``height`` px high (aspect kept):
+    the left panel of :func:`result_picture`, small enough to keep while an image waits for assessment."""
+    if image.dtype == np.uint8 and image.shape[0] == height:
+        return image
+    im = Image.fromarray(_to_uint8(image))
+    return np.asarray(im.resize((max(1, round(im.width * height / im.height)), height), Image.BILINEAR))
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     """A 2-D image windowed to its 0.5-99.5th percentiles as uint8 (display only)."""
+    if image.dtype == np.uint8:
+        return image
     a = np.asarray(image, dtype=np.float32)
-    if a.dtype == np.uint8:
-        return a
     lo, hi = np.percentile(a, [0.5, 99.5])
     if hi <= lo:
         return np.zeros(a.shape, np.uint8)
@@ -146,14 +133,13 @@ def result_picture(radiograph: np.ndarray, model_input: np.ndarray, heatmap: np.
                    lines: list[str]) -> np.ndarray:
     """The Secondary Capture's pixels, (H, W, 3) uint8.
 
-    Top: the :func:`banner`; under it the reading (``lines``); then the radiograph as received (windowed,
-    aspect kept, :data:`PANEL` px high) beside the model's input with its Grad-CAM map (``heatmap`` in [0, 1]
+    Top: the :func:`banner`; under it the reading (``lines``, wrapped to the width); then the radiograph as
+    received (:func:`display_radiograph`) beside the model's input with its Grad-CAM map (``heatmap`` in [0, 1]
     on ``model_input``'s grid, see :mod:`boneage.explain`).
     """
     from .explain import overlay
 
-    rad = Image.fromarray(_to_uint8(radiograph))
-    rad = rad.resize((max(1, round(rad.width * PANEL / rad.height)), PANEL), Image.BILINEAR)
+    rad = Image.fromarray(display_radiograph(radiograph))
     heat = overlay(model_input, heatmap, 0.45)
     heat = Image.fromarray(heat).resize((PANEL, PANEL), Image.BILINEAR)
     width = max(rad.width + PANEL + 10, 1000)
@@ -189,11 +175,15 @@ def _series_uid_and_number(series_number: int) -> tuple[str, int]:
     return hd.UID(), int(series_number)
 
 
-def secondary_capture(source: Dataset, reading: Reading, radiograph: np.ndarray, model_input: np.ndarray,
-                      heatmap: np.ndarray, series_number: int = 9901) -> Dataset:
-    """The Secondary Capture of ``reading`` for the radiograph ``source`` (its dataset; pixels not needed):
-    same patient and study, a new series, RGB with the reading and a decision-support banner burnt in."""
-    pixels = result_picture(radiograph, model_input, heatmap, reading.lines())
+def secondary_capture(source: Dataset, a: "Assessment", radiograph: np.ndarray, heatmap: np.ndarray,
+                      series_number: int = 9901) -> Dataset:
+    """The Secondary Capture of assessment ``a`` of the radiograph ``source`` (its dataset; pixels not needed;
+    ``radiograph``: its pixels, raw or :func:`display_radiograph`; ``heatmap``: the Grad-CAM of ``a.image``,
+    :func:`boneage.assess.gradcam`): same patient and study, a new series, RGB with the reading and a
+    decision-support banner burnt in."""
+    if a.image is None:
+        raise ValueError("the assessment carries no model input (a.image); make it with boneage.assess.assess")
+    pixels = result_picture(radiograph, a.image, heatmap, reading_lines(a))
     series_uid, number = _series_uid_and_number(series_number)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
@@ -203,8 +193,8 @@ def secondary_capture(source: Dataset, reading: Reading, radiograph: np.ndarray,
     )
     sc.SeriesDescription = "Bone age - decision support (not a diagnosis)"
     sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = (f"Decision support only, not a diagnosis. Bone age {reading.boneage_months:.1f} months, "
-                        f"stage {reading.stage}.")[:10240]
+    sc.ImageComments = (f"Decision support only, not a diagnosis. Bone age {a.boneage_months:.1f} months, "
+                        f"stage {a.stage}.")
     sc.DerivationDescription = "Automated bone-age estimate with Grad-CAM, from the referenced radiograph"
     _reference_source(sc, source)
     _stamp(sc)
@@ -240,26 +230,25 @@ def _measurement(name: Code, value: float) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=round(float(value), 4), unit=MONTHS)
 
 
-def structured_report(source: Dataset, reading: Reading, series_number: int = 9902) -> Dataset:
-    """A Comprehensive SR (TID 1500 Measurement Report) with ``reading`` as coded measurements and
+def structured_report(source: Dataset, a: "Assessment", series_number: int = 9902) -> Dataset:
+    """A Comprehensive SR (TID 1500 Measurement Report) with assessment ``a`` as coded measurements and
     evaluations, referencing ``source`` (its dataset; pixels not needed); same study, a new series."""
-    algorithm = hd.sr.AlgorithmIdentification(name=reading.model[:64], version=reading.model_version[:64])
-    measurements = [_measurement(BONE_AGE, reading.boneage_months)]
-    for level, (lo, hi) in reading.intervals.items():
+    algorithm = hd.sr.AlgorithmIdentification(name="boneage", version=(a.model_sha256[:16] or "unknown"),
+                                              parameters=[f"site profile {a.site}"] if a.site else None)
+    measurements = [_measurement(BONE_AGE, a.boneage_months)]
+    for level, (lo, hi) in a.intervals.items():
         lo_code, hi_code = interval_codes(level)
         measurements += [_measurement(lo_code, lo), _measurement(hi_code, hi)]
-    if reading.scale_months is not None:
-        measurements.append(_measurement(MODEL_SCALE, reading.scale_months))
-    evaluations = [hd.sr.QualitativeEvaluation(STAGE, value_code(reading.stage)),
-                   hd.sr.QualitativeEvaluation(NEGATIVE, YES if reading.negative else NO)]
-    if reading.chronological_age_months is not None:
-        measurements.append(_measurement(CHRONOLOGICAL_AGE, reading.chronological_age_months))
-        if reading.difference_months is not None:
-            measurements.append(_measurement(AGE_DIFFERENCE, reading.difference_months))
-        if reading.maturity:
-            evaluations.append(hd.sr.QualitativeEvaluation(MATURITY, value_code(reading.maturity)))
-    if reading.unlike_training_data is not None:
-        evaluations.append(hd.sr.QualitativeEvaluation(UNLIKE_TRAINING, YES if reading.unlike_training_data else NO))
+    measurements.append(_measurement(MODEL_SCALE, a.scale_months))
+    evaluations = [hd.sr.QualitativeEvaluation(STAGE, value_code(a.stage)),
+                   hd.sr.QualitativeEvaluation(NEGATIVE, YES if a.inverted_negative else NO)]
+    if a.chronological_age_months is not None:
+        measurements.append(_measurement(CHRONOLOGICAL_AGE, a.chronological_age_months))
+    if a.maturity is not None:
+        measurements.append(_measurement(AGE_DIFFERENCE, a.maturity.difference_months))
+        evaluations.append(hd.sr.QualitativeEvaluation(MATURITY, value_code(a.maturity.status)))
+    if a.unlike_training_data is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(UNLIKE_TRAINING, YES if a.unlike_training_data else NO))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=TRACKING_ID),
         algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=evaluations,
@@ -268,7 +257,8 @@ def structured_report(source: Dataset, reading: Reading, series_number: int = 99
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="boneage DICOM node", manufacturer_name=MANUFACTURER, model_name=reading.model[:64]))
+            uid=hd.UID(), name="boneage DICOM node", manufacturer_name=MANUFACTURER,
+            model_name=model_name(a)[:64]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=PROCEDURE, imaging_measurements=[group])

@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from datetime import date
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -92,14 +91,14 @@ class NodeConfig:
 
 @dataclass
 class Job:
-    """An accepted image waiting to be assessed."""
+    """An accepted image waiting to be assessed: the file as received (assessed by :func:`boneage.assess.assess`,
+    like every other door), its header, the radiograph as the Secondary Capture shows it (small), and the sex
+    to use when the header has none (None: the header's)."""
+    data: bytes
+    name: str
     header: Dataset
-    pixels: np.ndarray
-    male: bool
-    sex_source: str
-    chronological_age_months: float | None
-    notes: tuple[str, ...] = ()
-    calling_ae: str = ""
+    display: np.ndarray
+    sex: str | None = None
 
 
 @dataclass
@@ -114,37 +113,6 @@ class NodeStats:
 
 class Refused(Exception):
     """An image the node cannot assess; the message says why (logged, and sent back as ErrorComment)."""
-
-
-# -- header: sex and chronological age ---------------------------------------------------------------------
-def header_sex(header: Dataset) -> bool | None:
-    """True (male) / False (female) from PatientSex; None when absent or other (O, empty)."""
-    value = str(header.get("PatientSex", "") or "").strip().upper()
-    return {"M": True, "F": False}.get(value)
-
-
-def _dicom_date(value) -> date | None:
-    text = str(value or "").strip()
-    if len(text) < 8 or not text[:8].isdigit():
-        return None
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-    except ValueError:
-        return None
-
-
-def header_age_months(header: Dataset) -> float | None:
-    """Chronological age at the examination, months: PatientBirthDate and the study (or series, acquisition,
-    content) date, else PatientAge (nnnD/W/M/Y). None when neither is usable."""
-    birth = _dicom_date(header.get("PatientBirthDate"))
-    when = next((d for d in (_dicom_date(header.get(k)) for k in
-                             ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")) if d), None)
-    if birth and when and when >= birth:
-        return (when - birth).days / 30.4375
-    age = str(header.get("PatientAge", "") or "").strip().upper()
-    if len(age) == 4 and age[:3].isdigit() and age[3] in "DWMY":
-        return int(age[:3]) * {"D": 1 / 30.4375, "W": 7 / 30.4375, "M": 1.0, "Y": 12.0}[age[3]]
-    return None
 
 
 # -- the node ----------------------------------------------------------------------------------------------
@@ -208,7 +176,7 @@ class BoneAgeNode:
             log.warning("queue full (%d images): %s answered 'out of resources' (the sender retries)",
                         self.jobs.maxsize, uid)
             return _failure(OUT_OF_RESOURCES, "bone-age node busy; retry later")
-        log.info("accepted %s (%s, %s)", uid, "male" if job.male else "female", job.sex_source)
+        log.info("accepted %s%s", uid, f" (sex {job.sex} by --default-sex)" if job.sex else "")
         return SUCCESS
 
     def check(self, data: bytes, name: str) -> Job:
@@ -216,7 +184,8 @@ class BoneAgeNode:
         :class:`Refused` with the reason. Pixel decoding and the input gate are the library's
         (:func:`boneage.imaging.decode_image_bytes`, :func:`boneage.input_gate.gate_decoded`), so the node refuses
         what every other door refuses."""
-        from boneage.dicom_results import MANUFACTURER
+        from boneage.dicom_patient import patient_info
+        from boneage.dicom_results import MANUFACTURER, display_radiograph
         from boneage.imaging import ImageLoadError, decode_image_bytes
         from boneage.input_gate import gate_decoded
 
@@ -234,15 +203,14 @@ class BoneAgeNode:
             gated = gate_decoded(decoded)
         except ImageLoadError as exc:  # NotARadiographError: another modality or body part, blank, noise ...
             raise Refused(str(exc)) from None
-        male = header_sex(header)
-        source = "header"
-        if male is None:
+        sex = None
+        if patient_info(header).male is None:  # the header's sex is read by assess(), like at every door
             if self.config.default_sex is None:
-                sex = str(header.get("PatientSex", "") or "").strip() or "empty"
-                raise Refused(f"{name}: no patient sex in the header (PatientSex {sex}) and none configured; the "
+                value = str(header.get("PatientSex", "") or "").strip() or "empty"
+                raise Refused(f"{name}: no patient sex in the header (PatientSex {value}) and none configured; the "
                               "model needs it. Fill PatientSex (M/F) or start the node with --default-sex.")
-            male, source = self.config.default_sex, "configured default"
-        return Job(header, gated.pixels, bool(male), source, header_age_months(header), gated.notes)
+            sex = "M" if self.config.default_sex else "F"
+        return Job(data, name, header, display_radiograph(gated.pixels), sex)
 
     # -- worker: assess, build, send
     def _work(self) -> None:
@@ -263,15 +231,15 @@ class BoneAgeNode:
         """Assess one accepted image and send its Secondary Capture and SR to the destination."""
         from boneage.dicom_results import secondary_capture, structured_report
 
-        reading, model_input, heatmap = assess_job(self.predictor, job)
+        a, heat = assess_job(self.predictor, job)
         with self._lock:
             self.stats.assessed += 1
-        sc = secondary_capture(job.header, reading, job.pixels, model_input, heatmap, self.config.sc_series_number)
-        sr = structured_report(job.header, reading, self.config.sr_series_number)
+        sc = secondary_capture(job.header, a, job.display, heat, self.config.sc_series_number)
+        sr = structured_report(job.header, a, self.config.sr_series_number)
         send(self.config.destination, [sc, sr], self.config.ae_title)
         with self._lock:
             self.stats.sent += 1
-        log.info("sent bone age %.1f months for %s to %s (SC %s, SR %s)", reading.boneage_months,
+        log.info("sent bone age %.1f months for %s to %s (SC %s, SR %s)", a.boneage_months,
                  job.header.get("SOPInstanceUID", "?"), self.config.destination.ae_title, sc.SOPInstanceUID,
                  sr.SOPInstanceUID)
         return sc, sr
@@ -286,27 +254,16 @@ def _failure(status: int, comment: str) -> Dataset:
 
 
 def assess_job(predictor, job: Job):
-    """(Reading, model input, Grad-CAM) of one accepted image."""
-    from boneage import explain
-    from boneage.assessment import maturity_status
-    from boneage.dicom_results import Reading
+    """(Assessment, Grad-CAM) of one accepted image, by the library's one assessment function: sex and
+    chronological age from the header (:mod:`boneage.dicom_patient`), or the node's default sex."""
+    import dataclasses
 
-    prepared = predictor.prepare(job.pixels)
-    pred = predictor.predict_array(job.pixels, job.male)
-    maturity = None
-    if job.chronological_age_months is not None:
-        maturity = maturity_status(pred.boneage_months, job.chronological_age_months,
-                                   interval=pred.intervals.get("95"), scale=pred.scale_months)
-    heat = explain.attribute(predictor.model, prepared.image, job.male, "gradcam")
-    site = predictor.site.name if predictor.site is not None else None
-    reading = Reading(
-        boneage_months=pred.boneage_months, stage=pred.stage, male=job.male, scale_months=pred.scale_months,
-        intervals=dict(pred.intervals), chronological_age_months=job.chronological_age_months,
-        maturity=maturity.status if maturity else None, maturity_label=maturity.label if maturity else None,
-        difference_months=maturity.difference_months if maturity else None,
-        unlike_training_data=pred.unlike_training_data, negative=bool(prepared.negative), site=site,
-        sex_source=job.sex_source)
-    return reading, prepared.image, heat
+    from boneage.assess import assess, gradcam
+
+    a = assess(job.data, job.sex, name=job.name, predictor=predictor)
+    if job.sex is not None:
+        a = dataclasses.replace(a, sex_source="node default (--default-sex)")
+    return a, gradcam(a, predictor)
 
 
 def send(destination: Destination, datasets: list[Dataset], calling_ae: str = "BONEAGE", timeout: float = 30) -> None:
@@ -389,19 +346,18 @@ def main(argv=None) -> int:
 
 
 def load_node_predictor(config: NodeConfig):
-    """The predictor the node reads with (model, site, outlier check as configured)."""
+    """The predictor the node reads with: the shipped model with its "unlike the training data" check
+    (:func:`boneage.assess.shipped_predictor`) or ``model_dir`` (without that check), and the site profile."""
+    from boneage.assess import outlier_check_problem, shipped_predictor, with_site
     from boneage.predictor import load_predictor
 
-    predictor = load_predictor(config.model_dir, site=config.site)
-    if config.outlier_check and config.model_dir is None:
-        from boneage.artifacts import ArtifactMissingError
-        from boneage.unlike_training import fit_training_outlier_check
-
-        try:
-            predictor.outlier_check = fit_training_outlier_check()
-        except (ArtifactMissingError, ValueError) as exc:
-            log.warning("the 'unlike the training data' check is unavailable: %s", exc)
-    return predictor
+    if config.model_dir is None and config.outlier_check:
+        predictor = shipped_predictor()
+        if problem := outlier_check_problem():
+            log.warning(problem)
+    else:
+        predictor = load_predictor(config.model_dir)
+    return with_site(predictor, config.site)
 
 
 if __name__ == "__main__":

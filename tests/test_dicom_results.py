@@ -10,7 +10,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from boneage import dicom_results as dr
-from pipelines.dicom_node import BoneAgeNode, Destination, NodeConfig, Refused, header_age_months, header_sex
+from boneage.assess import Assessment
+from pipelines.dicom_node import BoneAgeNode, Destination, NodeConfig, Refused
 
 CASE = "4361"
 
@@ -22,12 +23,15 @@ def source(hand_dx, data_dir) -> tuple[Dataset, np.ndarray]:
     return ds, ds.pixel_array.astype(np.float32)
 
 
-def reading(**kw) -> dr.Reading:
-    base = dict(boneage_months=150.25, stage="Adolescent", male=True, scale_months=7.5,
+def reading(age: float | None = 167.85, **kw) -> Assessment:
+    """An assessment as boneage.assess makes it (numbers chosen here, so that the test knows them)."""
+    base = dict(id="x", male=True, boneage_months=150.25, scale_months=7.5, stage="Adolescent",
+                stage_probs={"Child": 0.05, "Adolescent": 0.9, "Adult": 0.05},
                 intervals={"80": (141.0, 160.5), "90": (138.2, 163.9), "95": (135.0, 166.0)},
-                chronological_age_months=167.85, maturity="normal", maturity_label="Within normal range",
-                difference_months=-17.6, unlike_training_data=False, negative=False)
-    return dr.Reading(**{**base, **kw})
+                outlier_score=1.1, unlike_training_data=False, outlier_threshold=1.5, sex_source="DICOM PatientSex",
+                model_sha256="ab" * 32, image=np.full((100, 100), 128, np.uint8))
+    a = Assessment(**{**base, **kw})
+    return a.with_chronological_age(age, "DICOM PatientBirthDate and StudyDate") if age is not None else a
 
 
 def roundtrip(ds: Dataset) -> Dataset:
@@ -36,16 +40,16 @@ def roundtrip(ds: Dataset) -> Dataset:
     return pydicom.dcmread(io.BytesIO(buf.getvalue()))
 
 
-def picture(source, r: dr.Reading) -> np.ndarray:
+def picture(source, a: Assessment) -> np.ndarray:
     ds, pixels = source
     heat = np.linspace(0, 1, 100 * 100, dtype=np.float32).reshape(100, 100)
-    model_input = np.full((100, 100), 128, np.uint8)
-    return roundtrip(dr.secondary_capture(ds, r, pixels, model_input, heat)).pixel_array
+    return roundtrip(dr.secondary_capture(ds, a, pixels, heat)).pixel_array
 
 
 def test_sr_holds_the_reading_as_coded_measurements_in_the_same_study(source):
     ds, _ = source
-    sr = roundtrip(dr.structured_report(ds, reading()))
+    a = reading()
+    sr = roundtrip(dr.structured_report(ds, a))
     assert sr.StudyInstanceUID == ds.StudyInstanceUID and sr.PatientID == ds.PatientID
     assert sr.SeriesInstanceUID != ds.SeriesInstanceUID and sr.SOPInstanceUID != ds.SOPInstanceUID
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
@@ -54,10 +58,12 @@ def test_sr_holds_the_reading_as_coded_measurements_in_the_same_study(source):
     assert m["Lower bound of 90% prediction interval of bone age"] == pytest.approx(138.2)
     assert m["Upper bound of 95% prediction interval of bone age"] == pytest.approx(166.0)
     assert m["Chronological age"] == pytest.approx(167.85)
-    assert m["Bone age minus chronological age"] == pytest.approx(-17.6)
+    assert m["Bone age minus chronological age"] == pytest.approx(150.25 - 167.85)
+    assert m["Model uncertainty scale (Laplace)"] == pytest.approx(7.5)
     e = dr.read_evaluations(sr)
+    assert a.maturity.status == "delayed"  # 167.85 is above the 95% interval's upper end (166)
     assert e == {"Skeletal maturity stage": "Adolescent", "Image taken for a negative and inverted": "No",
-                 "Maturity compared with chronological age": "normal", "Image unlike the training radiographs": "No"}
+                 "Maturity compared with chronological age": "delayed", "Image unlike the training radiographs": "No"}
     # the bone age is LOINC-coded, in months (UCUM)
     group = dr._group(sr)
     bone_age = group.get_measurements(name=dr.BONE_AGE)[0]
@@ -70,18 +76,15 @@ def test_sr_holds_the_reading_as_coded_measurements_in_the_same_study(source):
 
 def test_sr_without_chronological_age_or_check_says_nothing_about_them(source):
     ds, _ = source
-    r = reading(chronological_age_months=None, maturity=None, maturity_label=None, difference_months=None,
-                unlike_training_data=None, intervals={})
-    sr = roundtrip(dr.structured_report(ds, r))
+    sr = roundtrip(dr.structured_report(ds, reading(age=None, unlike_training_data=None, outlier_score=None,
+                                                    intervals={})))
     assert set(dr.read_measurements(sr)) == {"Bone age", "Model uncertainty scale (Laplace)"}
     assert set(dr.read_evaluations(sr)) == {"Skeletal maturity stage", "Image taken for a negative and inverted"}
 
 
 def test_secondary_capture_same_study_new_series_with_the_banner_burnt_in(source):
     ds, _ = source
-    r = reading()
-    sc = roundtrip(dr.secondary_capture(ds, r, source[1], np.zeros((100, 100), np.uint8),
-                                        np.zeros((100, 100), np.float32)))
+    sc = roundtrip(dr.secondary_capture(ds, reading(), source[1], np.zeros((100, 100), np.float32)))
     assert sc.StudyInstanceUID == ds.StudyInstanceUID and sc.PatientID == ds.PatientID
     assert sc.SeriesInstanceUID != ds.SeriesInstanceUID
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.BurnedInAnnotation == "YES"
@@ -109,14 +112,18 @@ def test_secondary_capture_text_shows_the_reading(source):
 
 
 def test_reading_lines_name_what_matters():
-    lines = reading(unlike_training_data=True, negative=True, site="north").lines()
-    text = "\n".join(lines)
+    a = reading(unlike_training_data=True, outlier_score=2.0, inverted_negative=True, site="north",
+                site_note="site profile 'north': age corrected")
+    text = "\n".join(dr.reading_lines(a))
     assert "Bone age 150.2 months (12 y 6 mo), stage Adolescent" in text
     assert "90% prediction interval 138.2 - 163.9 months" in text
-    assert "Within normal range (bone age 17.6 months behind)" in text
-    assert "CAUTION: image unlike the training radiographs" in text
-    assert "negative" in text and "Site calibration: north" in text
-    assert "Chronological age unknown" in "\n".join(reading(chronological_age_months=None, maturity=None).lines())
+    assert "Sex male (DICOM PatientSex)" in text
+    assert "Delayed: bone age is 17.6 months behind the chronological age (168 months)." in text
+    assert "[age from DICOM PatientBirthDate and StudyDate]" in text
+    assert "CAUTION: This image looks unlike the training radiographs" in text
+    assert "CAUTION: This image looks like a negative" in text
+    assert "Site profile 'north'" in text and "sha256 abababababab, site profile north" in text
+    assert "Chronological age unknown" in "\n".join(dr.reading_lines(reading(age=None)))
 
 
 # -- the node's checks on what it receives (no network, no model) ---------------------------------------------
@@ -125,11 +132,12 @@ def node() -> BoneAgeNode:
     return BoneAgeNode(NodeConfig(Destination("PACS", "127.0.0.1", 104)), predictor=None)
 
 
-def test_node_accepts_a_hand_dx_with_sex_and_age(node, hand_dx, data_dir):
-    job = node.check(hand_dx(data_dir / "test" / f"{CASE}.png", sex="F"), "image")
-    assert job.male is False and job.sex_source == "header"
-    assert job.chronological_age_months == pytest.approx(5109 / 30.4375)
-    assert job.pixels.shape == (759, 568)
+def test_node_accepts_a_hand_dx_and_keeps_a_small_display_copy(node, hand_dx, data_dir):
+    data = hand_dx(data_dir / "test" / f"{CASE}.png", sex="F")
+    job = node.check(data, "image")
+    assert job.sex is None  # the header's sex is used (read by assess, like at every door)
+    assert job.data == data and job.header.PatientSex == "F"
+    assert job.display.dtype == np.uint8 and job.display.shape == (dr.PANEL, round(568 * dr.PANEL / 759))
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -151,7 +159,7 @@ def test_node_refuses_unreadable_pixel_data(node, hand_dx, data_dir):
 
 def test_node_refuses_its_own_results(node, source):
     ds, pixels = source
-    sc = dr.secondary_capture(ds, reading(), pixels, np.zeros((100, 100), np.uint8), np.zeros((100, 100), np.float32))
+    sc = dr.secondary_capture(ds, reading(), pixels, np.zeros((100, 100), np.float32))
     buf = io.BytesIO()
     sc.save_as(buf, enforce_file_format=True)
     with pytest.raises(Refused, match="node's own results"):
@@ -161,17 +169,5 @@ def test_node_refuses_its_own_results(node, source):
 def test_configured_sex_is_used_only_when_the_header_has_none(hand_dx, data_dir):
     node = BoneAgeNode(NodeConfig(Destination("PACS", "127.0.0.1", 104), default_sex=True), predictor=None)
     png = data_dir / "test" / f"{CASE}.png"
-    assert (node.check(hand_dx(png, sex=None), "x").male, node.check(hand_dx(png, sex=None), "x").sex_source) == \
-        (True, "configured default")
-    assert node.check(hand_dx(png, sex="F"), "x").male is False
-
-
-def test_header_sex_and_age():
-    ds = Dataset()
-    assert header_sex(ds) is None and header_age_months(ds) is None
-    ds.PatientSex, ds.PatientAge = "M", "010Y"
-    assert header_sex(ds) is True and header_age_months(ds) == 120
-    ds.PatientBirthDate, ds.StudyDate = "20200101", "20210101"  # dates win over PatientAge
-    assert header_age_months(ds) == pytest.approx(366 / 30.4375)
-    ds.StudyDate = "20190101"  # study before birth: not a usable pair, PatientAge again
-    assert header_age_months(ds) == 120
+    assert node.check(hand_dx(png, sex=None), "x").sex == "M"
+    assert node.check(hand_dx(png, sex="F"), "x").sex is None
