@@ -311,7 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for noisy in ("pynetdicom", "highdicom"):  # their INFO lines are per PDU / per copied module
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     for name, port in (("--port", args.port), ("--dest-port", args.dest_port)):
         if not 0 < port < 65536:
             ap.error(f"{name} {port} is not a TCP port (1-65535)")
@@ -320,6 +321,9 @@ def main(argv=None) -> int:
     config = NodeConfig(_destination(args), args.ae_title, args.host, args.port,
                         {"M": True, "F": False}.get(args.default_sex) if args.default_sex else None,
                         args.site, args.model_dir, args.outlier_check, args.queue_size)
+    if problem := port_problem(config.host, config.port):  # before the model is loaded: fail fast
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         predictor = load_node_predictor(config)
     except (ValueError, FileNotFoundError) as exc:  # ModelNotFoundError, SiteProfileError
@@ -343,6 +347,19 @@ def main(argv=None) -> int:
              node.stats.refused, node.stats.assessed, node.stats.sent, node.stats.failed)
     node.stop()
     return 0
+
+
+def port_problem(host: str, port: int) -> str:
+    """Why the node cannot listen on ``host:port`` ('' when it can)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host."
+    return ""
 
 
 def load_node_predictor(config: NodeConfig):

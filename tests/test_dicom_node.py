@@ -180,6 +180,15 @@ def test_rejected_images_get_a_failure_status_and_the_node_keeps_serving(node, n
     no_sex = c_store(node_port, hand_dx(png, sex=None))
     assert no_sex.Status == 0xC000
     assert "sex" in str(no_sex.get("ErrorComment", ""))
+    # a CT image: its storage class is not offered, so the node declines it during association negotiation
+    from pynetdicom import AE
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")  # CT Image Storage
+    assoc = ae.associate("127.0.0.1", node_port, ae_title=NODE_AET)
+    assert not assoc.is_established or not assoc.accepted_contexts
+    if assoc.is_established:
+        assoc.release()
     ok = c_store(node_port, hand_dx(png, patient_id="BA-TEST-2"))  # a valid image right after: still served
     assert ok.Status == 0x0000
     _, log_path = node

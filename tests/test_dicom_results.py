@@ -171,3 +171,32 @@ def test_configured_sex_is_used_only_when_the_header_has_none(hand_dx, data_dir)
     png = data_dir / "test" / f"{CASE}.png"
     assert node.check(hand_dx(png, sex=None), "x").sex == "M"
     assert node.check(hand_dx(png, sex="F"), "x").sex is None
+
+
+def test_sending_to_a_destination_that_is_down_names_it(source):
+    import socket
+
+    from pipelines.dicom_node import send
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sr = dr.structured_report(source[0], reading())
+    with pytest.raises(RuntimeError, match=f"could not associate with PACS@127.0.0.1:{port}"):
+        send(Destination("PACS", "127.0.0.1", port), [sr], timeout=5)
+
+
+def test_cli_refuses_a_busy_port_before_loading_the_model(subprocess_env, repo_root):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "pipelines.dicom_node", "--port", str(port), "--dest-ae", "PACS",
+                               "--dest-host", "127.0.0.1", "--dest-port", "104"], cwd=repo_root, env=subprocess_env,
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
