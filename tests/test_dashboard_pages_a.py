@@ -244,6 +244,7 @@ def test_predict_real_radiograph_with_data(with_data):
     ok = res[res["id"] == f"{TEST_CASE}.png"].iloc[0]
     assert ok["error"] == "" and abs(ok["boneage_pred"] - predicted) < 0.051
     assert {"lower_90", "upper_90", "stage_pred"} <= set(res.columns)
+    assert [b.proto.label for b in at.get("download_button")].count("Report (PDF)") == 1  # the printable page
     # chronological age -> delayed / normal / advanced
     at.number_input(key=f"pr_age_0_{TEST_CASE}.png").set_value(TEST_CASE_AGE)
     assert rerun_timed(at) < PERF_LIMIT
