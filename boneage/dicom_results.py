@@ -171,10 +171,6 @@ def _wrap(line: str, font: ImageFont.ImageFont, width: float) -> list[str]:
     return out + [current] if current else out
 
 
-def _series_uid_and_number(series_number: int) -> tuple[str, int]:
-    return hd.UID(), int(series_number)
-
-
 def secondary_capture(source: Dataset, a: "Assessment", radiograph: np.ndarray, heatmap: np.ndarray,
                       series_number: int = 9901) -> Dataset:
     """The Secondary Capture of assessment ``a`` of the radiograph ``source`` (its dataset; pixels not needed;
@@ -184,10 +180,9 @@ def secondary_capture(source: Dataset, a: "Assessment", radiograph: np.ndarray, 
     if a.image is None:
         raise ValueError("the assessment carries no model input (a.image); make it with boneage.assess.assess")
     pixels = result_picture(radiograph, a.image, heatmap, reading_lines(a))
-    series_uid, number = _series_uid_and_number(series_number)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=number,
+        coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=int(series_number),
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
         patient_orientation=_orientation(source),
     )
@@ -262,9 +257,8 @@ def structured_report(source: Dataset, a: "Assessment", series_number: int = 990
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=PROCEDURE, imaging_measurements=[group])
-    series_uid, number = _series_uid_and_number(series_number)
     sr = hd.sr.ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=series_uid, series_number=number,
+        evidence=[source], content=report[0], series_instance_uid=hd.UID(), series_number=int(series_number),
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
         is_final=False, is_verified=False)
     sr.SeriesDescription = "Bone age SR - decision support (not a diagnosis)"

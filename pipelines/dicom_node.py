@@ -24,7 +24,7 @@ import queue
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -60,7 +60,7 @@ ACCEPTED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
     "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
 }
-SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE = 0x0000, 0xC000, 0xA700, 0x0110
+SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA700
 
 
 @dataclass(frozen=True)
@@ -103,12 +103,12 @@ class Job:
 
 @dataclass
 class NodeStats:
+    """Counts since the node started (logged when it stops)."""
     received: int = 0
     refused: int = 0
     assessed: int = 0
     sent: int = 0
     failed: int = 0
-    reasons: list[str] = field(default_factory=list)
 
 
 class Refused(Exception):
@@ -150,10 +150,6 @@ class BoneAgeNode:
         self.jobs.put(None)
         self._worker.join(timeout=60)
 
-    def wait_idle(self) -> None:
-        """Block until every accepted image has been assessed and sent (tests, orderly shutdown)."""
-        self.jobs.join()
-
     # -- C-STORE: quick checks, then queue
     def _on_store(self, event) -> Dataset | int:
         with self._lock:
@@ -163,13 +159,12 @@ class BoneAgeNode:
         name = f"image {uid} from {calling or '?'}"
         try:
             job = self.check(event.encoded_dataset(), name)
-            job.calling_ae = calling
-        except Refused as exc:
+        except Exception as exc:  # Refused, or anything unforeseen: a failure status, and the node keeps serving
+            reason = str(exc) if isinstance(exc, Refused) else f"{name}: not assessed ({type(exc).__name__}: {exc})"
             with self._lock:
                 self.stats.refused += 1
-                self.stats.reasons.append(str(exc))
-            log.warning("refused %s", exc)
-            return _failure(CANNOT_UNDERSTAND, str(exc).removeprefix(f"{name}: "))
+            log.warning("refused %s", reason)
+            return _failure(CANNOT_UNDERSTAND, reason.removeprefix(f"{name}: "))
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
