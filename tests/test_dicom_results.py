@@ -200,3 +200,24 @@ def test_cli_refuses_a_busy_port_before_loading_the_model(subprocess_env, repo_r
                               capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_full_queue_answers_busy_and_a_refusal_answers_cannot_understand(hand_dx, data_dir):
+    from types import SimpleNamespace
+
+    # not started: nothing takes jobs off the queue, which holds one image
+    node = BoneAgeNode(NodeConfig(Destination("PACS", "127.0.0.1", 104), queue_size=1), predictor=None)
+    png = data_dir / "test" / f"{CASE}.png"
+
+    def event(data: bytes):
+        return SimpleNamespace(assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="PACS")),
+                               request=SimpleNamespace(AffectedSOPInstanceUID="1.2.3"),
+                               encoded_dataset=lambda: data)
+
+    assert node._on_store(event(hand_dx(png))) == 0x0000
+    busy = node._on_store(event(hand_dx(png)))
+    assert busy.Status == 0xA700 and "busy" in busy.ErrorComment
+    refused = node._on_store(event(hand_dx(png, body_part="KNEE")))
+    assert refused.Status == 0xC000 and refused.ErrorComment.startswith("the DICOM header says the body part")
+    assert len(refused.ErrorComment) <= 64
+    assert (node.stats.received, node.stats.refused) == (3, 1)
