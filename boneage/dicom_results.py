@@ -180,6 +180,7 @@ def secondary_capture(source: Dataset, a: "Assessment", radiograph: np.ndarray, 
     if a.image is None:
         raise ValueError("the assessment carries no model input (a.image); make it with boneage.assess.assess")
     pixels = result_picture(radiograph, a.image, heatmap, reading_lines(a))
+    source = as_reference(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=int(series_number),
@@ -207,6 +208,29 @@ def _orientation(source: Dataset) -> tuple[str, str]:
     return "L", "F"
 
 
+# Type 2 attributes (present, possibly empty) of the patient and study modules that highdicom copies from the
+# received image; a sender may leave them out entirely, and highdicom then fails.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def as_reference(source: Dataset) -> Dataset:
+    """A copy of the received header that highdicom can build from: the Type 2 patient and study attributes it
+    lacks are added empty (never guessed). Raises ValueError naming a missing identifying UID."""
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+               if not str(source.get(k, "") or "")]
+    if missing:
+        raise ValueError(f"the received image has no {', '.join(missing)}; results cannot be placed in its study")
+    ref = Dataset()
+    ref.update(source)
+    if hasattr(source, "file_meta"):
+        ref.file_meta = source.file_meta
+    for key in _TYPE2:
+        if key not in ref:
+            setattr(ref, key, "")
+    return ref
+
+
 def _reference_source(ds: Dataset, source: Dataset) -> None:
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
@@ -228,6 +252,7 @@ def _measurement(name: Code, value: float) -> hd.sr.Measurement:
 def structured_report(source: Dataset, a: "Assessment", series_number: int = 9902) -> Dataset:
     """A Comprehensive SR (TID 1500 Measurement Report) with assessment ``a`` as coded measurements and
     evaluations, referencing ``source`` (its dataset; pixels not needed); same study, a new series."""
+    source = as_reference(source)
     algorithm = hd.sr.AlgorithmIdentification(name="boneage", version=(a.model_sha256[:16] or "unknown"),
                                               parameters=[f"site profile {a.site}"] if a.site else None)
     measurements = [_measurement(BONE_AGE, a.boneage_months)]

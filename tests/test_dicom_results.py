@@ -221,3 +221,22 @@ def test_a_full_queue_answers_busy_and_a_refusal_answers_cannot_understand(hand_
     assert refused.Status == 0xC000 and refused.ErrorComment.startswith("the DICOM header says the body part")
     assert len(refused.ErrorComment) <= 64
     assert (node.stats.received, node.stats.refused) == (3, 1)
+
+
+def test_results_for_a_sparse_header_leave_unknowns_empty(make_dicom, data_dir):
+    """A sender may leave out Type 2 attributes (accession number, referring physician, birth date ...): the
+    results are still made, with those empty, never invented."""
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(data_dir / "test" / f"{CASE}.png", PatientSex="F",
+                                               SeriesInstanceUID=generate_uid())))
+    assert "AccessionNumber" not in ds and "PatientName" not in ds
+    sr = roundtrip(dr.structured_report(ds, reading(age=None)))
+    sc = roundtrip(dr.secondary_capture(ds, reading(age=None), ds.pixel_array, np.zeros((100, 100), np.float32)))
+    for out in (sr, sc):
+        assert out.StudyInstanceUID == ds.StudyInstanceUID
+        assert out.AccessionNumber == "" and out.PatientBirthDate == ""
+    assert dr.read_bone_age(sr) == pytest.approx(150.25)
+    del ds.SeriesInstanceUID
+    with pytest.raises(ValueError, match="no SeriesInstanceUID"):
+        dr.structured_report(ds, reading())
