@@ -3,8 +3,9 @@
 Both are built with highdicom from the received radiograph's dataset, so they land in the *same study*
 (StudyInstanceUID, patient and study attributes copied) as a *new series* each:
 
-* :func:`secondary_capture`: an RGB picture with the radiograph as received, the model's input with its
-  Grad-CAM map, and the reading written into the pixels (burnt in), headed by a "DECISION SUPPORT" banner.
+* :func:`secondary_capture`: an RGB picture with the radiograph as received beside its Grad-CAM map (on the
+  radiograph itself for models that read the whole film, on the model's input otherwise), and the reading
+  written into the pixels (burnt in), headed by a "DECISION SUPPORT" banner.
   Burnt-in text is what every viewer shows, including those that ignore overlays and SR.
 * :func:`structured_report`: a Comprehensive SR holding a TID 1500 Measurement Report whose one
   measurement group carries the bone age, the bounds of its prediction intervals, the chronological age
@@ -68,8 +69,16 @@ def model_name(a: "Assessment") -> str:
     return name + (f", site profile {a.site}" if a.site else "")
 
 
-def reading_lines(a: "Assessment") -> list[str]:
-    """The assessment as short lines of text: what the Secondary Capture shows under its banner."""
+def covers_whole_image(geometry) -> bool:
+    """Whether a model with this :class:`boneage.geometry.Geometry` reads the whole radiograph squeezed to its
+    base square (no framing, no padding): then its Grad-CAM map, stretched back to the radiograph's shape, lies
+    exactly on the radiograph."""
+    return geometry.fit == "squeeze" and geometry.framing == "none"
+
+
+def reading_lines(a: "Assessment", whole_image: bool = False) -> list[str]:
+    """The assessment as short lines of text: what the Secondary Capture shows under its banner
+    (``whole_image``: as :func:`result_picture`)."""
     ba = a.boneage_months
     out = [f"Bone age {ba:.1f} months ({int(ba // 12)} y {ba % 12:.0f} mo), stage {a.stage}"]
     if a.intervals:
@@ -80,14 +89,16 @@ def reading_lines(a: "Assessment") -> list[str]:
         out.append(f"No prediction interval ({a.interval_problem or 'model not calibrated'})")
     out.append(f"Sex {'male' if a.male else 'female'} ({a.sex_source})")
     if a.maturity is not None:
-        out.append(f"{a.maturity_text()} [age from {a.chronological_age_source}]")
+        out.append(f"{a.maturity_text()} [age: {a.chronological_age_source}]")
     else:
         out.append("Chronological age unknown: no delayed / normal / advanced call")
     out += [f"CAUTION: {c}" for c in a.cautions()]
     if a.site_note:
         out.append(a.site_note[0].upper() + a.site_note[1:])
-    out.append(f"Model: {model_name(a)}. Left: the radiograph as received. Right: what the model read, with its "
-               "Grad-CAM map (where the network looked, not a finding).")
+    right = ("the same radiograph under the model's Grad-CAM map" if whole_image else
+             "what the model read (its input), with its Grad-CAM map")
+    out.append(f"Model: {model_name(a)}. Left: the radiograph as received. Right: {right} (where the network "
+               "looked, not a finding).")
     return out
 
 
@@ -130,19 +141,23 @@ def banner(text: str = DECISION_SUPPORT, width: int = 1000) -> np.ndarray:
 
 
 def result_picture(radiograph: np.ndarray, model_input: np.ndarray, heatmap: np.ndarray,
-                   lines: list[str]) -> np.ndarray:
+                   lines: list[str], whole_image: bool = False) -> np.ndarray:
     """The Secondary Capture's pixels, (H, W, 3) uint8.
 
     Top: the :func:`banner`; under it the reading (``lines``, wrapped to the width); then the radiograph as
-    received (:func:`display_radiograph`) beside the model's input with its Grad-CAM map (``heatmap`` in [0, 1]
-    on ``model_input``'s grid, see :mod:`boneage.explain`).
+    received (:func:`display_radiograph`) beside its Grad-CAM map (``heatmap`` in [0, 1] on ``model_input``'s
+    grid, see :mod:`boneage.explain`): laid over the radiograph itself when the model read the whole image
+    (``whole_image``, see :func:`covers_whole_image`), else over the model's input (a framed crop).
     """
     from .explain import overlay
 
-    rad = Image.fromarray(display_radiograph(radiograph))
-    heat = overlay(model_input, heatmap, 0.45)
-    heat = Image.fromarray(heat).resize((PANEL, PANEL), Image.BILINEAR)
-    width = max(rad.width + PANEL + 10, 1000)
+    shown = display_radiograph(radiograph)
+    rad = Image.fromarray(shown)
+    if whole_image:
+        heat = Image.fromarray(overlay(shown, heatmap, 0.45))  # the map stretched back to the radiograph's shape
+    else:
+        heat = Image.fromarray(overlay(model_input, heatmap, 0.45)).resize((PANEL, PANEL), Image.BILINEAR)
+    width = max(rad.width + heat.width + 10, 1000)
     font = _font(FONT_SIZE)
     lines = [part for line in lines for part in _wrap(line, font, width - 20)]
     text_h = LINE * len(lines) + 12
@@ -172,14 +187,15 @@ def _wrap(line: str, font: ImageFont.ImageFont, width: float) -> list[str]:
 
 
 def secondary_capture(source: Dataset, a: "Assessment", radiograph: np.ndarray, heatmap: np.ndarray,
-                      series_number: int = 9901) -> Dataset:
+                      series_number: int = 9901, whole_image: bool = False) -> Dataset:
     """The Secondary Capture of assessment ``a`` of the radiograph ``source`` (its dataset; pixels not needed;
     ``radiograph``: its pixels, raw or :func:`display_radiograph`; ``heatmap``: the Grad-CAM of ``a.image``,
-    :func:`boneage.assess.gradcam`): same patient and study, a new series, RGB with the reading and a
+    :func:`boneage.assess.gradcam`; ``whole_image``: the model read the whole radiograph, see
+    :func:`covers_whole_image`): same patient and study, a new series, RGB with the reading and a
     decision-support banner burnt in."""
     if a.image is None:
         raise ValueError("the assessment carries no model input (a.image); make it with boneage.assess.assess")
-    pixels = result_picture(radiograph, a.image, heatmap, reading_lines(a))
+    pixels = result_picture(radiograph, a.image, heatmap, reading_lines(a, whole_image), whole_image)
     source = as_reference(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,

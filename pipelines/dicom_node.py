@@ -224,12 +224,13 @@ class BoneAgeNode:
 
     def process(self, job: Job) -> tuple[Dataset, Dataset]:
         """Assess one accepted image and send its Secondary Capture and SR to the destination."""
-        from boneage.dicom_results import secondary_capture, structured_report
+        from boneage.dicom_results import covers_whole_image, secondary_capture, structured_report
 
         a, heat = assess_job(self.predictor, job)
         with self._lock:
             self.stats.assessed += 1
-        sc = secondary_capture(job.header, a, job.display, heat, self.config.sc_series_number)
+        sc = secondary_capture(job.header, a, job.display, heat, self.config.sc_series_number,
+                               whole_image=covers_whole_image(self.predictor.cfg.geometry))
         sr = structured_report(job.header, a, self.config.sr_series_number)
         send(self.config.destination, [sc, sr], self.config.ae_title)
         with self._lock:

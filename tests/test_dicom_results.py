@@ -119,7 +119,7 @@ def test_reading_lines_name_what_matters():
     assert "90% prediction interval 138.2 - 163.9 months" in text
     assert "Sex male (DICOM PatientSex)" in text
     assert "Delayed: bone age is 17.6 months behind the chronological age (168 months)." in text
-    assert "[age from DICOM PatientBirthDate and StudyDate]" in text
+    assert "[age: DICOM PatientBirthDate and StudyDate]" in text
     assert "CAUTION: This image looks unlike the training radiographs" in text
     assert "CAUTION: This image looks like a negative" in text
     assert "Site profile 'north'" in text and "sha256 abababababab, site profile north" in text
@@ -240,3 +240,22 @@ def test_results_for_a_sparse_header_leave_unknowns_empty(make_dicom, data_dir):
     del ds.SeriesInstanceUID
     with pytest.raises(ValueError, match="no SeriesInstanceUID"):
         dr.structured_report(ds, reading())
+
+
+def test_whole_image_models_get_their_map_on_the_radiograph_itself(source):
+    """The shipped model reads the whole film squeezed to 100x100: its map stretched back lies on the radiograph."""
+    from boneage.explain import overlay
+    from boneage.predictor import load_predictor
+
+    assert dr.covers_whole_image(load_predictor().cfg.geometry)
+    _, pixels = source
+    heat = np.zeros((100, 100), np.float32)
+    heat[60:80, 30:50] = 1.0  # a hot block in the lower left of the film
+    lines = dr.reading_lines(reading(), whole_image=True)
+    px = dr.result_picture(pixels, np.zeros((100, 100), np.uint8), heat, lines, whole_image=True)
+    shown = dr.display_radiograph(pixels)
+    h, w = shown.shape
+    left, right = px[-h:, :w], px[-h:, w + 10:w + 10 + w]
+    assert np.array_equal(left, np.repeat(shown[..., None], 3, axis=2))  # the radiograph, untouched
+    assert np.array_equal(right, overlay(shown, heat, 0.45))  # the same radiograph under the map
+    assert "Right: the same radiograph under the model's Grad-CAM map" in " ".join(lines)
