@@ -25,7 +25,6 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -293,6 +292,9 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
            extra_notes: Sequence[str] = ()) -> Assessment:
     """The one place an :class:`Assessment` is put together (single images and batches alike)."""
     patient = patient_info(header)
+    if sex_source == "given" and patient.male is not None and patient.male != bool(male):
+        extra_notes = (*extra_notes, f"sex given as {'M' if male else 'F'}, but the DICOM PatientSex is "
+                                     f"{patient.sex}: the given sex was used; check which is right")
     score = flag = threshold = None
     if detector is not None and feature is not None:
         from .unlike_training import outlier_scores
@@ -313,9 +315,12 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
 
 
 def _header_age(a: Assessment) -> Assessment:
+    """The assessment compared with the DICOM header's age, when it has one (the notes say so)."""
     if a.patient.age_months is None:
         return a
-    return a.with_chronological_age(a.patient.age_months, f"DICOM {a.patient.age_source}")
+    out = a.with_chronological_age(a.patient.age_months, f"DICOM {a.patient.age_source}")
+    out.notes += (f"chronological age {out.chronological_age_months:.1f} months from the {out.chronological_age_source}",)
+    return out
 
 
 def assess(image: Any, sex: Any = None, chronological_age: float | None = None, site: Any = None, *,
@@ -355,6 +360,7 @@ def assess(image: Any, sex: Any = None, chronological_age: float | None = None, 
                    if gated.dicom is not None else "it is not a DICOM file with PatientSex")
             raise AssessmentInputError(f"{case_id}: sex is needed to read bone age and {why}; give M or F.")
         sex_source = "DICOM PatientSex"
+        extra.append(f"sex {'M' if male else 'F'} from the DICOM PatientSex")
     prepared = predictor.prepare(gated.pixels)
     preds, features = predictor.predict_prepared([prepared], np.array([male]))
     a = _build(case_id, male, sex_source, preds[0], features[0], prepared, gated.notes, gated.dicom, predictor,

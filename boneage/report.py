@@ -110,7 +110,7 @@ def _page(pdf, a: Assessment, heatmap: np.ndarray | None, report_date: dt.date) 
         pair("Maturity status", a.maturity_text())
         pair("Rule", a.maturity.rule)
     pair("Out-of-distribution", _ood_text(a))
-    notes = [c for c in a.cautions() if "unlike the training" not in c]
+    notes = [c for c in a.cautions() if "unlike the training" not in c and "from the DICOM" not in c]  # shown above
     if a.framing:
         notes.append(f"Framing: {a.framing}; mirroring: {a.mirrored}.")
     if notes:

@@ -90,10 +90,13 @@ def test_dicom_header_gives_sex_and_age(data_dir, make_dicom):
     assert a.male and a.sex_source == "DICOM PatientSex"
     assert a.chronological_age_months == pytest.approx(months) and a.patient.patient_id == "P-77"
     assert a.chronological_age_source == "DICOM PatientBirthDate and StudyDate" and a.maturity is not None
+    notes = a.as_row()["notes"]
+    assert "sex M from the DICOM PatientSex" in notes and "from the DICOM PatientBirthDate and StudyDate" in notes
     assert a.boneage_months == pytest.approx(plain.boneage_months, abs=1e-4)  # same pixels, same answer
     # given values win over the header
     given = assess(data, "F", chronological_age=150, name="hand.dcm")
     assert not given.male and given.chronological_age_months == 150 and given.chronological_age_source == "given"
+    assert any("sex given as F, but the DICOM PatientSex is M" in c for c in given.cautions())
     # PatientAge alone; an unusable sex is refused with the reason
     aged = assess(make_dicom(path, PatientSex="M", PatientAge="012Y"), name="a.dcm")
     assert aged.chronological_age_months == 144 and aged.chronological_age_source == "DICOM PatientAge 012Y"

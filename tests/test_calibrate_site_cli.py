@@ -140,8 +140,8 @@ def predicted(tmp_path_factory, calibrated, data_dir, subprocess_env, repo_root)
 def test_predict_with_site_applies_the_correction_and_its_intervals(predicted, calibrated):
     default, site = predicted
     profile = SiteProfile.load(calibrated[1])
-    assert list(site.columns) == [c for c in default.columns if c != "error"] + ["site", "error"]
-    assert (site["site"] == "clinic").all() and (site["error"] == "").all()
+    assert list(site.columns) == list(default.columns)  # one row schema (boneage.assess.row_columns)
+    assert (site["site"] == "clinic").all() and (site["error"] == "").all() and (default["site"] == "").all()
     male = default["male"].astype(str).eq("True").to_numpy()
     raw, scale = default["boneage_pred"].astype(float).to_numpy(), default["uncertainty"].astype(float).to_numpy()
     ages, ivs = profile.apply(raw, scale, male)
@@ -157,7 +157,9 @@ def test_default_prediction_is_unchanged_without_a_site(predicted, data_dir):
     default, _ = predicted
     assert list(default.columns) == ["id", "male", "boneage_pred", "uncertainty", "stage_pred", "p_child",
                                      "p_adolescent", "p_adult", "lower_80", "upper_80", "lower_90", "upper_90",
-                                     "lower_95", "upper_95", "outlier_score", "unlike_training_data", "error"]
+                                     "lower_95", "upper_95", "outlier_score", "unlike_training_data", "framing",
+                                     "mirrored", "inverted_negative", "chronological_age_months",
+                                     "difference_months", "maturity", "site", "notes", "error"]
     from boneage import load_predictor
 
     p = load_predictor()

@@ -107,6 +107,7 @@ def test_dicom_reads_sex_and_age_from_its_header(server, data_dir, make_dicom):
     row = _json(_assess(server, data, "4365.dcm"))  # no sex, no age: both from the header
     plain = _json(_assess(server, png.read_bytes(), "4365.png", sex="M"))
     assert row["male"] is True and row["boneage_pred"] == plain["boneage_pred"]
+    assert "sex M from the DICOM PatientSex" in row["notes"] and plain["notes"] is None
     assert row["chronological_age_months"] == pytest.approx(66.5, abs=0.1)  # 5 years 6.5 months
     assert row["maturity"] in ("delayed", "normal", "advanced") and plain["maturity"] is None
     assert "sex is needed" in json.loads(_assess(server, make_dicom(png), "nosex.dcm")[2])["detail"]
