@@ -92,7 +92,7 @@ def reading_lines(a: "Assessment", whole_image: bool = False) -> list[str]:
         out.append(f"{a.maturity_text()} [age: {a.chronological_age_source}]")
     else:
         out.append("Chronological age unknown: no delayed / normal / advanced call")
-    out += [f"CAUTION: {c}" for c in a.cautions()]
+    out += [f"Note: {c}" for c in a.cautions()]  # what every door shows with the estimate
     if a.site_note:
         out.append(a.site_note[0].upper() + a.site_note[1:])
     right = ("the same radiograph under the model's Grad-CAM map" if whole_image else

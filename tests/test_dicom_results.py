@@ -120,8 +120,8 @@ def test_reading_lines_name_what_matters():
     assert "Sex male (DICOM PatientSex)" in text
     assert "Delayed: bone age is 17.6 months behind the chronological age (168 months)." in text
     assert "[age: DICOM PatientBirthDate and StudyDate]" in text
-    assert "CAUTION: This image looks unlike the training radiographs" in text
-    assert "CAUTION: This image looks like a negative" in text
+    assert "Note: This image looks unlike the training radiographs" in text
+    assert "Note: This image looks like a negative" in text
     assert "Site profile 'north'" in text and "sha256 abababababab, site profile north" in text
     assert "Chronological age unknown" in "\n".join(dr.reading_lines(reading(age=None)))
 
