@@ -102,6 +102,25 @@ def make_dicom():
 
 
 @pytest.fixture(scope="session")
+def hand_dx(make_dicom):
+    """``hand_dx(png, sex="M", ...) -> bytes``: :func:`make_dicom` with what a PACS has in every image (patient,
+    study and series ids, dates); ``sex=None`` leaves PatientSex out, ``body_part``/``modality`` replace HAND/DX."""
+    from pydicom.uid import generate_uid
+
+    def make(png: Path, sex: str | None = "M", birth_date: str = "20120115", study_date: str = "20260110",
+             body_part: str = "HAND", modality: str = "DX", patient_id: str = "BA-TEST-1") -> bytes:
+        tags = dict(SeriesInstanceUID=generate_uid(), PatientName="Test^Child", PatientID=patient_id,
+                    PatientBirthDate=birth_date, StudyDate=study_date, StudyTime="101500", StudyID="1",
+                    AccessionNumber="ACC1", ReferringPhysicianName="", SeriesNumber=1, InstanceNumber=1,
+                    Modality=modality, BodyPartExamined=body_part, Laterality="L")
+        if sex is not None:
+            tags["PatientSex"] = sex
+        return make_dicom(png, **tags)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def poppler():
     """(pdf_text, pdf_pages): a PDF's text by ``pdftotext -layout`` and its pages rendered to PNG by ``pdftoppm``
     (a list of paths), from Debian's poppler-utils (./test.sh installs it). Skips, saying so, where missing."""
