@@ -149,7 +149,7 @@ def result_picture(radiograph: np.ndarray, model_input: np.ndarray, heatmap: np.
     grid, see :mod:`boneage.explain`): laid over the radiograph itself when the model read the whole image
     (``whole_image``, see :func:`covers_whole_image`), else over the model's input (a framed crop).
     """
-    from .explain import overlay
+    from .render import overlay
 
     shown = display_radiograph(radiograph)
     rad = Image.fromarray(shown)

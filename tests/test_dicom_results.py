@@ -244,7 +244,7 @@ def test_results_for_a_sparse_header_leave_unknowns_empty(make_dicom, data_dir):
 
 def test_whole_image_models_get_their_map_on_the_radiograph_itself(source):
     """The shipped model reads the whole film squeezed to 100x100: its map stretched back lies on the radiograph."""
-    from boneage.explain import overlay
+    from boneage.render import overlay
     from boneage.predictor import load_predictor
 
     assert dr.covers_whole_image(load_predictor().cfg.geometry)
