@@ -29,29 +29,13 @@ def _free_port() -> int:
 
 
 def _dx(png, male: bool) -> "object":
-    from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    pixels = np.asarray(Image.open(png).convert("L"))
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1.1", generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.PatientName, ds.PatientSex = png.stem, "Bench^Case", "M" if male else "F"
-    ds.PatientBirthDate, ds.StudyDate, ds.Modality, ds.BodyPartExamined = "20120115", "20260110", "DX", "HAND"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    buf.seek(0)
     import pydicom
 
-    return pydicom.dcmread(buf)
+    from boneage.dicom_wrap import dx_bytes
+
+    return pydicom.dcmread(io.BytesIO(dx_bytes(png, PatientID=png.stem, PatientName="Bench^Case",
+                                               PatientSex="M" if male else "F", PatientBirthDate="20120115",
+                                               StudyDate="20260110")))
 
 
 def _peak_mb() -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import os
 import socket
@@ -53,25 +52,9 @@ def _peak_mb(pid: int) -> float:
 
 
 def _as_dicom(path: Path) -> bytes:
-    import numpy as np
-    from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from boneage.dicom_wrap import dx_bytes
 
-    px = (np.asarray(Image.open(path).convert("L"), np.uint16) * 16)
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality, ds.BodyPartExamined = \
-        "1.2.840.10008.5.1.4.1.1.1.1", generate_uid(), "DX", "HAND"
-    ds.Rows, ds.Columns = px.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = px.tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return dx_bytes(path, bits_stored=12)
 
 
 def main(argv=None) -> int:

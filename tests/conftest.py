@@ -71,32 +71,10 @@ def make_dicom():
     """``make_dicom(png_path, **tags) -> bytes``: a real radiograph wrapped into an uncompressed DX DICOM file
     (8-bit MONOCHROME2, body part HAND) with the given header tags (e.g. PatientSex="F",
     PatientBirthDate="20100115", StudyDate="20201120")."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from boneage.dicom_wrap import dx_bytes
 
     def make(png_path, **tags) -> bytes:
-        pixels = np.asarray(Image.open(png_path).convert("L"))
-        ds = Dataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1.1", generate_uid()
-        ds.StudyInstanceUID = generate_uid()
-        ds.Modality, ds.BodyPartExamined = "DX", "HAND"
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        for tag, value in tags.items():
-            setattr(ds, tag, value)
-        ds.PixelData = pixels.tobytes()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        return buf.getvalue()
+        return dx_bytes(png_path, **tags)
 
     return make
 

@@ -79,18 +79,10 @@ def test_undecodable_jpeg_gets_a_clear_message():
 @pytest.fixture(scope="module")
 def real_dx(data_dir) -> tuple[np.ndarray, Dataset]:
     """Official test radiograph 4361 (native size, 8-bit) as an uncompressed DX dataset."""
-    pixels = np.asarray(Image.open(data_dir / "test" / "4361.png").convert("L"))
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1.1", generate_uid()
-    ds.Modality, ds.BodyPartExamined = "DX", "HAND"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return pixels, ds
+    from boneage.dicom_wrap import dx_dataset
+
+    ds = dx_dataset(data_dir / "test" / "4361.png")
+    return ds.pixel_array.copy(), ds
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless, DeflatedExplicitVRLittleEndian],
@@ -170,3 +162,20 @@ def test_animated_png_gives_its_first_frame_and_says_so(train_image_path):
     dec = decode_image_bytes(buf.getvalue(), "anim.png")
     np.testing.assert_array_equal(dec.pixels, np.asarray(first, np.float32))
     assert dec.notes == ("anim.png: the file holds 3 frames; only the first frame was used.",)
+
+
+def test_dicom_wrap_stores_the_pixels_and_tags_it_is_given(data_dir):
+    """boneage.dicom_wrap (the benchmarks' and tests' one way to make a DX file from a PNG)."""
+    import io
+
+    import pydicom
+
+    from boneage.dicom_wrap import dx_bytes
+
+    png = data_dir / "test" / "4361.png"
+    grey = np.asarray(Image.open(png).convert("L"))
+    ds = pydicom.dcmread(io.BytesIO(dx_bytes(png, bits_stored=12, PatientSex="F", PatientBirthDate="20100115")))
+    assert (ds.Modality, ds.BodyPartExamined, ds.BitsStored, ds.PatientSex) == ("DX", "HAND", 12, "F")
+    np.testing.assert_array_equal(ds.pixel_array, grey.astype(np.uint16) * 16)
+    with pytest.raises(ValueError, match="one grey channel"):
+        dx_bytes(np.zeros((4, 4, 3), np.uint8))
