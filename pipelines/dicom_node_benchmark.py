@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import resource
-import socket
 import sys
 import threading
 import time
@@ -21,11 +20,7 @@ import time
 import numpy as np
 import pandas as pd
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipelines.cli import free_loopback_port
 
 
 def _dx(png, male: bool) -> "object":
@@ -67,7 +62,7 @@ def main(argv=None) -> int:
     sink = AE(ae_title="SINK")
     sink.add_supported_context("1.2.840.10008.5.1.4.1.1.7")
     sink.add_supported_context("1.2.840.10008.5.1.4.1.1.88.33")
-    sink_port, node_port = _free_port(), _free_port()
+    sink_port, node_port = free_loopback_port(), free_loopback_port()
     sink_server = sink.start_server(("127.0.0.1", sink_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_result)])
 
     rss0 = _peak_mb()

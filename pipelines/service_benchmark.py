@@ -13,7 +13,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,11 +21,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipelines.cli import free_loopback_port
 
 
 def _post(port: int, data: bytes, name: str, sex: str) -> tuple[int, bytes, float]:
@@ -71,7 +66,7 @@ def main(argv=None) -> int:
     if not path.is_file():
         ap.error(f"--image {path} not found")
     data, name = (_as_dicom(path), path.stem + ".dcm") if args.dicom else (path.read_bytes(), path.name)
-    port = _free_port()
+    port = free_loopback_port()
     server = subprocess.Popen([sys.executable, "-m", "pipelines.serve", "--port", str(port), "--workers",
                                str(args.workers), "--max-pending", str(args.max_pending), "--log-level", "warning"],
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})

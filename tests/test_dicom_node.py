@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pydicom
 import pytest
 
 from boneage import dicom_results
+from pipelines.cli import free_loopback_port, stop_process
 
 ORTHANC_AET, NODE_AET = "ORTHANC", "BONEAGE"
 CASE = "4361"  # official test radiograph, 568x759 native, boy
@@ -34,11 +34,6 @@ def orthanc_binary() -> str | None:
                                             if Path(p).is_file()), None)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class OrthancServer:
     """A throwaway Orthanc on loopback ports, its REST API as small helpers."""
@@ -48,7 +43,7 @@ class OrthancServer:
         if binary is None:
             pytest.skip("Orthanc is not installed (Debian package 'orthanc'; ./test.sh installs it with apt-get when "
                         "run as root): the DICOM node end-to-end test needs a real PACS", allow_module_level=True)
-        self.http_port, self.dicom_port = free_port(), free_port()
+        self.http_port, self.dicom_port = free_loopback_port(), free_loopback_port()
         db = workdir / "db"
         db.mkdir()
         config = {"Name": "boneage-test", "StorageDirectory": str(db), "IndexDirectory": str(db),
@@ -85,17 +80,13 @@ class OrthancServer:
         return json.loads(self.request("POST", path, json.dumps(obj).encode()))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, timeout=20)
         self.log.close()
 
 
 @pytest.fixture(scope="module")
 def node_port() -> int:
-    return free_port()
+    return free_loopback_port()
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +122,7 @@ def node(orthanc, node_port, subprocess_env, repo_root, tmp_path_factory):
             pytest.fail(f"the DICOM node did not start: {log_path.read_text()[-3000:]}")
         time.sleep(0.5)
     yield proc, log_path
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc, timeout=30)
     log.close()
 
 

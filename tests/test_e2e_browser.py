@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from boneage.artifacts import ArtifactStore
+from pipelines.cli import free_loopback_port, stop_process
 
 from playwright import sync_api  # noqa: E402  (requirements-dev.txt)
 
@@ -51,11 +51,6 @@ def _data_dir() -> Path | None:
     return p if (p / "test").is_dir() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _page_files() -> list[tuple[str, str]]:
     """(sidebar title, url path) of every page of the app's navigation, in sidebar order."""
@@ -66,7 +61,7 @@ def _page_files() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
+    port = free_loopback_port()
     env = dict(os.environ)
     data = _data_dir()
     if data is not None:
@@ -92,11 +87,7 @@ def server():
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=15)
         log.close()
 
 

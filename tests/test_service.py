@@ -18,20 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from boneage.assess import assess, row_columns
+from pipelines.cli import free_loopback_port, stop_process
 
 MAX_UPLOAD_MB = 8
 CASES = ["4361", "4362", "4365", "4366"]  # official test radiographs (4362 and 4366 have no reference age)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(repo_root, subprocess_env, tmp_path_factory):
-    port = _free_port()
+    port = free_loopback_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.serve", "--host", "127.0.0.1", "--port", str(port),
@@ -51,11 +47,7 @@ def server(repo_root, subprocess_env, tmp_path_factory):
             pytest.fail(f"the service did not answer /health within 300 s:\n{log.read_text()}", pytrace=False)
         time.sleep(0.5)
     yield port
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc, timeout=30)
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
