@@ -42,7 +42,7 @@ class StageConfig:
 class ModelConfig:
     """Network and input geometry.
 
-    ``base_size``, ``fit``, ``framing``, ``framing_margin`` and ``trim_bars`` are the input geometry (see
+    ``base_size``, ``fit``, ``framing``, ``framing_margin``, ``trim_bars`` and ``phases`` are the input geometry (see
     :mod:`boneage.geometry`): every image is first brought to the base image by them, then resized to
     ``input_size`` for the network. Older config files without ``fit``/``framing`` mean the original
     squeeze of the whole film.
@@ -55,6 +55,9 @@ class ModelConfig:
     framing: str = "none"
     framing_margin: float = 0.06
     trim_bars: bool = False  # uniform bars around a film removed before the fit (boneage.geometry)
+    # Sub-pixel offsets per axis of the nearest-neighbour squeeze of a film larger than the base size; the
+    # reading averages the phases**2 base images (boneage.geometry.phase_views). 1: one squeeze.
+    phases: int = 1
     # Trained with mirrored copies; every prediction averages the image and its mirror (boneage.inference),
     # so a right hand, or a film exported mirrored, reads as the left hand would.
     mirror_invariant: bool = False
@@ -99,6 +102,11 @@ class TrainConfig:
     # Gaussian noise of a random SD up to aug_noise (JPEG and detector noise). 0 turns either off.
     aug_resolution: float = 0.0
     aug_noise: float = 0.0
+    # Probability that an image is saved as a JPEG (quality drawn from aug_jpeg_quality .. 95) and read back
+    # before the other augmentations: exported films are often lossy, and block artefacts at the base size
+    # move an untrained network's reading by months (pipelines.precision). 0 turns it off.
+    aug_jpeg: float = 0.0
+    aug_jpeg_quality: int = 50
     ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights; 0 turns it off
     # Sampling weight of a training case ~ (training cases of its sex x age band) ** -balance_power, drawn
     # with replacement: 0 shows every case once per epoch; 0.5 shows the rare extremes (girls of 17 and

@@ -18,6 +18,16 @@ saved in ``config.json`` as part of :class:`boneage.config.ModelConfig`) and has
     training files are sharper than an area-filtered native film. ``letterbox``: aspect ratio kept, the
     film padded to a square with its own background level, then resized with an antialiasing bilinear
     filter; for models trained on native radiographs.
+``phases``
+    How many sub-pixel offsets per axis the ``squeeze`` grid is read at, for a film larger than the base
+    size. One nearest-neighbour squeeze picks one native pixel per base pixel, so which pixels it picks
+    depends on where the grid happens to fall: a re-export, a slight turn or a crop of the same film moves
+    the grid and the reading with it. With ``phases`` K > 1 the film is squeezed K x K times, the grid
+    shifted by a fraction of a base pixel each time, and the reading is the mean over those base images
+    (:func:`phase_views`). Each one is as sharp and aliased as the training files, unlike an area filter,
+    so the mean reads the film as the network learned to; only the grid's accident averages out. The
+    first view is the plain squeeze: what explanations and features use. Films at or below the base size
+    (the training files) have one view, so training and validation do not change.
 ``framing``
     What part of the base image the network reads. ``none``: the whole film (how far the hand fills
     the frame then changes the reading). ``hand``: the hand is found (:func:`boneage.hand.hand_mask`),
@@ -49,6 +59,7 @@ FRAMINGS = ("none", "hand", "hand-upright")
 MIN_HAND_AREA, MAX_HAND_AREA = 0.03, 0.75
 MIN_HAND_EXTENT = 0.15  # of the base side, for both height and width of the mask's bounding box
 MAX_UPRIGHT_DEG = 45.0  # a hand lying further off the vertical is turned by this much at most
+MAX_PHASES = 5  # 3 x 3 views already took most of the benefit (docs/decisions.md)
 MIN_ELONGATION = 1.2  # ratio of the mask's principal standard deviations below which no axis is trusted
 
 
@@ -65,6 +76,7 @@ class Geometry:
     framing: str = "none"
     margin: float = 0.06  # of the crop side, on each side of the hand's bounding box
     trim_bars: bool = False  # remove uniform bars around the film first (always with ``area`` or framing)
+    phases: int = 1  # sub-pixel offsets per axis of the squeeze grid whose readings are averaged
 
     def __post_init__(self):
         if self.fit not in FITS:
@@ -75,12 +87,17 @@ class Geometry:
             raise GeometryError(f"base size {self.base_size} px is outside 16-4096")
         if not 0 <= self.margin < 0.5:
             raise GeometryError(f"framing margin {self.margin} must lie in [0, 0.5)")
+        if not 1 <= int(self.phases) <= MAX_PHASES:
+            raise GeometryError(f"phases {self.phases} must lie in 1-{MAX_PHASES}")
+        if self.phases > 1 and self.fit != "squeeze":
+            raise GeometryError(f"phases > 1 needs the squeeze fit (the {self.fit} fit does not pick pixels)")
 
     @classmethod
     def of(cls, cfg) -> "Geometry":
         """The geometry of a :class:`boneage.config.ModelConfig` (or anything with the same fields)."""
         return cls(int(cfg.base_size), getattr(cfg, "fit", "squeeze"), getattr(cfg, "framing", "none"),
-                   float(getattr(cfg, "framing_margin", 0.06)), bool(getattr(cfg, "trim_bars", False)))
+                   float(getattr(cfg, "framing_margin", 0.06)), bool(getattr(cfg, "trim_bars", False)),
+                   int(getattr(cfg, "phases", 1)))
 
     @property
     def trims(self) -> bool:
@@ -88,7 +105,8 @@ class Geometry:
         return self.trim_bars or self.fit == "area" or self.framing != "none"
 
     def key(self) -> str:
-        """A short text that changes whenever the prepared pixels would (for caches)."""
+        """A short text that changes whenever the prepared pixels would (for caches). ``phases`` is not in
+        it: the first view, the one a cache holds, is the plain squeeze whatever the phases."""
         key = f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
         return key + "-trim" if self.trim_bars else key
 
@@ -143,6 +161,32 @@ def area_squeeze(arr: np.ndarray, size: int) -> np.ndarray:
     """Resize a 2-D image to size x size (aspect ratio not kept), each output pixel the mean of the input
     pixels it covers (PIL's box filter)."""
     return squeeze(arr, size, Image.BOX)
+
+
+def phase_views(arr: np.ndarray, size: int, phases: int) -> list[np.ndarray]:
+    """Nearest-neighbour squeezes of a 2-D image to size x size, the sampling grid shifted by sub-pixel
+    offsets: the plain :func:`squeeze` first, then the other ``phases`` x ``phases`` offsets.
+
+    Base pixel ``i`` of the view at offset ``u`` (a fraction of a base pixel, ``(k + 0.5) / phases``) is
+    native row ``floor((i + u) * h / size)``; the plain squeeze is ``u = 0.5``. An axis not longer than
+    ``size`` has the one offset (there is nothing between its pixels to pick), so an image at or below
+    the base size gives one view.
+    """
+    arr = np.asarray(arr, dtype=np.float32)
+    h, w = arr.shape
+    offsets = [(k + 0.5) / phases for k in range(phases)]
+
+    def rows(n: int) -> list[tuple[float, np.ndarray]]:
+        us = offsets if n > size else [0.5]
+        return [(u, np.minimum(np.floor((np.arange(size) + u) * n / size).astype(np.int64), n - 1)) for u in us]
+
+    out = [squeeze(arr, size)]
+    for u, r in rows(h):
+        for v, c in rows(w):
+            if u == 0.5 and v == 0.5:
+                continue  # the plain squeeze, already first
+            out.append(arr[np.ix_(r, c)])
+    return out
 
 
 def letterbox(arr: np.ndarray, size: int) -> np.ndarray:
@@ -204,6 +248,17 @@ def fit_to_base(arr: np.ndarray, geometry: Geometry) -> np.ndarray:
         arr = trim_uniform_border(arr)
     resize = {"squeeze": squeeze, "area": area_squeeze, "letterbox": letterbox}[geometry.fit]
     return resize(arr, geometry.base_size)
+
+
+def fit_views(arr: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
+    """The whole film at the base size as :func:`fit_to_base` makes it, followed by the other phase
+    views when the geometry has ``phases`` > 1 and the film is larger than the base size (module
+    docstring)."""
+    if geometry.phases == 1:
+        return [fit_to_base(arr, geometry)]
+    if geometry.trims:
+        arr = trim_uniform_border(arr)
+    return phase_views(arr, geometry.base_size, geometry.phases)
 
 
 def upright_axes(angle_deg: float) -> tuple[np.ndarray, np.ndarray]:

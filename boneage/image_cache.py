@@ -21,6 +21,7 @@ array), so the next run rebuilds instead of trusting half-written pixels.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from .config import write_json_atomic
 from .geometry import Geometry, as_geometry
 from .imaging import ImageLoadError, read_radiograph, safe_image_path
-from .preprocess import BASE_SIZE, preprocess_array, to_uint8
+from .preprocess import BASE_SIZE, prepare, preprocess_array, to_uint8
 
 CACHE_VERSION = "v3"  # bump when the layout or the preparation of the pixels changes
 CHUNK = 32  # images per task sent to a worker process
@@ -50,6 +51,11 @@ class LoadedImages:
     cases: pd.DataFrame  # rows that loaded, in the order of ``images``
     images: np.ndarray  # (N, base, base) uint8, prepared; a read-only memmap when it comes from the cache
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    # The other phase views of films larger than the base size (geometry ``phases`` > 1), (M, base, base)
+    # uint8, and the row of ``images`` each belongs to: every reading averages a film's views
+    # (boneage.inference.average_views). Empty when the geometry has one phase.
+    extra_views: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))
+    extra_owner: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def load_case_image(image_dir: str | os.PathLike, case_id: str, geometry: Geometry | int = BASE_SIZE) -> np.ndarray:
@@ -194,6 +200,23 @@ def build_image_cache(cases: pd.DataFrame, image_dir: str | os.PathLike, geometr
     return loaded
 
 
+def load_extra_views(cases: pd.DataFrame, image_dir: str | os.PathLike,
+                     geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The other phase views (uint8) of the films of ``cases`` that are larger than the base size, and the
+    row of ``cases`` each belongs to (see :class:`LoadedImages`). Decoded in this process: only geometries
+    with ``phases`` > 1 need them, and the films worth it are the few native ones."""
+    if geometry.phases == 1:
+        return np.zeros((0, geometry.base_size, geometry.base_size), np.uint8), np.zeros(0, np.int64)
+    views, owner = [], []
+    for row, cid in enumerate(cases["id"].astype(str)):
+        extra = prepare(read_radiograph(safe_image_path(image_dir, cid)), geometry).extra_views
+        if extra is not None:
+            views.append(to_uint8(extra))
+            owner += [row] * len(extra)
+    size = geometry.base_size
+    return (np.concatenate(views) if views else np.zeros((0, size, size), np.uint8)), np.asarray(owner, np.int64)
+
+
 def load_images(cases: pd.DataFrame, image_dir: str | os.PathLike, geometry: Geometry | int = BASE_SIZE,
                 cache_dir: str | os.PathLike | None = None, progress: bool = True,
                 workers: int | None = None) -> LoadedImages:
@@ -201,8 +224,13 @@ def load_images(cases: pd.DataFrame, image_dir: str | os.PathLike, geometry: Geo
 
     Without ``cache_dir`` the images are decoded the same way into a temporary cache and read into memory
     (for small tables: tests, a subset, one evaluation). ``workers`` defaults to one process below
-    ``SMALL_TABLE`` cases (starting processes costs more than it saves there)."""
+    ``SMALL_TABLE`` cases (starting processes costs more than it saves there). With ``phases`` > 1 the
+    cache holds the first view and the other views of larger films are added (:func:`load_extra_views`)."""
     geometry = as_geometry(geometry)
+    if geometry.phases > 1:
+        loaded = load_images(cases, image_dir, dataclasses.replace(geometry, phases=1), cache_dir, progress, workers)
+        loaded.extra_views, loaded.extra_owner = load_extra_views(loaded.cases, image_dir, geometry)
+        return loaded
     if workers is None and len(cases) < SMALL_TABLE:
         workers = 1
     if cache_dir is not None:

@@ -38,6 +38,26 @@ class RawPredictions:
     features: np.ndarray | None = None  # (N, hidden_dim) penultimate features of the plain (unzoomed) pass
 
 
+def average_views(first: RawPredictions, extra: RawPredictions, owner: np.ndarray) -> RawPredictions:
+    """The readings of N films from their first views (``first``) and their other views (``extra``, row
+    ``j`` a view of film ``owner[j]``): age, scale and stage probabilities are the means over every view of
+    a film, each view weighing the same; the features stay the first view's, as with TTA.
+
+    Used for the phase views of :func:`boneage.geometry.phase_views`; ``extra`` empty returns ``first``."""
+    owner = np.asarray(owner, np.int64)
+    if len(owner) == 0:
+        return first
+    counts = 1 + np.bincount(owner, minlength=len(first.age)).astype(np.float64)
+
+    def mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        total = a.astype(np.float64)
+        np.add.at(total, owner, b.astype(np.float64))
+        return (total / counts.reshape((-1,) + (1,) * (a.ndim - 1))).astype(a.dtype)
+
+    return RawPredictions(mean(first.age, extra.age), mean(first.scale, extra.scale),
+                          mean(first.stage_prob, extra.stage_prob), first.features)
+
+
 @dataclass
 class BatchOutput:
     age: torch.Tensor

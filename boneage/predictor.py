@@ -21,7 +21,7 @@ import torch
 
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
 from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
-from .inference import FastNetwork, Member, RawPredictions, fast_network_for, run_network
+from .inference import FastNetwork, Member, RawPredictions, average_views, fast_network_for, run_network
 from .model import BoneAgeNet, fold_batchnorm
 from .preprocess import Prepared, prepare, to_uint8
 
@@ -240,7 +240,8 @@ class BoneAgePredictor:
     def prepare(self, arr: np.ndarray) -> Prepared:
         """As :meth:`preprocess`, with everything done to get there (negative, framing); image as uint8."""
         p = prepare(arr, self.cfg.geometry)
-        return Prepared(to_uint8(p.image), p.negative, p.framing)
+        extra = None if p.extra_views is None else to_uint8(p.extra_views)
+        return Prepared(to_uint8(p.image), p.negative, p.framing, extra)
 
     def _describe_input(self, pred: Prediction, framing) -> Prediction:
         if self.cfg.framing != "none" or self.cfg.mirror_invariant:
@@ -252,6 +253,30 @@ class BoneAgePredictor:
     def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False) -> RawPredictions:
         return run_network(self.model, images, np.asarray(male).astype(bool), return_features=return_features,
                            tta=self.tta, fast=self.fast_network(), members=self.ensemble())
+
+    def read(self, images: np.ndarray, male: np.ndarray, return_features: bool = False,
+             extra_views: np.ndarray | None = None, extra_owner: np.ndarray | None = None) -> RawPredictions:
+        """The network's reading of prepared images, each averaged with its other phase views when given
+        (``extra_views[j]`` is a view of ``images[extra_owner[j]]``, see :func:`boneage.inference.average_views`).
+        Every reading of a film by this predictor passes here."""
+        m = np.asarray(male).astype(bool)
+        raw = self.predict_preprocessed(images, m, return_features)
+        if extra_views is not None and len(extra_views):
+            owner = np.asarray(extra_owner, np.int64)
+            raw = average_views(raw, self.predict_preprocessed(extra_views, m[owner]), owner)
+        return raw
+
+    def read_prepared(self, prepared: list[Prepared], male: np.ndarray, return_features: bool = False) -> RawPredictions:
+        """:meth:`read` of :class:`Prepared` films, their phase views included."""
+        extra = [(i, p.extra_views) for i, p in enumerate(prepared) if p.extra_views is not None]
+        owner = np.concatenate([np.full(len(v), i) for i, v in extra]) if extra else None
+        return self.read(np.stack([p.image for p in prepared]), male, return_features,
+                         np.concatenate([v for _, v in extra]) if extra else None, owner)
+
+    def read_loaded(self, loaded, return_features: bool = False) -> RawPredictions:
+        """:meth:`read` of a :class:`boneage.image_cache.LoadedImages` (its phase views included)."""
+        return self.read(loaded.images, loaded.cases["male"].to_numpy(), return_features,
+                         loaded.extra_views, loaded.extra_owner)
 
     def _to_predictions(self, raw: RawPredictions, male: np.ndarray) -> list[Prediction]:
         names = list(self.cfg.stages.names)
@@ -274,15 +299,9 @@ class BoneAgePredictor:
                 out[-1].outlier_score, out[-1].unlike_training_data = float(scores[i]), bool(flags[i])
         return out
 
-    def predict_image(self, image: np.ndarray, male: bool) -> tuple[Prediction, np.ndarray]:
-        """One preprocessed base-size image -> its prediction and penultimate feature vector (one pass)."""
-        m = np.array([bool(male)])
-        raw = self.predict_preprocessed(np.asarray(image)[None], m, return_features=True)
-        return self._to_predictions(raw, m)[0], raw.features[0]
-
     def _predict_pixels(self, arr: np.ndarray, male: bool, notes: tuple[str, ...] = ()) -> Prediction:
         p = self.prepare(arr)
-        raw = self.predict_preprocessed(p.image[None], np.array([male]), return_features=self.outlier_check is not None)
+        raw = self.read_prepared([p], np.array([male]), return_features=self.outlier_check is not None)
         pred = self._describe_input(self._to_predictions(raw, np.array([male]))[0], p.framing)
         pred.notes = tuple(notes)
         return pred
@@ -291,7 +310,7 @@ class BoneAgePredictor:
         """Predictions (with their framing and mirroring notes) and penultimate features (N, D) of prepared
         images, in one batch; the outlier check is left to the caller (:mod:`boneage.assess`)."""
         m = np.asarray(male).astype(bool)
-        raw = self.predict_preprocessed(np.stack([p.image for p in prepared]), m, return_features=True)
+        raw = self.read_prepared(prepared, m, return_features=True)
         features, raw.features = raw.features, None
         preds = [self._describe_input(pr, p.framing) for pr, p in zip(self._to_predictions(raw, m), prepared)]
         return preds, features

@@ -10,6 +10,8 @@ Why this order:
    percentile (dense bone) is mapped to 1. Negatives (bone dark, background bright) are flipped first
    when the learned check of :mod:`boneage.polarity` is confident.
 3. Framing last (:mod:`boneage.geometry`), on the normalised image, when the model's geometry asks for it.
+4. When the geometry reads a film at several phases of the squeeze grid, each view is normalised and framed
+   the same way (the first view's negative decision holds for all), and the reading averages them.
 
 The geometry (base size, fit, framing) belongs to the model: :func:`prepare` takes the
 :class:`boneage.geometry.Geometry` of the model that will read the image.
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import Framing, Geometry, as_geometry, background_level, fit_to_base, frame
+from .geometry import Framing, Geometry, as_geometry, background_level, fit_to_base, fit_views, frame
 from .polarity import default_check
 
 BASE_SIZE = 100  # the base size of the RSNA training files; a model's own geometry is in its config
@@ -44,12 +46,13 @@ def normalize_intensity(arr: np.ndarray) -> np.ndarray:
     return normalize_intensity_checked(arr)[0]
 
 
-def normalize_intensity_checked(arr: np.ndarray) -> tuple[np.ndarray, bool]:
-    """As :func:`normalize_intensity`, plus whether the image was taken for a negative and inverted."""
+def normalize_intensity_checked(arr: np.ndarray, negative: bool | None = None) -> tuple[np.ndarray, bool]:
+    """As :func:`normalize_intensity`, plus whether the image was taken for a negative and inverted.
+    ``negative`` given: that decision instead of the check's (the other views of one film follow the first)."""
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    negative = is_negative(arr)
+    negative = is_negative(arr) if negative is None else negative
     if negative:
         arr = arr.max() + arr.min() - arr
     bg = background_level(arr)
@@ -66,6 +69,14 @@ class Prepared:
     image: np.ndarray  # (base, base) float32 in [0, 1]
     negative: bool  # taken for a negative and inverted
     framing: Framing
+    # (V, base, base): the other phase views of the film (boneage.geometry.phase_views), prepared the same
+    # way; the reading averages ``image`` with them. None when the geometry has one phase or the film is
+    # not larger than the base size.
+    extra_views: np.ndarray | None = None
+
+    @property
+    def n_views(self) -> int:
+        return 1 + (0 if self.extra_views is None else len(self.extra_views))
 
 
 def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
@@ -76,9 +87,11 @@ def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
     geometry = as_geometry(geometry)
-    img, negative = normalize_intensity_checked(fit_to_base(arr, geometry))
+    first, *others = fit_views(arr, geometry)
+    img, negative = normalize_intensity_checked(first)
     img, framing = frame(img, geometry)
-    return Prepared(img, negative, framing)
+    extra = [frame(normalize_intensity_checked(v, negative)[0], geometry)[0] for v in others]
+    return Prepared(img, negative, framing, np.stack(extra) if extra else None)
 
 
 def preprocess_array(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> np.ndarray:

@@ -11,6 +11,7 @@ seed, hardware, timings), ``history.csv`` (one row per epoch), ``last.pt`` (full
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from . import distributed as D
@@ -97,6 +99,24 @@ def _augment_intensity(x: torch.Tensor, strength: float, gen: torch.Generator) -
     gamma = torch.exp((torch.rand(n, 1, 1, generator=gen) * 2 - 1) * strength)
     contrast = 1 + (torch.rand(n, 1, 1, generator=gen) * 2 - 1) * strength
     return (x.clamp(0, 1) ** gamma * contrast).clamp(0, 1)
+
+
+def _augment_jpeg(x: torch.Tensor, probability: float, min_quality: int, gen: torch.Generator) -> torch.Tensor:
+    """Each (H, W) [0,1] image of ``x``, with ``probability``, saved as an 8-bit JPEG of a random quality in
+    ``min_quality`` .. 95 and decoded again (Pillow, as :func:`boneage.precision.jpeg` does to a film)."""
+    if probability <= 0:
+        return x
+    pick = torch.rand(len(x), generator=gen) < probability
+    quality = torch.randint(min_quality, 96, (len(x),), generator=gen)
+    if not pick.any():
+        return x
+    x = x.clone()
+    for i in torch.nonzero(pick).flatten().tolist():
+        buf = io.BytesIO()
+        Image.fromarray(np.round(x[i].numpy() * 255).astype(np.uint8)).save(buf, format="JPEG",
+                                                                             quality=int(quality[i]))
+        x[i] = torch.from_numpy(np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255.0)
+    return x
 
 
 def _augment_degradation(x: torch.Tensor, resolution: float, noise: float, gen: torch.Generator) -> torch.Tensor:
@@ -263,6 +283,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
             if n < 2:  # every rank has equal-sized batches, so all skip together
                 continue
             xb = xb.float() / 255.0
+            xb = _augment_jpeg(xb, train_cfg.aug_jpeg, train_cfg.aug_jpeg_quality, aug_gen)
             xb = _augment_intensity(xb, train_cfg.aug_contrast, aug_gen)
             xb = _augment_degradation(xb, train_cfg.aug_resolution, train_cfg.aug_noise, aug_gen)
             theta = random_affine(n, train_cfg.aug_rotate_deg, train_cfg.aug_scale, train_cfg.aug_translate,

@@ -361,13 +361,6 @@ def image_sex_flip(image: np.ndarray, male: bool) -> dict:
     return explain.sex_flip(predictor().model, image, bool(male), tta=predictor().tta, members=predictor().ensemble())
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def image_prediction(image: np.ndarray, male: bool, site: str | None = None):
-    """Prediction and penultimate feature of a preprocessed base-size uint8 image (``site``: with that site
-    profile of the artifact set applied)."""
-    return (site_predictor(site) if site else predictor()).predict_image(image, bool(male))
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def assess_upload(data: bytes, name: str, male: bool, site: str | None = None):
     """:func:`boneage.assess.assess` of an upload with the model and the outlier check of the artifact set in
@@ -402,26 +395,6 @@ def model_fingerprint() -> str:
 def site_predictor(name: str):
     """The model with a site profile applied; raises SiteProfileError when it does not fit the model."""
     return predictor().with_site(store().root / "sites" / f"{name}.json")
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def read_upload_image(data: bytes, name: str) -> np.ndarray:
-    """Decode + check an upload and preprocess it to the base-size uint8 image the network sees.
-
-    Raises :class:`ImageLoadError` with a readable reason (empty, not an image, too big, colour photo ...).
-    """
-    return read_upload_gated(data, name)[0]
-
-
-def read_upload_gated(data: bytes, name: str) -> tuple[np.ndarray, bool, tuple[str, ...]]:
-    """(image, inverted, notes): an upload decoded within the upload pixel budget, through the input gate
-    (:mod:`boneage.input_gate`: blank, tiny, noise, colour photos, other DICOM modalities are refused with an
-    ImageLoadError), preprocessed; ``notes`` say e.g. that only the first frame of a multi-frame DICOM was used."""
-    from boneage.input_gate import load_radiograph_bytes
-
-    gated = load_radiograph_bytes(data, name, upload=True)
-    img, negative = predictor().preprocess_checked(gated.pixels)
-    return img, negative, gated.notes
 
 
 _MD_SPECIAL = set("\\`*_{}[]()#+!|<>~$:")

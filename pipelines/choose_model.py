@@ -53,7 +53,7 @@ def validation_errors(predictor: BoneAgePredictor, cases: pd.DataFrame, image_di
         raise RuntimeError(f"{len(loaded.failed)} validation images could not be read, e.g. {loaded.failed[0]}")
     male = loaded.cases["male"].to_numpy().astype(bool)
     age = loaded.cases["boneage"].to_numpy(np.float64)
-    return {tta: predictor.with_options(tta=tta).predict_preprocessed(loaded.images, male).age - age for tta in ttas}
+    return {tta: predictor.with_options(tta=tta).read_loaded(loaded).age - age for tta in ttas}
 
 
 def compare(shipped: BoneAgePredictor, candidate: BoneAgePredictor, cases: pd.DataFrame, image_dir: Path,
@@ -73,9 +73,10 @@ def compare(shipped: BoneAgePredictor, candidate: BoneAgePredictor, cases: pd.Da
 def native_blind_spot(shipped: BoneAgePredictor, candidate: BoneAgePredictor) -> str:
     """Why the validation split alone cannot judge the candidate ('' when it can): see the module docstring."""
     a, b = shipped.cfg.geometry, candidate.cfg.geometry
-    if a.fit != b.fit:
-        return (f"the candidate brings native-size films to its input with fit {b.fit!r}, the shipped model with "
-                f"{a.fit!r}; the validation files are already at the base size, so validation cannot measure what "
+    if a.fit != b.fit or a.phases != b.phases:
+        how = lambda g: f"fit {g.fit!r}" + (f" read at {g.phases}x{g.phases} phases" if g.phases > 1 else "")  # noqa: E731
+        return (f"the candidate brings native-size films to its input with {how(b)}, the shipped model with "
+                f"{how(a)}; the validation files are already at the base size, so validation cannot measure what "
                 "that changes: give labelled native-size radiographs with --native-cases/--native-dir")
     return ""
 

@@ -106,7 +106,8 @@ def _precision_lines(art: Path) -> list[str]:
     t = prec["targets"]
     lines = ["## Precision (same hand, different acquisition)", "",
              f"`python -m pipelines.precision`: how far the reading moves when the radiograph is re-framed, rotated, "
-             f"exposed or exported differently (no labels needed). Model input `{prec['geometry']}`, mirror-invariant "
+             f"exposed or exported differently (no labels needed). Model input `{prec['geometry']}`, "
+             f"{_phases_words(prec.get('phases', 1))}, mirror-invariant "
              f"{'yes' if prec['mirror_invariant'] else 'no'}, TTA {'on' if prec['tta'] else 'off'}. Targets: mean "
              f"|change| <= {t['mean_abs_months']:g}, 95th percentile <= {t['p95_abs_months']:g} months.", ""]
     for name, rows in prec["sets"].items():
@@ -119,6 +120,11 @@ def _precision_lines(art: Path) -> list[str]:
     return lines
 
 
+def _phases_words(phases: int) -> str:
+    return ("native films read once (one squeeze grid)" if phases == 1 else
+            f"native films read as the mean of {phases}x{phases} phase-shifted squeezes")
+
+
 def _base(m: dict) -> int:
     return int(m.get("base_size", 100))
 
@@ -127,9 +133,14 @@ def _geometry_sentence(m: dict) -> str:
     """How the model's images were made, from its saved geometry (``config.json`` ``model``)."""
     b, fit, framing = _base(m), m.get("fit", "squeeze"), m.get("framing", "none")
     if (b, fit, framing) == (100, "squeeze", "none"):
+        phases = int(m.get("phases", 1))
+        read = ("" if phases == 1 else
+                f" A native film is squeezed {phases}x{phases} times, the nearest-neighbour grid shifted by a fraction "
+                "of a base pixel each time, and the reading is the mean over those images: each is as sharp as the "
+                "training files, and which native pixels one grid happens to pick no longer moves the reading.")
         return ("Training images are only available here at **100x100 px** (squeezed square); the official test "
                 "images are native size and are brought to the same geometry (nearest-neighbour squeeze to 100x100, "
-                "then background/bone intensity normalisation).")
+                "then background/bone intensity normalisation)." + read)
     how = "squeezed to a square" if fit == "squeeze" else "letterboxed (aspect ratio kept, padded with the background)"
     frame = "" if framing == "none" else f", then framed on the hand ({framing})"
     return (f"Every radiograph, training and test alike, is brought to a **{b}x{b} px** base image, {how}, then "

@@ -36,9 +36,9 @@ def _reader(predictor: BoneAgePredictor, progress: bool, label: str):
     calls = tqdm(total=len(PERTURBATIONS) + 1, desc=label, disable=not progress)
 
     def predict(arrays: list[np.ndarray], male: np.ndarray) -> np.ndarray:
-        images = np.stack([predictor.preprocess(a) for a in arrays])
+        prepared = [predictor.prepare(a) for a in arrays]
         calls.update(1)
-        return predictor.predict_preprocessed(images, male).age
+        return predictor.read_prepared(prepared, male).age
 
     return predict
 
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     cfg = predictor.cfg
     out = {
         "model_sha256": model_fingerprint(Path(args.model_dir)),
-        "geometry": cfg.geometry.key(), "mirror_invariant": cfg.mirror_invariant, "tta": predictor.tta,
+        "geometry": cfg.geometry.key(), "phases": cfg.geometry.phases, "mirror_invariant": cfg.mirror_invariant, "tta": predictor.tta,
         "targets": {"mean_abs_months": TARGET_MEAN_ABS, "p95_abs_months": TARGET_P95_ABS},
         "sample": {"internal_test": f"{sizes['internal_test']} cases, pandas sample random_state={SAMPLE_SEED}",
                    "official_test": f"{sizes['official_test']} radiographs (labels not used)"},

@@ -35,6 +35,7 @@ import pandas as pd
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_atomic, write_json_atomic
 from boneage.conformal import add_intervals, coverage_report
 from boneage.data import load_images
+from boneage.inference import average_views
 from boneage.embeddings import (OutlierDetector, embed_maps, extract_features, layer_age_quality,
                                 layer_description)
 from boneage.manifest import write_manifest
@@ -79,19 +80,27 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     predictor = load_predictor(art / "model")
     cfg = predictor.cfg
     cases = all_cases(data_dir, art / "splits.csv", max_cases)
-    frames, images = [], []
+    frames, images, extra_views, extra_owner = [], [], [], []
     failed = []
+    n_rows = 0
     for image_dir, group in cases.groupby("image_dir", sort=False):
         loaded = load_images(group.reset_index(drop=True), image_dir, cfg.geometry, progress=False)
         failed += loaded.failed
         frames.append(loaded.cases)
         images.append(loaded.images)
+        extra_views.append(loaded.extra_views.reshape(-1, cfg.base_size, cfg.base_size))
+        extra_owner.append(loaded.extra_owner + n_rows)
+        n_rows += len(loaded.cases)
     cases = pd.concat(frames, ignore_index=True)
     images = np.concatenate(images)
-    log(f"loaded {len(cases)} images ({len(failed)} failed)")
+    extra_views, extra_owner = np.concatenate(extra_views), np.concatenate(extra_owner)
+    log(f"loaded {len(cases)} images ({len(failed)} failed; {len(extra_views)} further phase views)")
     t0 = time.time()
-    raw, layer_feats = extract_features(predictor.model, images, cases["male"].to_numpy(), EARLY_LAYERS,
+    male = cases["male"].to_numpy().astype(bool)
+    raw, layer_feats = extract_features(predictor.model, images, male, EARLY_LAYERS,
                                         tta=predictor.tta, members=predictor.ensemble())
+    if len(extra_views):  # the same reading every door gives (BoneAgePredictor.read): phase views averaged in
+        raw = average_views(raw, predictor.predict_preprocessed(extra_views, male[extra_owner]), extra_owner)
     log(f"forward pass + features (TTA {'on' if predictor.tta else 'off'}, {1 + len(predictor.members)} "
         f"network(s)): {time.time() - t0:.0f}s")
 

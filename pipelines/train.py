@@ -23,7 +23,7 @@ import pandas as pd
 from boneage import distributed
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, ModelConfig, TrainConfig
 from boneage.data import load_images
-from boneage.geometry import FITS
+from boneage.geometry import FITS, GeometryError
 from boneage.manifest import sha256_file
 from boneage.training import ResumeCheckpointError, train_model
 from pipelines.cli import data_dir_or_report
@@ -64,6 +64,10 @@ def main(argv=None) -> int:
                     help="read the whole film, or a square around the hand (optionally turned upright)")
     ap.add_argument("--trim-bars", action="store_true",
                     help="remove uniform bars (export padding, a mat) around every film before the fit")
+    ap.add_argument("--phases", type=int, default=None,
+                    help="read a native film as the mean of PxP phase-shifted squeezes (squeeze fit only; default 3 "
+                         "with it, 1 otherwise; films at the base size, such as the 100 px training files, have one "
+                         "view, so training itself is unchanged)")
     ap.add_argument("--mirror-invariant", action="store_true",
                     help="train with mirrored copies and average every prediction with its mirror image")
     ap.add_argument("--aug-rotate", type=float, default=TrainConfig.aug_rotate_deg, help="max rotation, degrees")
@@ -71,6 +75,12 @@ def main(argv=None) -> int:
     ap.add_argument("--aug-resolution", type=float, default=TrainConfig.aug_resolution,
                     help="max fraction of resolution lost (half the images, down and up again); 0 = off")
     ap.add_argument("--aug-noise", type=float, default=TrainConfig.aug_noise, help="max Gaussian noise SD; 0 = off")
+    ap.add_argument("--aug-scale", type=float, default=TrainConfig.aug_scale,
+                    help="max zoom in or out (0.2: 0.8-1.2), which covers tighter or looser collimation")
+    ap.add_argument("--aug-jpeg", type=float, default=TrainConfig.aug_jpeg,
+                    help="probability of a JPEG round trip (quality --aug-jpeg-quality..95); 0 = off")
+    ap.add_argument("--aug-jpeg-quality", type=int, default=TrainConfig.aug_jpeg_quality,
+                    help="lowest JPEG quality of that round trip")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (default: torch's own choice); 1 on a shared machine")
     ap.add_argument("--loader-workers", type=int, default=None,
@@ -104,16 +114,22 @@ def _run(args, info: distributed.DistInfo) -> int:
         va = va.head(args.max_val_cases)
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, base_size=args.base_size,
                             fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant,
-                            trim_bars=args.trim_bars)
+                            trim_bars=args.trim_bars, phases=args.phases or (3 if args.fit == "squeeze" else 1))
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
                             ema_decay=args.ema_decay, balance_power=args.balance_power,
                             aug_rotate_deg=args.aug_rotate, aug_contrast=args.aug_contrast,
                             aug_resolution=args.aug_resolution, aug_noise=args.aug_noise,
+                            aug_scale=args.aug_scale, aug_jpeg=args.aug_jpeg,
+                            aug_jpeg_quality=args.aug_jpeg_quality,
                             num_threads=args.threads, loader_workers=args.loader_workers)
     cache = args.cache_dir or (None if args.max_train_cases else str(REPO_ROOT / "runs" / "cache"))
-    geometry = model_cfg.geometry
+    try:
+        geometry = model_cfg.geometry
+    except GeometryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     show = not args.quiet and info.is_main
 
     def load_both():

@@ -100,3 +100,17 @@ def test_native_cases_need_their_folder(repo_root, subprocess_env, tmp_path):
                         str(model_dir), "--native-cases", str(tmp_path / "x.csv")],
                        env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "--native-dir" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_change_of_phases_is_a_native_blind_spot_too():
+    from types import SimpleNamespace
+
+    from boneage.geometry import Geometry
+    from pipelines.choose_model import native_blind_spot
+
+    def model(**kw):
+        return SimpleNamespace(cfg=SimpleNamespace(geometry=Geometry(**kw)))
+
+    assert native_blind_spot(model(phases=3), model(phases=3)) == ""
+    why = native_blind_spot(model(phases=3), model(phases=1))
+    assert "read at 3x3 phases" in why and "--native-cases" in why

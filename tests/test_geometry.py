@@ -161,6 +161,31 @@ def test_degradation_augmentation_keeps_range_and_changes_pixels():
     assert torch.equal(_augment_degradation(x, 0.0, 0.0, gen), x.clamp(0, 1))
 
 
+def test_jpeg_augmentation_is_a_real_jpeg_round_trip_on_the_picked_images(train_image_path):
+    import io
+
+    from PIL import Image
+
+    from boneage.training import _augment_jpeg
+
+    img = torch.from_numpy(preprocess_array(read_radiograph(train_image_path)))
+    x = torch.stack([img] * 16)
+    y = _augment_jpeg(x, 0.5, 50, torch.Generator().manual_seed(0))
+    changed = [i for i in range(16) if not torch.equal(y[i], x[i])]
+    assert 3 <= len(changed) <= 13 and y.shape == x.shape  # about half, drawn per image
+    assert torch.equal(x, torch.stack([img] * 16))  # the batch itself is not modified in place
+    # a changed image is exactly a JPEG of some quality between 50 and 95, decoded again
+    u8 = Image.fromarray(np.round(img.numpy() * 255).astype(np.uint8))
+
+    def jpeg(q):
+        buf = io.BytesIO()
+        u8.save(buf, format="JPEG", quality=q)
+        return torch.from_numpy(np.asarray(Image.open(buf), np.float32) / 255.0)
+
+    assert any(torch.equal(y[changed[0]], jpeg(q)) for q in range(50, 96))
+    assert torch.equal(_augment_jpeg(x, 0.0, 50, torch.Generator()), x)
+
+
 def test_image_cache_is_keyed_by_geometry(data_dir, tmp_path):
     import pandas as pd
 

@@ -63,15 +63,15 @@ else:
     if up is None:
         st.info("Upload a left-hand radiograph to see what the model looks at.", icon=":material/upload:")
         st.stop()
-    try:
-        img = common.read_upload_image(up.getvalue(), up.name)
+    try:  # the reading every door gives (phase views averaged in); the maps explain its model input
+        a = common.assess_upload(up.getvalue(), up.name, male)
     except common.ImageLoadError as exc:
         st.error(common.md_escape(exc))
         st.stop()
-    pred, feature = common.image_prediction(img, male)
-    iv = pred.intervals.get("90")
-    pred_text = (f"**{common.md_escape(up.name)}** ({'male' if male else 'female'}): predicted **{pred.boneage_months:.1f} months**"
-                 + (f", 90% interval {iv[0]:.0f}-{iv[1]:.0f}" if iv else "") + f"; stage {pred.stage}.")
+    img, feature = a.image, a.feature
+    iv = a.intervals.get("90")
+    pred_text = (f"**{common.md_escape(up.name)}** ({'male' if male else 'female'}): predicted **{a.boneage_months:.1f} months**"
+                 + (f", 90% interval {iv[0]:.0f}-{iv[1]:.0f}" if iv else "") + f"; stage {a.stage}.")
 
 
 def heatmap(method: str, layer: str | None = None, progress=None) -> np.ndarray:

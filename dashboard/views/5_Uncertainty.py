@@ -150,7 +150,8 @@ else:
         "sqrt(mean(d^2)/2), the within-hand SD of two readings; commercial systems quote about 2 months. "
         f"Targets: mean |change| <= {prec['targets']['mean_abs_months']:g} and 95th percentile <= "
         f"{prec['targets']['p95_abs_months']:g} months for every change. Model input: `{prec['geometry']}` "
-        f"(base size-fit-framing-margin), mirror-invariant: {'yes' if prec['mirror_invariant'] else 'no'}.")
+        f"(base size-fit-framing-margin), native films read as the mean of {prec.get('phases', 1)}x"
+        f"{prec.get('phases', 1)} phase-shifted squeezes, mirror-invariant: {'yes' if prec['mirror_invariant'] else 'no'}.")
     for set_name, rows in prec["sets"].items():
         st.subheader(f"{common.split_label(set_name)} ({prec['sample'][set_name]}); test-retest SD over all changes "
                      f"{prec['test_retest_sd'][set_name]:.2f} months")
