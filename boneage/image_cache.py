@@ -209,7 +209,15 @@ def load_extra_views(cases: pd.DataFrame, image_dir: str | os.PathLike,
         return np.zeros((0, geometry.base_size, geometry.base_size), np.uint8), np.zeros(0, np.int64)
     views, owner = [], []
     for row, cid in enumerate(cases["id"].astype(str)):
-        extra = prepare(read_radiograph(safe_image_path(image_dir, cid)), geometry).extra_views
+        try:
+            arr = read_radiograph(safe_image_path(image_dir, cid))
+        except ImageLoadError as exc:  # it loaded into the cache earlier: the folder changed since
+            raise ImageLoadError(f"{cid} is in the image cache but cannot be read again for its phase views "
+                                 f"({exc}); the data folder changed since the cache was built: delete the "
+                                 "cache folder and rerun") from None
+        if max(arr.shape) <= geometry.base_size:
+            continue  # one view (boneage.geometry.phase_views): nothing to prepare again
+        extra = prepare(arr, geometry).extra_views
         if extra is not None:
             views.append(to_uint8(extra))
             owner += [row] * len(extra)
