@@ -201,7 +201,8 @@ class BoneAgePredictor:
         profile = load_site(site)
         if self.model_dir is None:
             raise SiteProfileError("this predictor was not loaded from a model folder: its fingerprint is unknown")
-        profile.check_model(model_fingerprint(self.model_dir, members=bool(self.members)), self.tta)
+        profile.check_model(model_fingerprint(self.model_dir, members=bool(self.members)), self.tta,
+                            self.cfg.geometry.phases)
         out = BoneAgePredictor(self.model, self.config, self.conformal, self.tta, self.conformal_problem,
                                self.members, profile, self.model_dir)
         out.outlier_check = self.outlier_check

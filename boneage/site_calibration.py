@@ -304,6 +304,9 @@ class SiteProfile:
     evaluation: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # The phase views its predictions averaged (boneage.geometry); a profile written before they existed
+    # was fitted on one-view readings.
+    phases: int = 1
 
     @property
     def site_model(self) -> SiteModel:
@@ -313,8 +316,9 @@ class SiteProfile:
         """(corrected ages, {level: (lower, upper)}) for raw model predictions and scales."""
         return self.site_model.predict(pred, scale, male, levels)
 
-    def check_model(self, fingerprint: str, tta: bool | None = None) -> None:
-        """Refuse a profile made for other networks (or with test-time augmentation switched)."""
+    def check_model(self, fingerprint: str, tta: bool | None = None, phases: int | None = None) -> None:
+        """Refuse a profile made for other networks, or on predictions made otherwise (test-time
+        augmentation switched, native films read at another number of phase views)."""
         if fingerprint != self.model_sha256:
             raise SiteProfileError(
                 f"site profile '{self.name}' was fitted for another model (sha256 {self.model_sha256[:12]}..., this "
@@ -324,6 +328,11 @@ class SiteProfile:
             raise SiteProfileError(
                 f"site profile '{self.name}' was fitted on predictions {'with' if self.tta else 'without'} test-time "
                 f"augmentation; predict {'with' if self.tta else 'without'} it (--tta / --no-tta) or refit the profile.")
+        if phases is not None and phases != self.phases:
+            raise SiteProfileError(
+                f"site profile '{self.name}' was fitted on readings of {self.phases}x{self.phases} phase view(s) per "
+                f"native film, this model reads {phases}x{phases}: its correction does not apply. Refit it with "
+                f"`python -m pipelines.calibrate_site --name {self.name} ...` (see README, Site calibration).")
 
     def to_dict(self) -> dict:
         conf = {"method": "split-conformal, score |y - corrected| / model scale, cross-fitted over the local "
@@ -335,7 +344,7 @@ class SiteProfile:
                            for lvl in LEVELS}}
         return {"schema_version": self.schema_version, "name": self.name, "created": self.created,
                 "n_cases": self.n_cases, "n_ids": self.n_ids, "n_male": self.n_male,
-                "model_sha256": self.model_sha256, "tta": self.tta,
+                "model_sha256": self.model_sha256, "tta": self.tta, "phases": self.phases,
                 "correction": {"formula": "corrected = pred + shift + slope * (pred - centre), per sex",
                                "F": asdict(self.correction.F), "M": asdict(self.correction.M)},
                 "conformal": conf, "evaluation": self.evaluation, "settings": self.settings}
@@ -350,7 +359,8 @@ class SiteProfile:
             if len(conf.scores) != len(conf.male) or len(conf.scores) == 0:
                 raise SiteProfileError("site profile: calibration scores and sexes missing or of different lengths")
             return cls(d["name"], d["created"], int(d["n_cases"]), int(d["n_ids"]), int(d["n_male"]),
-                       d["model_sha256"], bool(d["tta"]), corr, conf, d.get("evaluation", {}), d.get("settings", {}))
+                       d["model_sha256"], bool(d["tta"]), corr, conf, d.get("evaluation", {}), d.get("settings", {}),
+                       phases=int(d.get("phases", 1)))
         except (KeyError, TypeError) as exc:
             raise SiteProfileError(f"site profile is damaged or incomplete ({type(exc).__name__}: {exc})") from exc
 
@@ -402,7 +412,7 @@ def load_site(site: "str | os.PathLike | SiteProfile", sites_dir: str | os.PathL
 
 def fit_profile(name: str, y, pred, scale, male, before_lower, before_upper, model_sha256: str, tta: bool,
                 n_ids: int | None = None, k_folds: int = K_FOLDS, seed: int = 0, prior_cases: float = PRIOR_CASES,
-                n_boot: int = 2000, created: str | None = None) -> SiteProfile:
+                n_boot: int = 2000, created: str | None = None, phases: int = 1) -> SiteProfile:
     """Fit the site's correction and intervals on all cases, and evaluate the procedure by K-fold CV against
     the shipped model as it is (``before_lower``/``before_upper``: its own 90 % intervals on the cases).
 
@@ -427,7 +437,8 @@ def fit_profile(name: str, y, pred, scale, male, before_lower, before_upper, mod
                        len(y) if n_ids is None else int(n_ids), int(male.sum()), model_sha256, bool(tta),
                        site.correction, site.conformal, evaluation,
                        {"k_folds": k_folds, "seed": seed, "prior_cases": prior_cases, "n_boot": n_boot,
-                        "min_correction_cases": MIN_CORRECTION_CASES, "min_slope_cases": MIN_SLOPE_CASES})
+                        "min_correction_cases": MIN_CORRECTION_CASES, "min_slope_cases": MIN_SLOPE_CASES},
+                       phases=int(phases))
 
 
 def check_references(y) -> None:

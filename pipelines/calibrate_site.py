@@ -162,7 +162,8 @@ def main(argv=None) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else ARTIFACTS_DIR / "model"
     profile = fit_profile(args.name, ok["boneage"], ok["boneage_pred"], ok["uncertainty"], ok["male"],
                           ok["lower_90"], ok["upper_90"], model_fingerprint(model_dir, members=bool(predictor.members)),
-                          predictor.tta, n_ids=ok["id"].nunique(), k_folds=args.folds, seed=args.seed)
+                          predictor.tta, n_ids=ok["id"].nunique(), k_folds=args.folds, seed=args.seed,
+                          phases=predictor.cfg.geometry.phases)
     path = profile.save(Path(args.out_dir) / f"{args.name}.json")
     ev = profile.evaluation
     print(f"site '{args.name}': {profile.n_cases} cases ({profile.n_male} boys), {int(failed.sum())} failed")
