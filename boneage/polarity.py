@@ -10,8 +10,9 @@ radiograph and the other way in its negative. A logistic regression on 26 such f
 histogram, border and centre levels, ridge / edge statistics) of the 100 px image is fitted by
 ``python -m pipelines.fit_polarity`` on the training split and its negatives; its coefficients live in
 ``polarity.json`` beside this file (package data, no pickle). An image is flipped only when the check is
-confident (probability >= ``threshold``), because flipping a normal image costs far more than leaving a
-rare undeclared negative alone (how the default 0.9 was chosen: docs/decisions.md).
+confident (probability >= ``threshold``) at each of three exposures of it (:data:`DECISION_EXPOSURES`),
+because flipping a normal image costs far more than leaving a rare undeclared negative alone (how the
+default 0.9 was chosen, and why three exposures: docs/decisions.md).
 
 The features (ring widths, ridge and edge filters of fixed sigma) are measured in pixels, so the check reads
 every image at the geometry it was fitted at, ``REFERENCE_SIZE`` (the 100 px squeeze of the RSNA training
@@ -87,7 +88,9 @@ class PolarityCheck:
         return float(1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept))))
 
     def is_inverted(self, img: np.ndarray) -> bool:
-        return self.probability(img) >= self.threshold
+        """Confident at every one of :data:`DECISION_EXPOSURES` of the image (see there)."""
+        img = at_reference_size(img)
+        return all(self.probability(exposed(img, g)) >= self.threshold for g in DECISION_EXPOSURES)
 
     def save(self, path: str | Path = COEF_PATH) -> None:
         write_json_atomic(Path(path), asdict(self))
@@ -109,17 +112,40 @@ def default_check() -> PolarityCheck:
     return PolarityCheck.load(COEF_PATH)
 
 
+# Exposures the check is fitted across: image i of the training set also enters (with its negative) at gamma
+# EXPOSURES[i % 4]. Fitted on plain images alone and read at one exposure, the check took 3 of the 200
+# official films for negatives once they were brightened by gamma 0.7, and each flipped film read 34-142
+# months off (docs/decisions.md, 2026-12-01).
+EXPOSURES = (0.6, 0.75, 1.35, 1.6)
+# An image is taken for a negative only when the check is confident at each of these exposures of it: a
+# brightened normal film looks like a negative, but not once it is darkened again, while a negative looks
+# like one at every exposure.
+DECISION_EXPOSURES = (0.6, 1.0, 1.6)
+
+
+def exposed(img: np.ndarray, g: float) -> np.ndarray:
+    """``img`` (any range) with its intensities, scaled to [0, 1], raised to the power ``g`` (an exposure
+    change, as :func:`boneage.precision.gamma`)."""
+    a = np.asarray(img, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return ((a - lo) / max(hi - lo, 1e-6)) ** g * (hi - lo) + lo
+
+
 def fit_polarity_check(images: list[np.ndarray], threshold: float = 0.9, C: float = 10.0,
-                       fitted_on: str = "") -> PolarityCheck:
-    """Fit on normal images and their negatives (max + min - x), the only labels needed."""
+                       fitted_on: str = "", exposures: tuple[float, ...] = EXPOSURES) -> PolarityCheck:
+    """Fit on normal images and their negatives (max + min - x), the only labels needed; each image also
+    enters at one of ``exposures`` (a gamma, in turn), normal and negative, so a brighter or darker export is
+    not taken for a negative."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     feats, labels = [], []
-    for img in images:
+    for i, img in enumerate(images):
         a = np.asarray(img, dtype=np.float32)
-        feats += [polarity_features(a), polarity_features(a.max() + a.min() - a)]
-        labels += [0, 1]
+        versions = [a] + ([exposed(a, exposures[i % len(exposures)])] if exposures else [])
+        for v in versions:
+            feats += [polarity_features(v), polarity_features(v.max() + v.min() - v)]
+            labels += [0, 1]
     X, y = np.stack(feats), np.asarray(labels)
     scaler = StandardScaler().fit(X)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)

@@ -2,9 +2,10 @@
 
     python -m pipelines.fit_polarity [--data-dir DIR] [--out boneage/polarity.json] [--max-cases N]
 
-Fits on the training split's images and their negatives (see :mod:`boneage.polarity`), then counts, on the
-validation and internal test splits and on the official test images, how many normal images it would flip
-(must be none) and how many negatives it catches. The counts are stored with the coefficients.
+Fits on the training split's images and their negatives, at several exposures (see :mod:`boneage.polarity`),
+then counts, on the validation and internal test splits and on the official test images, how many normal
+images it would flip (must be none), also once brightened (gamma 0.7) or darkened (gamma 1.4), and how many
+negatives it catches. The counts are stored with the coefficients.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from boneage.config import ARTIFACTS_DIR
 from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
-from boneage.polarity import COEF_PATH, REFERENCE_SIZE, PolarityCheck, fit_polarity_check
+from boneage.polarity import COEF_PATH, REFERENCE_SIZE, PolarityCheck, exposed, fit_polarity_check
 from boneage.preprocess import squeeze_to_base
 from pipelines.cli import data_dir_or_report
 
@@ -34,11 +35,15 @@ def _load(ids: list[str], image_dir: Path, desc: str) -> list[np.ndarray]:
 
 
 def held_out_counts(check: PolarityCheck, images: list[np.ndarray]) -> dict:
+    """How many normal images the check would flip, as they are and at gamma 0.7 and 1.4 (the exposures of
+    the precision benchmark), and how many of their negatives it catches."""
     normal = np.array([check.probability(a) for a in images])
-    negative = np.array([check.probability(a.max() + a.min() - a) for a in images])
-    return {"n": len(images), "normal_flipped": int((normal >= check.threshold).sum()),
-            "negatives_caught": int((negative >= check.threshold).sum()),
-            "max_p_normal": round(float(normal.max()), 4) if len(normal) else None}
+    out = {"n": len(images), "normal_flipped": sum(check.is_inverted(a) for a in images),
+           "negatives_caught": sum(check.is_inverted(a.max() + a.min() - a) for a in images),
+           "max_p_normal": round(float(normal.max()), 4) if len(normal) else None}
+    for g in (0.7, 1.4):
+        out[f"normal_flipped_gamma_{g}"] = sum(check.is_inverted(exposed(a, g)) for a in images)
+    return out
 
 
 def main(argv=None) -> int:
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
         check.evaluation[name] = held_out_counts(check, _load(ids, data_dir / folder, name))
     check.save(Path(args.out))
     for name, c in check.evaluation.items():
-        print(f"{name}: n={c['n']} normal images flipped {c['normal_flipped']}, negatives caught "
+        print(f"{name}: n={c['n']} normal images flipped {c['normal_flipped']} (at gamma 0.7: "
+              f"{c['normal_flipped_gamma_0.7']}, 1.4: {c['normal_flipped_gamma_1.4']}), negatives caught "
               f"{c['negatives_caught']}/{c['n']}, highest P(negative) of a normal image {c['max_p_normal']}")
     print(f"wrote {args.out}")
     return 0

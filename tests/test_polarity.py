@@ -52,7 +52,20 @@ def test_shipped_coefficients_record_their_held_out_counts():
     ev = check.evaluation
     for name in ("val", "test", "official_test"):
         assert ev[name]["normal_flipped"] == 0, (name, ev[name])
-        assert ev[name]["negatives_caught"] >= 0.95 * ev[name]["n"], (name, ev[name])
+        # nor once brightened or darkened (an exposure change must not turn a film into a "negative")
+        assert ev[name]["normal_flipped_gamma_0.7"] == ev[name]["normal_flipped_gamma_1.4"] == 0, (name, ev[name])
+        # the three-exposure rule trades some caught negatives (official 197 -> 187 of 200) for that
+        assert ev[name]["negatives_caught"] >= 0.9 * ev[name]["n"], (name, ev[name])
+
+
+def test_a_brightened_film_is_not_taken_for_a_negative(data_dir):
+    from boneage.polarity import exposed
+
+    film = squeeze_to_base(read_radiograph(data_dir / "test" / "4444.png"))
+    bright = exposed(film, 0.7)
+    check = default_check()
+    assert check.probability(bright) >= check.threshold  # at this one exposure it looks like a negative ...
+    assert not is_negative(bright)  # ... but not at the others, so it is left alone
 
 
 def test_fit_polarity_end_to_end_on_a_few_real_images(data_dir, tmp_path):
