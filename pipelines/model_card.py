@@ -312,7 +312,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
     lines += _precision_lines(art)
     exps = (_load(art / "experiments.json") or {}).get("experiments", [])
     if exps:
-        lines += ["## Other training runs (not shipped)", ""]
+        lines += ["## Experiments", "", "Training runs and changes of how films are read that were tried; each entry "
+                  "says whether it was shipped and why (`artifacts/experiments.json`).", ""]
         for e in exps:
             if "resolution_curve" in e:
                 continue  # its own section below
@@ -321,9 +322,16 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
             elif "results" in e:
                 detail = "; ".join(f"{k}: " + ", ".join(f"{s} {v}" for s, v in r.items())
                                    for k, r in e["results"].items())
+            elif isinstance(e.get("val_mae"), dict):
+                detail = "validation MAE " + ", ".join(f"{k} {v}" for k, v in e["val_mae"].items())
+            elif "validation" in e:
+                detail = f"validation {e['validation']}"
+            elif e.get("val_mae_averages"):
+                detail = "validation MAE " + ", ".join(f"{k} {v}" for k, v in e["val_mae_averages"].items())
             else:
-                detail = "validation MAE " + ", ".join(f"{k} {v}" for k, v in e.get("val_mae_averages", {}).items())
-            lines.append(f"- {e['name']}: `{e['command']}`; " + (f"{detail}; " if detail else "") + f"{e['decision']}.")
+                detail = ""
+            lines.append(f"- {e['name']}: `{e['command']}`; " + (f"{detail}; " if detail else "")
+                         + f"{e['decision'].rstrip('.')}.")
         lines.append("")
         lines += resolution_curve_lines(exps)
     hist = art / "model" / "history.csv"
