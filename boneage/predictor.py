@@ -132,12 +132,13 @@ def member_dirs(model_dir: str | os.PathLike, config: dict) -> list[Path]:
 
 def load_members(model_dir: str | os.PathLike, config: dict) -> tuple[BoneAgeNet, ...]:
     """Load every ensemble member of a model folder; a missing file is an error naming it, never a quiet
-    fall-back to fewer networks (the conformal intervals were calibrated on the whole ensemble)."""
+    fall-back to fewer networks (the conformal intervals were calibrated on the whole ensemble). Members must
+    prepare the same pixels as the model; every network reads the phase views the model's geometry makes."""
     base = model_config_from_dict(config["model"]).geometry
     members = []
     for d in member_dirs(model_dir, config):
         net, _ = load_model_dir(d)
-        if net.cfg.geometry != base:
+        if net.cfg.geometry.key() != base.key():  # the same pixels; the views (phases) are the model's
             raise ValueError(f"ensemble member {d} reads images prepared as {net.cfg.geometry.key()}, "
                              f"the model as {base.key()} (base size-fit-framing-margin)")
         members.append(net)

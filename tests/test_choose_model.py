@@ -60,7 +60,7 @@ def _area_candidate(repo_root, tmp_path):
     candidate.mkdir()
     shutil.copy2(model_dir / "model.pt", candidate / "model.pt")
     cfg = json.loads((model_dir / "config.json").read_text())
-    cfg["model"]["fit"] = "area"
+    cfg["model"]["fit"], cfg["model"]["phases"] = "area", 1  # phase views belong to the squeeze
     (candidate / "config.json").write_text(json.dumps(cfg))
     return model_dir, candidate
 
