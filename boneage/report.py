@@ -77,7 +77,8 @@ def _page(pdf, a: Assessment, heatmap: np.ndarray | None, report_date: dt.date) 
         pdf.multi_cell(width - 48, 5.6, latin1(value), align="L", new_x="LMARGIN", new_y="NEXT")
 
     line(TITLE, 16, "B", 8)
-    line(f"Radiograph: {a.id}", 9, "", 4.5)
+    # the file name only: a path would print the server's folders (and perhaps a patient name) on the report
+    line(f"Radiograph: {os.path.basename(str(a.id)) or a.id}", 9, "", 4.5)
     pdf.ln(2)
     p = a.patient
     pair("Patient ID", p.patient_id or "not given")

@@ -87,3 +87,6 @@ def test_report_without_intervals_or_age_still_says_so(data_dir, poppler, months
     text = _flat(pdf_text(render_report(bare)))
     assert "not available (no conformal.json in the model folder)" in text
     assert ("not given (no maturity status)" in text) == (months is None)
+    # an assessment of a file path names the file, never the server's folders
+    assert a.id == str(data_dir / "test" / f"{CASE}.png")
+    assert f"Radiograph: {CASE}.png" in text and str(data_dir) not in _flat(pdf_text(render_report(a)))
