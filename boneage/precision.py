@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .geometry import background_level
+from .polarity import exposed
 
 
 def _to_unit(arr: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -49,9 +50,9 @@ def downscale(arr: np.ndarray, longest: int = 512, min_factor: float = 0.7) -> n
 
 
 def gamma(arr: np.ndarray, g: float) -> np.ndarray:
-    """Exposure: intensities (scaled to [0, 1]) raised to the power ``g``."""
-    u, lo, hi = _to_unit(arr)
-    return u ** g * (hi - lo) + lo
+    """Exposure: intensities (scaled to [0, 1]) raised to the power ``g`` (:func:`boneage.polarity.exposed`,
+    the exposures the negative-image check is fitted and decides across)."""
+    return exposed(arr, g)
 
 
 def rotate(arr: np.ndarray, degrees: float) -> np.ndarray:
