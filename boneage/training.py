@@ -11,7 +11,6 @@ seed, hardware, timings), ``history.csv`` (one row per epoch), ``last.pt`` (full
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -26,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from . import distributed as D
@@ -34,6 +32,7 @@ from .batches import CaseBatches, Rows, batches_of, rank_shard_order, single_pro
 from .config import ModelConfig, TrainConfig, to_jsonable, write_atomic, write_json_atomic
 from .inference import INFERENCE_BATCH, run_network
 from .model import BoneAgeNet, laplace_nll
+from .precision import jpeg
 from .preprocess import random_affine, to_model_input
 from .splits import age_band
 
@@ -103,7 +102,7 @@ def _augment_intensity(x: torch.Tensor, strength: float, gen: torch.Generator) -
 
 def _augment_jpeg(x: torch.Tensor, probability: float, min_quality: int, gen: torch.Generator) -> torch.Tensor:
     """Each (H, W) [0,1] image of ``x``, with ``probability``, saved as an 8-bit JPEG of a random quality in
-    ``min_quality`` .. 95 and decoded again (Pillow, as :func:`boneage.precision.jpeg` does to a film)."""
+    ``min_quality`` .. 95 and decoded again (:func:`boneage.precision.jpeg`, what the benchmark does to a film)."""
     if probability <= 0:
         return x
     pick = torch.rand(len(x), generator=gen) < probability
@@ -112,10 +111,7 @@ def _augment_jpeg(x: torch.Tensor, probability: float, min_quality: int, gen: to
         return x
     x = x.clone()
     for i in torch.nonzero(pick).flatten().tolist():
-        buf = io.BytesIO()
-        Image.fromarray(np.round(x[i].numpy() * 255).astype(np.uint8)).save(buf, format="JPEG",
-                                                                             quality=int(quality[i]))
-        x[i] = torch.from_numpy(np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255.0)
+        x[i] = torch.from_numpy(jpeg(x[i].numpy(), int(quality[i])))
     return x
 
 
