@@ -71,6 +71,7 @@ class Assessment:
     inverted_negative: bool = False
     framing: str = ""
     mirrored: str = ""
+    read_mirrored: bool = False  # taken for a right hand and mirrored before reading (laterality "left")
     outlier_score: float | None = None
     unlike_training_data: bool | None = None
     outlier_threshold: float | None = None
@@ -113,6 +114,9 @@ class Assessment:
         if self.inverted_negative:
             out.append("This image looks like a negative (bone dark on a bright background), so it was inverted "
                        "before prediction. Check the model input: bone should be bright.")
+        if self.read_mirrored:
+            out.append("This film was taken for a right hand (or a left hand exported mirrored), so it was mirrored "
+                       "and read as a left hand. Check the model input: the thumb should be on the right.")
         if self.unlike_training_data:
             out.append(f"This image looks unlike the training radiographs (outlier score {self.outlier_score:.2f} > "
                        f"{self.outlier_threshold:.2f}): read the estimate with extra caution.")
@@ -306,7 +310,7 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
     a = Assessment(id=case_id, male=bool(male), boneage_months=pred.boneage_months, scale_months=pred.scale_months,
                    stage=pred.stage, stage_probs=dict(pred.stage_probs), intervals=dict(pred.intervals),
                    interval_problem=problem, inverted_negative=bool(prepared.negative), framing=pred.framing,
-                   mirrored=pred.mirrored, outlier_score=score, unlike_training_data=flag, outlier_threshold=threshold,
+                   mirrored=pred.mirrored, read_mirrored=bool(prepared.mirrored), outlier_score=score, unlike_training_data=flag, outlier_threshold=threshold,
                    sex_source=sex_source, site=predictor.site.name if predictor.site is not None else None,
                    site_note=_site_note(predictor), model_sha256=model_sha256(predictor),
                    notes=tuple(notes) + tuple(patient.notes) + tuple(extra_notes), patient=patient,

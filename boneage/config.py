@@ -42,7 +42,8 @@ class StageConfig:
 class ModelConfig:
     """Network and input geometry.
 
-    ``base_size``, ``fit``, ``framing``, ``framing_margin``, ``trim_bars`` and ``phases`` are the input geometry (see
+    ``base_size``, ``fit``, ``framing``, ``framing_margin``, ``trim_bars``, ``phases`` and ``laterality`` are the
+    input geometry (see
     :mod:`boneage.geometry`): every image is first brought to the base image by them, then resized to
     ``input_size`` for the network. Older config files without ``fit``/``framing`` mean the original
     squeeze of the whole film.
@@ -61,6 +62,9 @@ class ModelConfig:
     # Trained with mirrored copies; every prediction averages the image and its mirror (boneage.inference),
     # so a right hand, or a film exported mirrored, reads as the left hand would.
     mirror_invariant: bool = False
+    # "left": every film the learned check takes for a right hand is mirrored first, so the network reads
+    # left hands only (boneage.laterality); "as-is": films are read as they come.
+    laterality: str = "as-is"
     sex_embed_dim: int = 16
     hidden_dim: int = 256
     dropout: float = 0.2
@@ -107,6 +111,12 @@ class TrainConfig:
     # move an untrained network's reading by months (pipelines.precision). 0 turns it off.
     aug_jpeg: float = 0.0
     aug_jpeg_quality: int = 50
+    # Training for precision: > 0 reads every training image a second time as acquired differently
+    # (boneage.acquisition: JPEG, lower resolution, tighter crop or a border, with its own rotation and
+    # exposure), trains both readings against the label, and adds ``consistency`` x |reading 1 - reading 2| /
+    # predicted scale, so a disagreement between the two readings of one hand costs what an error of that
+    # size does. Each step then runs the network on twice the images. 0 turns it off.
+    consistency: float = 0.0
     ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights; 0 turns it off
     # Sampling weight of a training case ~ (training cases of its sex x age band) ** -balance_power, drawn
     # with replacement: 0 shows every case once per epoch; 0.5 shows the rare extremes (girls of 17 and

@@ -28,6 +28,11 @@ saved in ``config.json`` as part of :class:`boneage.config.ModelConfig`) and has
     so the mean reads the film as the network learned to; only the grid's accident averages out. The
     first view is the plain squeeze: what explanations and features use. Films at or below the base size
     (the training files) have one view, so training and validation do not change.
+``laterality``
+    ``as-is``: the film is read as it comes. ``left``: a film the learned check of :mod:`boneage.laterality`
+    takes for a right hand (or a left hand exported mirrored) is mirrored first, so the network reads left
+    hands only; the check's answer flips with the image, so a film and its mirror image are read as the same
+    picture.
 ``framing``
     What part of the base image the network reads. ``none``: the whole film (how far the hand fills
     the frame then changes the reading). ``hand``: the hand is found (:func:`boneage.hand.hand_mask`),
@@ -53,6 +58,7 @@ from .hand import hand_mask
 
 FITS = ("squeeze", "area", "letterbox")
 FRAMINGS = ("none", "hand", "hand-upright")
+LATERALITIES = ("as-is", "left")
 
 # A mask outside these bounds is not taken for a hand (a plate, a label, noise): framing falls back to the
 # whole image. Measured on the base-size training and official images: median area 0.20-0.23 of the image.
@@ -77,6 +83,7 @@ class Geometry:
     margin: float = 0.06  # of the crop side, on each side of the hand's bounding box
     trim_bars: bool = False  # remove uniform bars around the film first (always with ``area`` or framing)
     phases: int = 1  # sub-pixel offsets per axis of the squeeze grid whose readings are averaged
+    laterality: str = "as-is"  # "left": films taken for right hands are mirrored first
 
     def __post_init__(self):
         if self.fit not in FITS:
@@ -89,6 +96,8 @@ class Geometry:
             raise GeometryError(f"framing margin {self.margin} must lie in [0, 0.5)")
         if not 1 <= int(self.phases) <= MAX_PHASES:
             raise GeometryError(f"phases {self.phases} must lie in 1-{MAX_PHASES}")
+        if self.laterality not in LATERALITIES:
+            raise GeometryError(f"unknown laterality {self.laterality!r}; one of {', '.join(LATERALITIES)}")
         if self.phases > 1 and self.fit != "squeeze":
             raise GeometryError(f"phases > 1 needs the squeeze fit (the {self.fit} fit does not pick pixels)")
 
@@ -97,7 +106,7 @@ class Geometry:
         """The geometry of a :class:`boneage.config.ModelConfig` (or anything with the same fields)."""
         return cls(int(cfg.base_size), getattr(cfg, "fit", "squeeze"), getattr(cfg, "framing", "none"),
                    float(getattr(cfg, "framing_margin", 0.06)), bool(getattr(cfg, "trim_bars", False)),
-                   int(getattr(cfg, "phases", 1)))
+                   int(getattr(cfg, "phases", 1)), str(getattr(cfg, "laterality", "as-is")))
 
     @property
     def trims(self) -> bool:
@@ -108,7 +117,8 @@ class Geometry:
         """A short text that changes whenever the prepared pixels would (for caches). ``phases`` is not in
         it: the first view, the one a cache holds, is the plain squeeze whatever the phases."""
         key = f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
-        return key + "-trim" if self.trim_bars else key
+        key = key + "-trim" if self.trim_bars else key
+        return key + "-left" if self.laterality == "left" else key
 
 
 def as_geometry(geometry: Geometry | int) -> Geometry:

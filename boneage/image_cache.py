@@ -39,7 +39,7 @@ from .geometry import Geometry, as_geometry
 from .imaging import ImageLoadError, read_radiograph, safe_image_path
 from .preprocess import BASE_SIZE, prepare, preprocess_array, to_uint8
 
-CACHE_VERSION = "v4"  # bump when the layout or the preparation of the pixels changes
+CACHE_VERSION = "v5"  # bump when the layout or the preparation of the pixels changes
 CHUNK = 32  # images per task sent to a worker process
 SMALL_TABLE = 256  # below this many cases load_images decodes in this process unless told otherwise
 
@@ -160,8 +160,7 @@ def build_image_cache(cases: pd.DataFrame, image_dir: str | os.PathLike, geometr
     out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(ids), size, size))
     del out  # the header and the file's full length are on disk; workers map it themselves
     workers = default_workers() if workers is None else max(1, int(workers))
-    geo = {"base_size": geometry.base_size, "fit": geometry.fit, "framing": geometry.framing,
-           "margin": geometry.margin}
+    geo = dataclasses.asdict(geometry)  # every field: a worker must prepare exactly what the key names
     tasks = [(str(partial), str(image_dir), ids[s:s + CHUNK], s, geo) for s in range(0, len(ids), CHUNK)]
     bad: dict[int, str] = {}
     bar = tqdm(total=len(ids), desc=f"preparing images ({geometry.key()}, {workers} proc.)",

@@ -75,12 +75,16 @@ def framing_text(framing) -> str:
     return f"whole image: {framing.reason}"
 
 
-def mirrored_text(cfg: ModelConfig) -> str:
+def mirrored_text(cfg: ModelConfig, mirrored: bool = False) -> str:
     """The ``mirrored`` output cell. A mirror-invariant model averages every reading with its mirror image, so
-    a right hand or a film exported mirrored reads exactly as the left hand would: whether the film was
-    mirrored does not matter and is not guessed (a learned left/right check was 91-95 % accurate, see the
-    model card)."""
-    return "invariant (reading identical for the mirror image)" if cfg.mirror_invariant else "not checked (left hand assumed)"
+    whether the film was mirrored does not matter and is not guessed. A model reading left hands only
+    (laterality ``left``) says whether the learned check took the film for a right hand and mirrored it."""
+    if cfg.mirror_invariant:
+        return "invariant (reading identical for the mirror image)"
+    if getattr(cfg, "laterality", "as-is") == "left":
+        return ("yes: taken for a right hand (or a mirrored export) and read mirrored, as a left hand" if mirrored
+                else "no: taken for a left hand and read as it is")
+    return "not checked (left hand assumed)"
 
 
 def load_model_dir(model_dir: str | os.PathLike = MODEL_DIR) -> tuple[BoneAgeNet, dict]:
@@ -243,12 +247,13 @@ class BoneAgePredictor:
         """As :meth:`preprocess`, with everything done to get there (negative, framing); image as uint8."""
         p = prepare(arr, self.cfg.geometry)
         extra = None if p.extra_views is None else to_uint8(p.extra_views)
-        return Prepared(to_uint8(p.image), p.negative, p.framing, extra)
+        return Prepared(to_uint8(p.image), p.negative, p.framing, extra, p.mirrored)
 
-    def _describe_input(self, pred: Prediction, framing) -> Prediction:
-        if self.cfg.framing != "none" or self.cfg.mirror_invariant:
-            pred.framing = framing_text(framing) if self.cfg.framing != "none" else "off"
-            pred.mirrored = mirrored_text(self.cfg)
+    def _describe_input(self, pred: Prediction, prepared: Prepared) -> Prediction:
+        geo = self.cfg.geometry
+        if geo.framing != "none" or self.cfg.mirror_invariant or geo.laterality != "as-is":
+            pred.framing = framing_text(prepared.framing) if geo.framing != "none" else "off"
+            pred.mirrored = mirrored_text(self.cfg, prepared.mirrored)
         return pred
 
     # -- prediction ----------------------------------------------------------------------------
@@ -304,7 +309,7 @@ class BoneAgePredictor:
     def _predict_pixels(self, arr: np.ndarray, male: bool, notes: tuple[str, ...] = ()) -> Prediction:
         p = self.prepare(arr)
         raw = self.read_prepared([p], np.array([male]), return_features=self.outlier_check is not None)
-        pred = self._describe_input(self._to_predictions(raw, np.array([male]))[0], p.framing)
+        pred = self._describe_input(self._to_predictions(raw, np.array([male]))[0], p)
         pred.notes = tuple(notes)
         return pred
 
@@ -314,7 +319,7 @@ class BoneAgePredictor:
         m = np.asarray(male).astype(bool)
         raw = self.read_prepared(prepared, m, return_features=True)
         features, raw.features = raw.features, None
-        preds = [self._describe_input(pr, p.framing) for pr, p in zip(self._to_predictions(raw, m), prepared)]
+        preds = [self._describe_input(pr, p) for pr, p in zip(self._to_predictions(raw, m), prepared)]
         return preds, features
 
     # Every door passes the input gate (boneage.input_gate): images that cannot be a hand radiograph (blank,

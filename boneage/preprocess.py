@@ -9,9 +9,12 @@ Why this order:
    most training images, a grey plate in many official test images) and is mapped to 0; the 99.5th
    percentile (dense bone) is mapped to 1. Negatives (bone dark, background bright) are flipped first
    when the learned check of :mod:`boneage.polarity` is confident.
-3. Framing last (:mod:`boneage.geometry`), on the normalised image, when the model's geometry asks for it.
-4. When the geometry reads a film at several phases of the squeeze grid, each view is normalised and framed
-   the same way (the first view's negative decision holds for all), and the reading averages them.
+3. Laterality, when the geometry asks for left hands only: a film the learned check of
+   :mod:`boneage.laterality` takes for a right hand is mirrored (every view the same way).
+4. Framing last (:mod:`boneage.geometry`), on the normalised image, when the model's geometry asks for it.
+5. When the geometry reads a film at several phases of the squeeze grid, each view is normalised and framed
+   the same way (the first view's negative and laterality decisions hold for all), and the reading averages
+   them.
 
 The geometry (base size, fit, framing) belongs to the model: :func:`prepare` takes the
 :class:`boneage.geometry.Geometry` of the model that will read the image.
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import Framing, Geometry, as_geometry, background_level, fit_to_base, fit_views, frame
+from .laterality import default_check as laterality_check
 from .polarity import default_check
 
 BASE_SIZE = 100  # the base size of the RSNA training files; a model's own geometry is in its config
@@ -73,6 +77,7 @@ class Prepared:
     # way; the reading averages ``image`` with them. None when the geometry has one phase or the film is
     # not larger than the base size.
     extra_views: np.ndarray | None = None
+    mirrored: bool = False  # taken for a right hand and mirrored (geometry laterality "left")
 
     @property
     def n_views(self) -> int:
@@ -89,9 +94,14 @@ def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
     geometry = as_geometry(geometry)
     first, *others = fit_views(arr, geometry)
     img, negative = normalize_intensity_checked(first)
-    img, framing = frame(img, geometry)
-    extra = [frame(normalize_intensity_checked(v, negative)[0], geometry)[0] for v in others]
-    return Prepared(img, negative, framing, np.stack(extra) if extra else None)
+    mirrored = geometry.laterality == "left" and laterality_check().is_right(img)
+    img, framing = frame(_mirror(img, mirrored), geometry)
+    extra = [frame(_mirror(normalize_intensity_checked(v, negative)[0], mirrored), geometry)[0] for v in others]
+    return Prepared(img, negative, framing, np.stack(extra) if extra else None, mirrored)
+
+
+def _mirror(img: np.ndarray, mirrored: bool) -> np.ndarray:
+    return np.ascontiguousarray(img[:, ::-1]) if mirrored else img
 
 
 def preprocess_array(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> np.ndarray:

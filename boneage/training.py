@@ -30,6 +30,7 @@ from tqdm import tqdm
 from . import distributed as D
 from .batches import CaseBatches, Rows, batches_of, rank_shard_order, single_process_order
 from .config import ModelConfig, TrainConfig, to_jsonable, write_atomic, write_json_atomic
+from .acquisition import acquired_batch
 from .inference import INFERENCE_BATCH, run_network
 from .model import BoneAgeNet, laplace_nll
 from .precision import jpeg
@@ -130,6 +131,15 @@ def _augment_degradation(x: torch.Tensor, resolution: float, noise: float, gen: 
         sd = torch.rand(n, 1, 1, generator=gen) * noise
         x = x + torch.randn(x.shape, generator=gen) * sd
     return x.clamp(0, 1)
+
+
+def consistency_loss(age: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mean disagreement between the two readings of each hand, ``age[:n]`` and ``age[n:]`` of a doubled
+    batch, in units of their mean predicted scale (held fixed), the unit in which the Laplace NLL charges
+    an error: the readings are pulled together, not their uncertainty inflated."""
+    n = len(age) // 2
+    b = (0.5 * (scale[:n] + scale[n:])).detach().clamp_min(1e-3)
+    return ((age[:n] - age[n:]).abs() / b).mean()
 
 
 def stage_targets(age: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -279,10 +289,13 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
             if n < 2:  # every rank has equal-sized batches, so all skip together
                 continue
             xb = xb.float() / 255.0
+            if train_cfg.consistency > 0:  # the same hands, acquired differently, in the same batch
+                xb = torch.cat([xb, acquired_batch(xb, aug_gen)])
+                yb, mb = torch.cat([yb, yb]), torch.cat([mb, mb])
             xb = _augment_jpeg(xb, train_cfg.aug_jpeg, train_cfg.aug_jpeg_quality, aug_gen)
             xb = _augment_intensity(xb, train_cfg.aug_contrast, aug_gen)
             xb = _augment_degradation(xb, train_cfg.aug_resolution, train_cfg.aug_noise, aug_gen)
-            theta = random_affine(n, train_cfg.aug_rotate_deg, train_cfg.aug_scale, train_cfg.aug_translate,
+            theta = random_affine(len(xb), train_cfg.aug_rotate_deg, train_cfg.aug_scale, train_cfg.aug_translate,
                                   aug_gen, flip=model_cfg.mirror_invariant)
             x = to_model_input(xb, model_cfg.input_size, theta).to(device)
             if device.type == "cpu":
@@ -292,6 +305,8 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
                 out = net(x, mb)
             loss = laplace_nll(out.age, out.scale, yb, model_cfg.age_std)
             loss = loss + train_cfg.stage_loss_weight * F.cross_entropy(out.stage_logits, stage_targets(yb, model_cfg))
+            if train_cfg.consistency > 0:
+                loss = loss + train_cfg.consistency * consistency_loss(out.age, out.scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -300,7 +315,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
             if ema is not None:
                 ema.update_parameters(model)
             loss_sum += float(loss.detach()) * n
-            ae_sum += float((out.age.detach() - yb).abs().sum())
+            ae_sum += float((out.age.detach()[:n] - yb[:n]).abs().sum())  # the images as they are
             n_seen += n
             bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", mae=f"{ae_sum / n_seen:.1f}")
         loss_sum, ae_sum, n_seen = D.sum_across([loss_sum, ae_sum, n_seen], device)

@@ -68,6 +68,9 @@ def main(argv=None) -> int:
                     help="read a native film as the mean of PxP phase-shifted squeezes (squeeze fit only; default 3 "
                          "with it, 1 otherwise; films at the base size, such as the 100 px training files, have one "
                          "view, so training itself is unchanged)")
+    ap.add_argument("--laterality", choices=("as-is", "left"), default=ModelConfig.laterality,
+                    help="left: films the learned check takes for right hands are mirrored first, for training "
+                         "and every input (boneage.laterality)")
     ap.add_argument("--mirror-invariant", action="store_true",
                     help="train with mirrored copies and average every prediction with its mirror image")
     ap.add_argument("--aug-rotate", type=float, default=TrainConfig.aug_rotate_deg, help="max rotation, degrees")
@@ -81,6 +84,9 @@ def main(argv=None) -> int:
                     help="probability of a JPEG round trip (quality --aug-jpeg-quality..95); 0 = off")
     ap.add_argument("--aug-jpeg-quality", type=int, default=TrainConfig.aug_jpeg_quality,
                     help="lowest JPEG quality of that round trip")
+    ap.add_argument("--consistency", type=float, default=TrainConfig.consistency,
+                    help="training for precision: weight of the disagreement between each image's reading and "
+                         "the reading of it acquired differently (JPEG, resolution, crop, border); 0 = off")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (default: torch's own choice); 1 on a shared machine")
     ap.add_argument("--loader-workers", type=int, default=None,
@@ -114,7 +120,7 @@ def _run(args, info: distributed.DistInfo) -> int:
         va = va.head(args.max_val_cases)
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, base_size=args.base_size,
                             fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant,
-                            trim_bars=args.trim_bars, phases=args.phases or (3 if args.fit == "squeeze" else 1))
+                            trim_bars=args.trim_bars, laterality=args.laterality, phases=args.phases or (3 if args.fit == "squeeze" else 1))
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
@@ -122,7 +128,7 @@ def _run(args, info: distributed.DistInfo) -> int:
                             aug_rotate_deg=args.aug_rotate, aug_contrast=args.aug_contrast,
                             aug_resolution=args.aug_resolution, aug_noise=args.aug_noise,
                             aug_scale=args.aug_scale, aug_jpeg=args.aug_jpeg,
-                            aug_jpeg_quality=args.aug_jpeg_quality,
+                            aug_jpeg_quality=args.aug_jpeg_quality, consistency=args.consistency,
                             num_threads=args.threads, loader_workers=args.loader_workers)
     cache = args.cache_dir or (None if args.max_train_cases else str(REPO_ROOT / "runs" / "cache"))
     try:

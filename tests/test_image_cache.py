@@ -137,3 +137,25 @@ def test_training_batches_read_rows_from_the_memmap_without_copying_it(cases, da
     assert np.array_equal(x.numpy(), np.asarray(got.images)[[3, 0, 7]])
     assert age.tolist() == got.cases["boneage"].to_numpy(np.float32)[[3, 0, 7]].tolist()
     assert male.tolist() == got.cases["male"].astype(int).to_numpy()[[3, 0, 7]].tolist()
+
+
+def test_workers_prepare_with_every_field_of_the_geometry(data_dir, tmp_path):
+    """Trimming and laterality change the pixels: a worker that rebuilt the geometry from some of its fields
+    filled a cache whose key promised them with images made without them."""
+    from PIL import Image
+
+    from boneage.imaging import read_radiograph
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    raw = read_radiograph(data_dir / "train" / "1380.png")
+    u8 = np.round((raw - raw.min()) / (raw.max() - raw.min()) * 255).astype(np.uint8)
+    Image.fromarray(np.ascontiguousarray(u8[:, ::-1])).save(folder / "mirrored.png")  # a left hand, mirrored
+    Image.fromarray(np.pad(u8, ((0, 0), (30, 30)), constant_values=255)).save(folder / "bars.png")  # white bars
+    table = pd.DataFrame({"id": ["mirrored", "bars"], "male": [True, True], "boneage": [100.0, 100.0]})
+    geo = Geometry(trim_bars=True, laterality="left")
+    built = IC.build_image_cache(table, folder, geo, tmp_path / "cache", workers=2, progress=False)
+    plain = IC.build_image_cache(table, folder, Geometry(), tmp_path / "cache", workers=2, progress=False)
+    for i, cid in enumerate(table["id"]):
+        assert np.array_equal(built.images[i], to_uint8(IC.load_case_image(folder, cid, geo))), cid
+        assert not np.array_equal(built.images[i], plain.images[i]), cid

@@ -1,0 +1,100 @@
+"""Acquisition changes for training (the precision benchmark's perturbations at random strengths) and the
+consistency loss that trains two readings of one hand to agree."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from boneage.acquisition import FAMILIES, RANGES, acquired, acquired_batch
+from boneage.imaging import read_radiograph
+from boneage.precision import jpeg
+from boneage.preprocess import preprocess_array
+from boneage.training import consistency_loss
+
+
+@pytest.fixture(scope="module")
+def base(train_image_path) -> np.ndarray:
+    return preprocess_array(read_radiograph(train_image_path))
+
+
+def test_every_family_keeps_the_size_and_changes_the_image(base):
+    for family in FAMILIES:
+        for u in (0.0, 0.5, 1.0):
+            out = acquired(base, family, u)
+            assert out.shape == base.shape and out.dtype == np.float32, family
+            assert np.abs(out - base).mean() > 0.003, (family, u)
+
+
+def test_jpeg_is_the_benchmarks_round_trip(base):
+    lo, hi = RANGES["jpeg"]
+    np.testing.assert_array_equal(acquired(base, "jpeg", 0.5), jpeg(base, int(round((lo + hi) / 2))))
+
+
+def test_downscale_loses_resolution_and_border_shrinks_the_hand(base):
+    small = acquired(base, "downscale", 0.0)  # half the resolution, squeezed back by nearest neighbour
+    distinct_rows = len(np.unique(small, axis=0))
+    assert distinct_rows <= 52, distinct_rows
+    bordered = acquired(base, "border", 1.0)  # 25 % on each side: the outer sixth of the side is empty
+    ring = int(base.shape[0] * 0.25 / 1.5) - 1
+    assert bordered[:ring].max() <= base.min() + 1e-6 and bordered[:, -ring:].max() <= base.min() + 1e-6
+    cropped = acquired(base, "crop", 1.0)  # 12 % cut away: the middle is enlarged
+    assert not np.allclose(cropped, base)
+
+
+def test_unknown_family_is_named():
+    with pytest.raises(ValueError, match="unknown acquisition change 'mirror'.*jpeg, downscale, crop, border"):
+        acquired(np.zeros((100, 100), np.float32), "mirror", 0.5)
+
+
+def test_batch_draws_are_reproducible_and_leave_the_input_alone(base):
+    x = torch.from_numpy(np.stack([base, base[::-1].copy(), base[:, ::-1].copy()]))
+    before = x.clone()
+    a = acquired_batch(x, torch.Generator().manual_seed(3))
+    b = acquired_batch(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and torch.equal(x, before)
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert not torch.equal(a, x)
+
+
+def test_consistency_loss_is_the_disagreement_in_units_of_the_scale():
+    age = torch.tensor([100.0, 50.0, 104.0, 50.0], requires_grad=True)  # readings 1 of two hands, then readings 2
+    scale = torch.tensor([2.0, 5.0, 6.0, 5.0], requires_grad=True)
+    loss = consistency_loss(age, scale)
+    assert float(loss.detach()) == pytest.approx((4 / 4 + 0 / 5) / 2)
+    loss.backward()
+    assert scale.grad is None or float(scale.grad.abs().sum()) == 0  # the scale is held fixed
+    assert float(age.grad[0]) < 0 < float(age.grad[2])  # pulls the two readings of hand 1 together
+    same = torch.tensor([80.0, 80.0])
+    assert float(consistency_loss(same, torch.tensor([3.0, 3.0]))) == 0
+
+
+def test_training_with_consistency_reads_every_image_twice(data_dir, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from boneage.config import ModelConfig, TrainConfig
+    from boneage.data import load_images
+    from boneage.model import BoneAgeNet
+    from boneage.training import train_model
+
+    cases = pd.read_csv(data_dir / "train.csv", dtype={"id": str}).head(24).reset_index(drop=True)
+    loaded = load_images(cases, data_dir / "train", progress=False)
+    seen: list[int] = []
+    forward = BoneAgeNet.forward
+
+    def counting(self, x, male):
+        if self.training:
+            seen.append(len(x))
+        return forward(self, x, male)
+
+    monkeypatch.setattr(BoneAgeNet, "forward", counting)
+    res = train_model(loaded.images[:16], loaded.cases.iloc[:16].reset_index(drop=True), loaded.images[16:],
+                      loaded.cases.iloc[16:].reset_index(drop=True), tmp_path, ModelConfig(input_size=64),
+                      TrainConfig(epochs=1, batch_size=8, consistency=1.0), progress=False)
+    assert seen == [16, 16]  # two batches of 8 hands, each read as it is and as acquired differently
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert np.isfinite(hist[["train_loss", "train_mae", "val_mae"]].to_numpy()).all()
+    assert res.best_val_mae > 0
+    import json
+
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["consistency"] == 1.0
