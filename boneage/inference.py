@@ -58,6 +58,26 @@ def average_views(first: RawPredictions, extra: RawPredictions, owner: np.ndarra
                           mean(first.stage_prob, extra.stage_prob), first.features)
 
 
+def blend_readings(first: RawPredictions, other: RawPredictions, rows: np.ndarray, weights: np.ndarray) -> RawPredictions:
+    """``first`` with its rows ``rows`` replaced by ``(1 - w) * first + w * other`` (age, scale, stage
+    probabilities; ``other`` holds one reading per row of ``rows``). The features stay ``first``'s.
+
+    Used for the two sides of a film the laterality check is unsure of (:mod:`boneage.laterality`)."""
+    rows = np.asarray(rows, np.int64)
+    if len(rows) == 0:
+        return first
+    w = np.asarray(weights, np.float64)
+
+    def mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = a.astype(np.float64).copy()
+        ww = w.reshape((-1,) + (1,) * (a.ndim - 1))
+        out[rows] = (1 - ww) * out[rows] + ww * b.astype(np.float64)
+        return out.astype(a.dtype)
+
+    return RawPredictions(mix(first.age, other.age), mix(first.scale, other.scale),
+                          mix(first.stage_prob, other.stage_prob), first.features)
+
+
 @dataclass
 class BatchOutput:
     age: torch.Tensor

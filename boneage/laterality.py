@@ -14,6 +14,12 @@ are fitted by ``python -m pipelines.fit_laterality`` on the training split, its 
 acquisition changes of both, and live in ``laterality.json`` beside this file (package data, no pickle).
 The features are in pixels, so the check reads every image at ``REFERENCE_SIZE``, like
 :mod:`boneage.polarity`.
+
+Near the decision boundary a slight change of a film (a turn, an exposure) could switch it between the two
+pictures, and its reading would jump by the mirror change. So the reading is continuous in the score: a film
+is read as the picture the check prefers and, when the check's probability of the other side is at least
+:data:`MIN_OTHER_WEIGHT`, also mirrored; the two readings are blended with those probabilities
+(:meth:`boneage.predictor.BoneAgePredictor.read`). A film and its mirror image still read identically.
 """
 from __future__ import annotations
 
@@ -96,6 +102,18 @@ class LateralityCheck:
             raise ValueError(f"{path} holds {len(d['coef'])} coefficients, this version computes {N_FEATURES} "
                              "features; refit it with: python -m pipelines.fit_laterality")
         return cls(**d)
+
+
+# A film read as a left hand is also read mirrored, and the two readings blended, when the check's
+# probability of the other side is at least this (|score| below 4.6): near the decision boundary a slight
+# change of the film would otherwise switch the reading between the two pictures.
+MIN_OTHER_WEIGHT = 0.01
+
+
+def other_side_weight(score: float) -> float:
+    """The check's probability that the film is on the other side than the one it is read as: the logistic of
+    ``-|score|``, in (0, 0.5]. A film and its mirror image have the same weight."""
+    return float(1.0 / (1.0 + np.exp(min(abs(float(score)), 700.0))))
 
 
 @lru_cache(maxsize=1)

@@ -21,8 +21,11 @@ import torch
 
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
 from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
-from .inference import FastNetwork, Member, RawPredictions, average_views, fast_network_for, run_network
+from .inference import (FastNetwork, Member, RawPredictions, average_views, blend_readings, fast_network_for,
+                        run_network)
 from .model import BoneAgeNet, fold_batchnorm
+from .laterality import MIN_OTHER_WEIGHT, other_side_weight
+from .laterality import default_check as laterality_check
 from .preprocess import Prepared, prepare, to_uint8
 
 
@@ -75,15 +78,19 @@ def framing_text(framing) -> str:
     return f"whole image: {framing.reason}"
 
 
-def mirrored_text(cfg: ModelConfig, mirrored: bool = False) -> str:
+def mirrored_text(cfg: ModelConfig, mirrored: bool = False, other_weight: float = 0.0) -> str:
     """The ``mirrored`` output cell. A mirror-invariant model averages every reading with its mirror image, so
     whether the film was mirrored does not matter and is not guessed. A model reading left hands only
-    (laterality ``left``) says whether the learned check took the film for a right hand and mirrored it."""
+    (laterality ``left``) says whether the learned check took the film for a right hand and mirrored it, and
+    how much of the other side's reading was blended in when the check was unsure."""
     if cfg.mirror_invariant:
         return "invariant (reading identical for the mirror image)"
     if getattr(cfg, "laterality", "as-is") == "left":
-        return ("yes: taken for a right hand (or a mirrored export) and read mirrored, as a left hand" if mirrored
+        text = ("yes: taken for a right hand (or a mirrored export) and read mirrored, as a left hand" if mirrored
                 else "no: taken for a left hand and read as it is")
+        if other_weight >= MIN_OTHER_WEIGHT:
+            text += f"; side uncertain, so {other_weight:.0%} of the reading is the other side's"
+        return text
     return "not checked (left hand assumed)"
 
 
@@ -253,7 +260,9 @@ class BoneAgePredictor:
         geo = self.cfg.geometry
         if geo.framing != "none" or self.cfg.mirror_invariant or geo.laterality != "as-is":
             pred.framing = framing_text(prepared.framing) if geo.framing != "none" else "off"
-            pred.mirrored = mirrored_text(self.cfg, prepared.mirrored)
+            weight = (other_side_weight(laterality_check().score(prepared.image)) if geo.laterality == "left"
+                      else 0.0)
+            pred.mirrored = mirrored_text(self.cfg, prepared.mirrored, weight)
         return pred
 
     # -- prediction ----------------------------------------------------------------------------
@@ -265,12 +274,32 @@ class BoneAgePredictor:
              extra_views: np.ndarray | None = None, extra_owner: np.ndarray | None = None) -> RawPredictions:
         """The network's reading of prepared images, each averaged with its other phase views when given
         (``extra_views[j]`` is a view of ``images[extra_owner[j]]``, see :func:`boneage.inference.average_views`).
-        Every reading of a film by this predictor passes here."""
+        A model reading left hands only blends in the mirrored reading of films whose side the laterality
+        check is unsure of (:mod:`boneage.laterality`). Every reading of a film by this predictor passes here."""
         m = np.asarray(male).astype(bool)
-        raw = self.predict_preprocessed(images, m, return_features)
+        raw = self._read_views(images, m, return_features, extra_views, extra_owner)
+        if self.cfg.geometry.laterality != "left":
+            return raw
+        w = np.array([other_side_weight(laterality_check().score(img)) for img in np.asarray(images)])
+        rows = np.flatnonzero(w >= MIN_OTHER_WEIGHT)
+        if len(rows) == 0:
+            return raw
+        sub_extra = sub_owner = None
         if extra_views is not None and len(extra_views):
             owner = np.asarray(extra_owner, np.int64)
-            raw = average_views(raw, self.predict_preprocessed(extra_views, m[owner]), owner)
+            keep = np.isin(owner, rows)
+            sub_extra = np.ascontiguousarray(np.asarray(extra_views)[keep][:, :, ::-1])
+            sub_owner = np.searchsorted(rows, owner[keep])
+        other = self._read_views(np.ascontiguousarray(np.asarray(images)[rows][:, :, ::-1]), m[rows], False,
+                                 sub_extra, sub_owner)
+        return blend_readings(raw, other, rows, w[rows])
+
+    def _read_views(self, images: np.ndarray, male: np.ndarray, return_features: bool,
+                    extra_views: np.ndarray | None, extra_owner: np.ndarray | None) -> RawPredictions:
+        raw = self.predict_preprocessed(images, male, return_features)
+        if extra_views is not None and len(extra_views):
+            owner = np.asarray(extra_owner, np.int64)
+            raw = average_views(raw, self.predict_preprocessed(extra_views, male[owner]), owner)
         return raw
 
     def read_prepared(self, prepared: list[Prepared], male: np.ndarray, return_features: bool = False) -> RawPredictions:

@@ -37,6 +37,26 @@ def _polarity_lines() -> list[str]:
             "threshold.", ""]
 
 
+def _laterality_lines(cfg: dict) -> list[str]:
+    """The learned left/right check (used when the model reads left hands only), with its measured counts."""
+    from boneage.laterality import COEF_PATH, LateralityCheck
+
+    if cfg.get("model", {}).get("laterality", "as-is") != "left":
+        return ["Laterality: films are read as they come (a right hand is not mirrored).", ""]
+    if not COEF_PATH.is_file():
+        return ["Laterality check: `boneage/laterality.json` missing (`python -m pipelines.fit_laterality`).", ""]
+    ev = LateralityCheck.load(COEF_PATH).evaluation or {}
+    parts = []
+    for name, c in ev.items():
+        moved = c.get("answer_changed") or {}
+        worst = max(moved.items(), key=lambda kv: kv[1]) if moved else None
+        parts.append(f"{name} {c['taken_right']} of {c['n']} taken for right hands"
+                     + (f" (answer changed by at most {worst[1]:.1%} of films, under {worst[0]})" if worst else ""))
+    return ["Laterality (learned, `boneage/laterality.py`, fitted on the training split and its mirror images): "
+            "films taken for right hands are mirrored and read as left hands; a film and its mirror image always "
+            "get opposite answers, so they are read as the same picture. " + "; ".join(parts) + ".", ""]
+
+
 def _total_train_seconds(cfg: dict) -> float:
     """Training time of this run plus the runs it was warm-started from."""
     total = float(cfg.get("train_seconds") or 0)
@@ -221,7 +241,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
              "## Data", "",
              "RSNA Pediatric Bone Age Challenge 2017 (Halabi et al., Radiology 2019). " + _geometry_sentence(m) +
              " The official test set was never used for training, tuning or calibration.", "",
-             *_polarity_lines(),
+             *_polarity_lines(), *_laterality_lines(cfg),
              "| split | cases | use |", "|---|---|---|"]
     use = {"train": "training", "val": "early stopping / model selection", "calib": "conformal calibration",
            "test": "internal test (single clinical reports as labels)"}

@@ -110,3 +110,67 @@ def test_fit_laterality_cli_writes_a_check_with_its_counts(tmp_path, subprocess_
     assert set(ev["official_test"]["answer_changed"]) == {"jpeg_q70", "downscale_512", "gamma_0.7", "gamma_1.4",
                                                           "rotate_+10", "rotate_-10", "crop_8pct", "border_20pct"}
     assert "official_test: n=24" in proc.stdout
+
+
+def test_blend_readings_replaces_only_the_given_rows():
+    from boneage.inference import RawPredictions, blend_readings
+
+    first = RawPredictions(np.array([100.0, 50.0, 80.0]), np.array([5.0, 6.0, 7.0]),
+                           np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]), np.ones((3, 4)))
+    other = RawPredictions(np.array([60.0]), np.array([9.0]), np.array([[0, 1.0, 0]]), None)
+    out = blend_readings(first, other, np.array([2]), np.array([0.25]))
+    np.testing.assert_allclose(out.age, [100.0, 50.0, 0.75 * 80 + 0.25 * 60])
+    np.testing.assert_allclose(out.scale, [5.0, 6.0, 0.75 * 7 + 0.25 * 9])
+    np.testing.assert_allclose(out.stage_prob[2], [0, 0.25, 0.75])
+    assert out.features is first.features
+    assert blend_readings(first, other, np.array([], np.int64), np.array([])) is first
+
+
+@pytest.fixture(scope="module")
+def left_predictor(tmp_path_factory):
+    """The shipped weights with a config that reads left hands only."""
+    import shutil
+
+    from boneage.predictor import load_predictor
+
+    d = tmp_path_factory.mktemp("left_model")
+    for name in ("model.pt", "conformal.json"):
+        shutil.copy(REPO / "artifacts" / "model" / name, d / name)
+    cfg = json.loads((REPO / "artifacts" / "model" / "config.json").read_text())
+    cfg["model"]["laterality"] = "left"
+    (d / "config.json").write_text(json.dumps(cfg))
+    return load_predictor(d)
+
+
+def test_an_unsure_check_blends_the_two_sides(left_predictor, data_dir, monkeypatch):
+    import boneage.predictor as P
+    from boneage.laterality import other_side_weight
+
+    img = (prepare(read_radiograph(data_dir / "train" / "1380.png"), LEFT).image * 255).astype(np.uint8)[None]
+    male = np.array([True])
+    plain = left_predictor.predict_preprocessed(img, male).age[0]
+    mirror = left_predictor.predict_preprocessed(np.ascontiguousarray(img[:, :, ::-1]), male).age[0]
+    assert abs(plain - mirror) > 0.5  # the network reads the two pictures differently
+
+    class Unsure:
+        def score(self, _img):
+            return -1.0
+
+    monkeypatch.setattr(P, "laterality_check", lambda: Unsure())
+    w = other_side_weight(-1.0)
+    assert left_predictor.read(img, male).age[0] == pytest.approx((1 - w) * plain + w * mirror, abs=1e-3)
+
+    class Sure:
+        def score(self, _img):
+            return -9.0
+
+    monkeypatch.setattr(P, "laterality_check", lambda: Sure())
+    assert left_predictor.read(img, male).age[0] == pytest.approx(plain, abs=1e-4)
+
+
+def test_a_native_film_and_its_mirror_get_one_reading_and_say_so(left_predictor, data_dir):
+    raw = read_radiograph(data_dir / "test" / "4361.png")
+    a = left_predictor.predict_array(raw, True)
+    b = left_predictor.predict_array(np.ascontiguousarray(raw[:, ::-1]), True)
+    assert abs(a.boneage_months - b.boneage_months) < 0.5, (a.boneage_months, b.boneage_months)
+    assert a.mirrored.startswith("no: taken for a left hand") and b.mirrored.startswith("yes: taken for a right")
