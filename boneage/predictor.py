@@ -214,7 +214,7 @@ class BoneAgePredictor:
         if self.model_dir is None:
             raise SiteProfileError("this predictor was not loaded from a model folder: its fingerprint is unknown")
         profile.check_model(model_fingerprint(self.model_dir, members=bool(self.members)), self.tta,
-                            self.cfg.geometry.phases)
+                            self.cfg.geometry.phases, self.cfg.geometry.laterality)
         out = BoneAgePredictor(self.model, self.config, self.conformal, self.tta, self.conformal_problem,
                                self.members, profile, self.model_dir)
         out.outlier_check = self.outlier_check

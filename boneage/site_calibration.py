@@ -307,6 +307,8 @@ class SiteProfile:
     # The phase views its predictions averaged (boneage.geometry); a profile written before they existed
     # was fitted on one-view readings.
     phases: int = 1
+    # Whether its predictions read right hands mirrored (boneage.laterality); older profiles read films as-is.
+    laterality: str = "as-is"
 
     @property
     def site_model(self) -> SiteModel:
@@ -316,7 +318,8 @@ class SiteProfile:
         """(corrected ages, {level: (lower, upper)}) for raw model predictions and scales."""
         return self.site_model.predict(pred, scale, male, levels)
 
-    def check_model(self, fingerprint: str, tta: bool | None = None, phases: int | None = None) -> None:
+    def check_model(self, fingerprint: str, tta: bool | None = None, phases: int | None = None,
+                    laterality: str | None = None) -> None:
         """Refuse a profile made for other networks, or on predictions made otherwise (test-time
         augmentation switched, native films read at another number of phase views)."""
         if fingerprint != self.model_sha256:
@@ -333,6 +336,12 @@ class SiteProfile:
                 f"site profile '{self.name}' was fitted on readings of {self.phases}x{self.phases} phase view(s) per "
                 f"native film, this model reads {phases}x{phases}: its correction does not apply. Refit it with "
                 f"`python -m pipelines.calibrate_site --name {self.name} ...` (see README, Site calibration).")
+        if laterality is not None and laterality != self.laterality:
+            raise SiteProfileError(
+                f"site profile '{self.name}' was fitted on readings with laterality {self.laterality!r}, this model "
+                f"reads with {laterality!r} (right hands {'mirrored' if laterality == 'left' else 'as they are'}): "
+                f"its correction does not apply. Refit it with `python -m pipelines.calibrate_site --name "
+                f"{self.name} ...` (see README, Site calibration).")
 
     def to_dict(self) -> dict:
         conf = {"method": "split-conformal, score |y - corrected| / model scale, cross-fitted over the local "
@@ -345,6 +354,7 @@ class SiteProfile:
         return {"schema_version": self.schema_version, "name": self.name, "created": self.created,
                 "n_cases": self.n_cases, "n_ids": self.n_ids, "n_male": self.n_male,
                 "model_sha256": self.model_sha256, "tta": self.tta, "phases": self.phases,
+                "laterality": self.laterality,
                 "correction": {"formula": "corrected = pred + shift + slope * (pred - centre), per sex",
                                "F": asdict(self.correction.F), "M": asdict(self.correction.M)},
                 "conformal": conf, "evaluation": self.evaluation, "settings": self.settings}
@@ -360,7 +370,7 @@ class SiteProfile:
                 raise SiteProfileError("site profile: calibration scores and sexes missing or of different lengths")
             return cls(d["name"], d["created"], int(d["n_cases"]), int(d["n_ids"]), int(d["n_male"]),
                        d["model_sha256"], bool(d["tta"]), corr, conf, d.get("evaluation", {}), d.get("settings", {}),
-                       phases=int(d.get("phases", 1)))
+                       phases=int(d.get("phases", 1)), laterality=str(d.get("laterality", "as-is")))
         except (KeyError, TypeError) as exc:
             raise SiteProfileError(f"site profile is damaged or incomplete ({type(exc).__name__}: {exc})") from exc
 
@@ -412,7 +422,8 @@ def load_site(site: "str | os.PathLike | SiteProfile", sites_dir: str | os.PathL
 
 def fit_profile(name: str, y, pred, scale, male, before_lower, before_upper, model_sha256: str, tta: bool,
                 n_ids: int | None = None, k_folds: int = K_FOLDS, seed: int = 0, prior_cases: float = PRIOR_CASES,
-                n_boot: int = 2000, created: str | None = None, phases: int = 1) -> SiteProfile:
+                n_boot: int = 2000, created: str | None = None, phases: int = 1,
+                laterality: str = "as-is") -> SiteProfile:
     """Fit the site's correction and intervals on all cases, and evaluate the procedure by K-fold CV against
     the shipped model as it is (``before_lower``/``before_upper``: its own 90 % intervals on the cases).
 
@@ -438,7 +449,7 @@ def fit_profile(name: str, y, pred, scale, male, before_lower, before_upper, mod
                        site.correction, site.conformal, evaluation,
                        {"k_folds": k_folds, "seed": seed, "prior_cases": prior_cases, "n_boot": n_boot,
                         "min_correction_cases": MIN_CORRECTION_CASES, "min_slope_cases": MIN_SLOPE_CASES},
-                       phases=int(phases))
+                       phases=int(phases), laterality=str(laterality))
 
 
 def check_references(y) -> None:

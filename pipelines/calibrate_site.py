@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     profile = fit_profile(args.name, ok["boneage"], ok["boneage_pred"], ok["uncertainty"], ok["male"],
                           ok["lower_90"], ok["upper_90"], model_fingerprint(model_dir, members=bool(predictor.members)),
                           predictor.tta, n_ids=ok["id"].nunique(), k_folds=args.folds, seed=args.seed,
-                          phases=predictor.cfg.geometry.phases)
+                          phases=predictor.cfg.geometry.phases, laterality=predictor.cfg.geometry.laterality)
     path = profile.save(Path(args.out_dir) / f"{args.name}.json")
     ev = profile.evaluation
     print(f"site '{args.name}': {profile.n_cases} cases ({profile.n_male} boys), {int(failed.sum())} failed")

@@ -176,8 +176,11 @@ def test_profile_round_trip_and_model_check(tmp_path):
     back.check_model("abc123", True, 1)  # fitted on one-view readings (the default)
     with pytest.raises(SiteProfileError, match="1x1 phase view.*this model reads 3x3"):
         back.check_model("abc123", True, 3)
-    older = {k: v for k, v in prof.to_dict().items() if k != "phases"}  # a profile from before phase views
-    assert SiteProfile.from_dict(older).phases == 1
+    older = {k: v for k, v in prof.to_dict().items() if k not in ("phases", "laterality")}  # before both existed
+    assert SiteProfile.from_dict(older).phases == 1 and SiteProfile.from_dict(older).laterality == "as-is"
+    back.check_model("abc123", True, 1, "as-is")
+    with pytest.raises(SiteProfileError, match="laterality 'as-is', this model reads with 'left'.*calibrate_site"):
+        back.check_model("abc123", True, 1, "left")
     with pytest.raises(SiteProfileError, match="not found; available: demo"):
         load_site("nowhere", tmp_path)
     bad = json.loads(path.read_text())
