@@ -95,3 +95,16 @@ def test_library_call_reproduces_the_precomputed_predictions_and_intervals(shipp
     np.testing.assert_allclose(out["boneage_pred"], stored["boneage_pred"], atol=0.05)
     for col in ("lower_80", "upper_80", "lower_90", "upper_90", "lower_95", "upper_95"):
         np.testing.assert_allclose(out[col], stored[col], atol=0.1, err_msg=col)
+
+
+def test_shipped_model_reads_a_right_hand_as_the_left(shipped, data_dir):
+    """The shipped geometry reads left hands only (boneage.laterality): a 100 px film and its mirror image get
+    the same reading, and the output says which one was mirrored."""
+    from boneage.imaging import read_radiograph
+
+    assert shipped.cfg.geometry.laterality == "left"
+    raw = read_radiograph(data_dir / "train" / "1380.png")
+    a = shipped.predict_array(raw, True)
+    b = shipped.predict_array(np.ascontiguousarray(raw[:, ::-1]), True)
+    assert a.boneage_months == pytest.approx(b.boneage_months, abs=1e-4)
+    assert {a.mirrored.split(":")[0], b.mirrored.split(":")[0]} == {"yes", "no"}
