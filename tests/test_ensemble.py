@@ -31,9 +31,12 @@ def images(data_dir):
 
 
 def _write_member(folder, input_size: int = 128, seed: int = 0) -> None:
-    """A second network of another input size (random head; enough to tell its predictions apart)."""
+    """A second network of another input size (random head; enough to tell its predictions apart) that
+    prepares its inputs as the shipped model does (a member must read the same pixels)."""
     torch.manual_seed(seed)
-    net = BoneAgeNet(ModelConfig(input_size=input_size), pretrained=False).eval()
+    shipped = json.loads((MODEL_DIR / "config.json").read_text())["model"]
+    net = BoneAgeNet(ModelConfig(input_size=input_size, laterality=shipped.get("laterality", "as-is")),
+                     pretrained=False).eval()
     folder.mkdir(parents=True)
     torch.save({"state_dict": net.state_dict()}, folder / "model.pt")
     (folder / "config.json").write_text(json.dumps({"model": to_jsonable(net.cfg)}))
