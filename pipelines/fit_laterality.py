@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from boneage.acquisition import FAMILIES, acquired
@@ -30,7 +29,7 @@ from boneage.laterality import COEF_PATH, REFERENCE_SIZE, LateralityCheck, fit_l
 from boneage.polarity import exposed
 from boneage.precision import PERTURBATIONS, rotate
 from boneage.preprocess import prepare
-from pipelines.cli import data_dir_or_report
+from pipelines.cli import check_sets, data_dir_or_report
 
 
 def _reference(arr: np.ndarray) -> np.ndarray:
@@ -87,11 +86,9 @@ def main(argv=None) -> int:
     data_dir = data_dir_or_report(args.data_dir)
     if data_dir is None:
         return 2
-    splits = pd.read_csv(args.splits, dtype={"id": str})
-    sets = {s: splits.loc[splits["split"] == s, "id"].tolist()[:args.max_cases] for s in ("train", "val", "test")}
-    official = sorted(p.stem for p in (data_dir / "test").glob("*.png"))[:args.max_cases]
+    sets = check_sets(args.splits, data_dir, args.max_cases)
     rng = np.random.default_rng(args.seed)
-    _, train_raw = _load(sets["train"], data_dir / "train", "training images")
+    _, train_raw = _load(*sets.pop("train"), "training images")
     train = [_reference(a) for a in tqdm(train_raw, desc="prepare", mininterval=5)]
     del train_raw
     plain = np.array([mirror_contrast(a) for a in tqdm(train, desc="features", mininterval=5)])
@@ -104,10 +101,9 @@ def main(argv=None) -> int:
         f"turned), one acquisition change of each, and their mirror images; C={args.C}, seed {args.seed}"))
     evaluation = {"train": {"n": len(train), "taken_right_first_fit": int(right.sum()),
                             "taken_right": int(sum(check.is_right(a) for a in train))}}
-    for name, ids, folder in (("val", sets["val"], "train"), ("test", sets["test"], "train"),
-                              ("official_test", official, "test")):
-        ids = ids if folder == "test" else ids[:args.held_out_cases]
-        evaluation[name] = held_out(check, _load(ids, data_dir / folder, name)[1])
+    for name, (ids, folder) in sets.items():
+        ids = ids if name == "official_test" else ids[:args.held_out_cases]
+        evaluation[name] = held_out(check, _load(ids, folder, name)[1])
     check.evaluation = evaluation
     check.save(Path(args.out))
     for name, c in evaluation.items():

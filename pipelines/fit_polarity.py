@@ -14,14 +14,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from boneage.config import ARTIFACTS_DIR
 from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
 from boneage.polarity import COEF_PATH, REFERENCE_SIZE, PolarityCheck, exposed, fit_polarity_check
 from boneage.preprocess import squeeze_to_base
-from pipelines.cli import data_dir_or_report
+from pipelines.cli import check_sets, data_dir_or_report
 
 
 def _load(ids: list[str], image_dir: Path, desc: str) -> list[np.ndarray]:
@@ -57,16 +56,13 @@ def main(argv=None) -> int:
     data_dir = data_dir_or_report(args.data_dir)
     if data_dir is None:
         return 2
-    splits = pd.read_csv(args.splits, dtype={"id": str})
-    sets = {s: splits.loc[splits["split"] == s, "id"].tolist()[:args.max_cases] for s in ("train", "val", "test")}
-    official = sorted(p.stem for p in (data_dir / "test").glob("*.png"))[:args.max_cases]
-    train = _load(sets["train"], data_dir / "train", "training images")
+    sets = check_sets(args.splits, data_dir, args.max_cases)
+    train = _load(*sets.pop("train"), "training images")
     check = fit_polarity_check(train, threshold=args.threshold,
                                fitted_on=f"training split ({len(train)} images) and their negatives")
     check.evaluation = {"train": held_out_counts(check, train)}
-    for name, ids, folder in (("val", sets["val"], "train"), ("test", sets["test"], "train"),
-                              ("official_test", official, "test")):
-        check.evaluation[name] = held_out_counts(check, _load(ids, data_dir / folder, name))
+    for name, (ids, folder) in sets.items():
+        check.evaluation[name] = held_out_counts(check, _load(ids, folder, name))
     check.save(Path(args.out))
     for name, c in check.evaluation.items():
         print(f"{name}: n={c['n']} normal images flipped {c['normal_flipped']} (at gamma 0.7: "
