@@ -94,7 +94,8 @@ def adopt(candidate_dir: Path, model_dir: Path, tta: bool, why: str) -> None:
         if (candidate_dir / name).is_file():
             shutil.copy2(candidate_dir / name, tmp / name)
     config = json.loads((candidate_dir / "config.json").read_text())
-    config["inference"] = {"tta": tta, "chosen_on": why}
+    # the candidate's other inference records (how its phases or laterality were chosen, members) stay
+    config["inference"] = {**config.get("inference", {}), "tta": tta, "chosen_on": why}
     write_json_atomic(tmp / "config.json", config)
     old = model_dir.with_name(model_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

@@ -27,6 +27,8 @@ def test_a_candidate_equal_to_the_shipped_model_passes_and_is_adopted(repo_root,
     assert not (model_dir / "conformal.json").exists()  # calibrated for the old model: dropped
     cfg = json.loads((model_dir / "config.json").read_text())
     assert cfg["inference"]["tta"] == res["candidate_tta"] and "validation MAE" in cfg["inference"]["chosen_on"]
+    shipped_inference = json.loads((repo_root / "artifacts" / "model" / "config.json").read_text())["inference"]
+    assert cfg["inference"]["laterality_chosen_on"] == shipped_inference["laterality_chosen_on"]  # kept
     assert not list(tmp_path.glob("model.*"))  # no temporary or old folder left behind
 
 
