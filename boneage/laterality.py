@@ -32,20 +32,13 @@ import numpy as np
 from scipy import ndimage
 
 from .config import write_json_atomic
+from .polarity import REFERENCE_SIZE, at_reference_size  # both checks read the same 100 px squeeze
 
 COEF_PATH = Path(__file__).with_name("laterality.json")
-REFERENCE_SIZE = 100
 CELLS = (4, 6)  # grids of cells per side; the histograms of both are concatenated
 BINS = 8  # signed gradient orientations per cell
 SIGMA = 1.0  # of the Gaussian derivative, in reference pixels
 N_FEATURES = sum(c * c for c in CELLS) * BINS
-
-
-def at_reference_size(img: np.ndarray) -> np.ndarray:
-    """``img`` squeezed (nearest neighbour) to REFERENCE_SIZE x REFERENCE_SIZE; unchanged when it already is."""
-    from .polarity import at_reference_size as squeeze_to_reference
-
-    return squeeze_to_reference(img)
 
 
 def orientation_features(img: np.ndarray) -> np.ndarray:
