@@ -117,6 +117,12 @@ class TrainConfig:
     # predicted scale, so a disagreement between the two readings of one hand costs what an error of that
     # size does. Each step then runs the network on twice the images. 0 turns it off.
     consistency: float = 0.0
+    # With ``consistency`` on: True holds the plain reading fixed in the disagreement term and trains the
+    # label on the plain reading only, so the reading of the other acquisition is pulled to the plain one and
+    # the plain one, the one validation measures, is not pulled towards a reading of a degraded image (in a
+    # warm restart a mutual pull cost validation accuracy). False: both readings are trained on the label and
+    # pulled towards each other.
+    consistency_anchored: bool = False
     ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights; 0 turns it off
     # Sampling weight of a training case ~ (training cases of its sex x age band) ** -balance_power, drawn
     # with replacement: 0 shows every case once per epoch; 0.5 shows the rare extremes (girls of 17 and

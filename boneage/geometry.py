@@ -214,36 +214,53 @@ def letterbox(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr, mode="F").resize((size, size), Image.BILINEAR), dtype=np.float32)
 
 
-def trim_uniform_border(arr: np.ndarray, tol: float = 0.02) -> np.ndarray:
+def trim_uniform_border(arr: np.ndarray, tol: float = 0.0, max_passes: int = 4) -> np.ndarray:
     """``arr`` without the uniform bars around it (padding added by an export, a letterbox, a mat).
 
-    A bar is an outer row or column whose every pixel lies within ``tol`` of the image's dynamic range of
-    the corner value it starts from; bars are peeled from each side until a row or column holds anything
-    else. At most a quarter of each side is removed, so a film whose true background happens to be
+    A bar is an outer row or column every pixel of which equals the corner value it starts from (within
+    ``tol`` of the image's dynamic range; exactly, by default). Exact equality is what makes the trim
+    indifferent to exposure: any monotone change of intensities (a gamma, a window) keeps equal pixels
+    equal and different pixels different, so it trims the same rows and columns, while a tolerance
+    measured in intensity does not (a near-black background within 2 % of the range moves out of it
+    under a gamma of 0.7). Bars are peeled from each side until a row or column holds anything else, in
+    up to ``max_passes`` passes, so a bar of a second value inside the first (an export's padding around
+    a film's own mat) goes too. Each pass removes at most a quarter of each side, and trimming stops before
+    less than half of either side of ``arr`` would be left, so a film whose true background happens to be
     uniform keeps its hand.
     """
     a = np.asarray(arr, dtype=np.float32)
-    h, w = a.shape
+    h0, w0 = a.shape
     span = float(a.max() - a.min())
     if span <= 0:
         return a
     eps = tol * span
+    for _ in range(max_passes):
+        trimmed = _trim_pass(a, eps, min_h=(h0 + 1) // 2, min_w=(w0 + 1) // 2)
+        if trimmed.shape == a.shape:
+            break
+        a = trimmed
+    return a
+
+
+def _trim_pass(a: np.ndarray, eps: float, min_h: int, min_w: int) -> np.ndarray:
+    """One pass of :func:`trim_uniform_border`: each side peeled against its corner value."""
+    h, w = a.shape
 
     def uniform(line: np.ndarray, ref: float) -> bool:
         return float(np.abs(line - ref).max()) <= eps
 
     top, bottom, left, right = 0, h, 0, w
     ref = float(a[0, 0])
-    while top < h // 4 and uniform(a[top, left:right], ref):
+    while top < h // 4 and bottom - top > min_h and uniform(a[top, left:right], ref):
         top += 1
     ref = float(a[-1, -1])
-    while h - bottom < h // 4 and uniform(a[bottom - 1, left:right], ref):
+    while h - bottom < h // 4 and bottom - top > min_h and uniform(a[bottom - 1, left:right], ref):
         bottom -= 1
-    ref = float(a[0, 0])
-    while left < w // 4 and uniform(a[top:bottom, left], ref):
+    ref = float(a[top, 0])
+    while left < w // 4 and right - left > min_w and uniform(a[top:bottom, left], ref):
         left += 1
-    ref = float(a[-1, -1])
-    while w - right < w // 4 and uniform(a[top:bottom, right - 1], ref):
+    ref = float(a[bottom - 1, -1])
+    while w - right < w // 4 and right - left > min_w and uniform(a[top:bottom, right - 1], ref):
         right -= 1
     return a[top:bottom, left:right]
 

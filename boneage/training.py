@@ -133,13 +133,15 @@ def _augment_degradation(x: torch.Tensor, resolution: float, noise: float, gen: 
     return x.clamp(0, 1)
 
 
-def consistency_loss(age: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def consistency_loss(age: torch.Tensor, scale: torch.Tensor, anchored: bool = False) -> torch.Tensor:
     """Mean disagreement between the two readings of each hand, ``age[:n]`` and ``age[n:]`` of a doubled
     batch, in units of their mean predicted scale (held fixed), the unit in which the Laplace NLL charges
-    an error: the readings are pulled together, not their uncertainty inflated."""
+    an error: the readings are pulled together, not their uncertainty inflated. ``anchored`` holds the
+    first (plain) reading fixed too, so only the second is pulled (``TrainConfig.consistency_anchored``)."""
     n = len(age) // 2
     b = (0.5 * (scale[:n] + scale[n:])).detach().clamp_min(1e-3)
-    return ((age[:n] - age[n:]).abs() / b).mean()
+    first = age[:n].detach() if anchored else age[:n]
+    return ((first - age[n:]).abs() / b).mean()
 
 
 def stage_targets(age: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -303,10 +305,14 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
             yb, mb = yb.to(device, non_blocking=True), mb.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 out = net(x, mb)
-            loss = laplace_nll(out.age, out.scale, yb, model_cfg.age_std)
-            loss = loss + train_cfg.stage_loss_weight * F.cross_entropy(out.stage_logits, stage_targets(yb, model_cfg))
+            # anchored consistency: the label is trained on the plain readings (the first n) only
+            k = n if train_cfg.consistency > 0 and train_cfg.consistency_anchored else len(yb)
+            loss = laplace_nll(out.age[:k], out.scale[:k], yb[:k], model_cfg.age_std)
+            loss = loss + train_cfg.stage_loss_weight * F.cross_entropy(out.stage_logits[:k],
+                                                                        stage_targets(yb[:k], model_cfg))
             if train_cfg.consistency > 0:
-                loss = loss + train_cfg.consistency * consistency_loss(out.age, out.scale)
+                loss = loss + train_cfg.consistency * consistency_loss(out.age, out.scale,
+                                                                       train_cfg.consistency_anchored)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     ap.add_argument("--consistency", type=float, default=TrainConfig.consistency,
                     help="training for precision: weight of the disagreement between each image's reading and "
                          "the reading of it acquired differently (JPEG, resolution, crop, border); 0 = off")
+    ap.add_argument("--consistency-anchored", action="store_true",
+                    help="with --consistency: pull the other acquisition's reading to the plain reading (held "
+                         "fixed) and train the label on the plain reading only")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (default: torch's own choice); 1 on a shared machine")
     ap.add_argument("--loader-workers", type=int, default=None,
@@ -129,6 +132,7 @@ def _run(args, info: distributed.DistInfo) -> int:
                             aug_resolution=args.aug_resolution, aug_noise=args.aug_noise,
                             aug_scale=args.aug_scale, aug_jpeg=args.aug_jpeg,
                             aug_jpeg_quality=args.aug_jpeg_quality, consistency=args.consistency,
+                            consistency_anchored=args.consistency_anchored,
                             num_threads=args.threads, loader_workers=args.loader_workers)
     cache = args.cache_dir or (None if args.max_train_cases else str(REPO_ROOT / "runs" / "cache"))
     try:

@@ -69,7 +69,18 @@ def test_consistency_loss_is_the_disagreement_in_units_of_the_scale():
     assert float(consistency_loss(same, torch.tensor([3.0, 3.0]))) == 0
 
 
-def test_training_with_consistency_reads_every_image_twice(data_dir, tmp_path, monkeypatch):
+def test_anchored_consistency_pulls_only_the_other_acquisitions_reading():
+    age = torch.tensor([100.0, 50.0, 104.0, 47.0], requires_grad=True)
+    scale = torch.tensor([2.0, 5.0, 6.0, 5.0])
+    loss = consistency_loss(age, scale, anchored=True)
+    assert float(loss.detach()) == pytest.approx((4 / 4 + 3 / 5) / 2)  # the same disagreement
+    loss.backward()
+    assert float(age.grad[:2].abs().sum()) == 0  # the plain readings are held fixed
+    assert float(age.grad[2]) > 0 > float(age.grad[3])  # the others move towards them
+
+
+@pytest.mark.parametrize("anchored", [False, True])
+def test_training_with_consistency_reads_every_image_twice(data_dir, tmp_path, monkeypatch, anchored):
     import pandas as pd
 
     from boneage.config import ModelConfig, TrainConfig
@@ -90,11 +101,13 @@ def test_training_with_consistency_reads_every_image_twice(data_dir, tmp_path, m
     monkeypatch.setattr(BoneAgeNet, "forward", counting)
     res = train_model(loaded.images[:16], loaded.cases.iloc[:16].reset_index(drop=True), loaded.images[16:],
                       loaded.cases.iloc[16:].reset_index(drop=True), tmp_path, ModelConfig(input_size=64),
-                      TrainConfig(epochs=1, batch_size=8, consistency=1.0), progress=False)
+                      TrainConfig(epochs=1, batch_size=8, consistency=1.0, consistency_anchored=anchored),
+                      progress=False)
     assert seen == [16, 16]  # two batches of 8 hands, each read as it is and as acquired differently
     hist = pd.read_csv(tmp_path / "history.csv")
     assert np.isfinite(hist[["train_loss", "train_mae", "val_mae"]].to_numpy()).all()
     assert res.best_val_mae > 0
     import json
 
-    assert json.loads((tmp_path / "config.json").read_text())["train"]["consistency"] == 1.0
+    train = json.loads((tmp_path / "config.json").read_text())["train"]
+    assert train["consistency"] == 1.0 and train["consistency_anchored"] is anchored

@@ -126,6 +126,27 @@ def test_trim_removes_uniform_bars_but_at_most_a_quarter(official):
     assert trim_uniform_border(flat).shape == (50, 50)
 
 
+def test_trim_is_indifferent_to_exposure_and_peels_nested_bars(official):
+    from boneage.precision import gamma
+
+    raw = official[1]
+    rng = np.random.default_rng(0)
+    film = np.pad(raw, ((20, 20), (30, 30)), constant_values=float(raw.min()))
+    # a dark but not uniform strip on the left: within 2 % of the range, so a tolerance would peel it
+    # at one exposure and not at another; exact equality never does
+    film[:, :12] = float(raw.min()) + rng.uniform(0.0, 0.015, (film.shape[0], 12)) * float(np.ptp(raw))
+    base = trim_uniform_border(film)
+    assert base.shape[1] == film.shape[1] - 30  # the strip stays, the right bar goes
+    for g in (0.6, 0.7, 1.4, 1.6):
+        assert trim_uniform_border(gamma(film, g)).shape == base.shape
+    # the old 2 % tolerance did depend on exposure here: the reason it is no longer the default
+    assert {trim_uniform_border(gamma(film, g), tol=0.02).shape for g in (0.6, 1.0, 1.6)} != {base.shape}
+    # an export's white padding around a film's own black mat: both go
+    mat = np.pad(raw, ((15, 15), (15, 15)), constant_values=0.0)
+    both = np.pad(mat, ((10, 10), (10, 10)), constant_values=float(raw.max()) + 1.0)
+    assert trim_uniform_border(both).shape == trim_uniform_border(raw).shape
+
+
 def test_letterbox_keeps_the_aspect_ratio():
     img = np.full((200, 100), 0.1, np.float32)  # a tall film, background 0.1
     img[50:150, 25:75] = 1.0  # a 100 x 50 bright object
