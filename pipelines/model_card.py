@@ -6,6 +6,7 @@ Every number in the card is read from a committed artifact; a missing input is n
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -381,6 +382,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
 
 
 def main(argv=None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     out = ARTIFACTS_DIR / "MODEL_CARD.md"
     card = build_card()
     write_atomic(out, lambda tmp: tmp.write_text(card))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from boneage.config import ModelConfig, TrainConfig
 from boneage.data import load_images
@@ -43,3 +44,11 @@ def test_runs_at_two_base_sizes_become_a_curve_in_the_model_card(data_dir, tmp_p
     assert "curve test" not in card.split("## What resolution is worth")[0]  # not repeated among other runs
     assert resolution_curve.main([str(tmp_path / "nowhere"), "--name", "x", "--command", "x",
                                   "--decision", "x"]) == 2
+
+
+def test_model_card_help_prints_usage_and_writes_nothing(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(model_card, "ARTIFACTS_DIR", tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        model_card.main(["--help"])
+    assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+    assert not (tmp_path / "MODEL_CARD.md").exists()
