@@ -123,6 +123,12 @@ class TrainConfig:
     # warm restart a mutual pull cost validation accuracy). False: both readings are trained on the label and
     # pulled towards each other.
     consistency_anchored: bool = False
+    # The acquisition changes the second reading is drawn from (``boneage.acquisition.RANGES``: jpeg, downscale,
+    # crop, border, rotate).
+    consistency_families: tuple[str, ...] = ("jpeg", "downscale", "crop", "border")
+    # True: both readings of a hand get the same random rotation, zoom and shift, so they differ by the
+    # acquisition change alone; False: each reading draws its own.
+    consistency_shared_affine: bool = False
     ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights; 0 turns it off
     # Sampling weight of a training case ~ (training cases of its sex x age band) ** -balance_power, drawn
     # with replacement: 0 shows every case once per epoch; 0.5 shows the rare extremes (girls of 17 and

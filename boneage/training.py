@@ -292,13 +292,15 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
                 continue
             xb = xb.float() / 255.0
             if train_cfg.consistency > 0:  # the same hands, acquired differently, in the same batch
-                xb = torch.cat([xb, acquired_batch(xb, aug_gen)])
+                xb = torch.cat([xb, acquired_batch(xb, aug_gen, tuple(train_cfg.consistency_families))])
                 yb, mb = torch.cat([yb, yb]), torch.cat([mb, mb])
             xb = _augment_jpeg(xb, train_cfg.aug_jpeg, train_cfg.aug_jpeg_quality, aug_gen)
             xb = _augment_intensity(xb, train_cfg.aug_contrast, aug_gen)
             xb = _augment_degradation(xb, train_cfg.aug_resolution, train_cfg.aug_noise, aug_gen)
-            theta = random_affine(len(xb), train_cfg.aug_rotate_deg, train_cfg.aug_scale, train_cfg.aug_translate,
-                                  aug_gen, flip=model_cfg.mirror_invariant)
+            shared = train_cfg.consistency > 0 and train_cfg.consistency_shared_affine
+            theta = random_affine(n if shared else len(xb), train_cfg.aug_rotate_deg, train_cfg.aug_scale,
+                                  train_cfg.aug_translate, aug_gen, flip=model_cfg.mirror_invariant)
+            theta = torch.cat([theta, theta]) if shared else theta
             x = to_model_input(xb, model_cfg.input_size, theta).to(device)
             if device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)

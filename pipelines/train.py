@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from boneage import distributed
+from boneage.acquisition import KNOWN
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, ModelConfig, TrainConfig
 from boneage.data import load_images
 from boneage.geometry import FITS, GeometryError
@@ -90,6 +91,12 @@ def main(argv=None) -> int:
     ap.add_argument("--consistency-anchored", action="store_true",
                     help="with --consistency: pull the other acquisition's reading to the plain reading (held "
                          "fixed) and train the label on the plain reading only")
+    ap.add_argument("--consistency-families", default=",".join(TrainConfig.consistency_families),
+                    help="with --consistency: the acquisition changes drawn, comma-separated, from "
+                         "jpeg, downscale, crop, border, rotate")
+    ap.add_argument("--consistency-shared-affine", action="store_true",
+                    help="with --consistency: both readings of a hand get the same random rotation, zoom and "
+                         "shift, so they differ by the acquisition change alone")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (default: torch's own choice); 1 on a shared machine")
     ap.add_argument("--loader-workers", type=int, default=None,
@@ -133,7 +140,15 @@ def _run(args, info: distributed.DistInfo) -> int:
                             aug_scale=args.aug_scale, aug_jpeg=args.aug_jpeg,
                             aug_jpeg_quality=args.aug_jpeg_quality, consistency=args.consistency,
                             consistency_anchored=args.consistency_anchored,
+                            consistency_families=tuple(f.strip() for f in args.consistency_families.split(",")
+                                                       if f.strip()),
+                            consistency_shared_affine=args.consistency_shared_affine,
                             num_threads=args.threads, loader_workers=args.loader_workers)
+    unknown = [f for f in train_cfg.consistency_families if f not in KNOWN]
+    if unknown or not train_cfg.consistency_families:
+        print(f"error: --consistency-families {args.consistency_families!r}: unknown {unknown or 'empty list'}; "
+              f"choose from {', '.join(KNOWN)}", file=sys.stderr)
+        return 2
     cache = args.cache_dir or (None if args.max_train_cases else str(REPO_ROOT / "runs" / "cache"))
     try:
         geometry = model_cfg.geometry

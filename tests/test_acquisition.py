@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from boneage.acquisition import FAMILIES, RANGES, acquired, acquired_batch
+from boneage.acquisition import FAMILIES, KNOWN, RANGES, acquired, acquired_batch
 from boneage.imaging import read_radiograph
-from boneage.precision import jpeg
+from boneage.precision import jpeg, rotate
 from boneage.preprocess import preprocess_array
 from boneage.training import consistency_loss
 
@@ -19,8 +19,9 @@ def base(train_image_path) -> np.ndarray:
 
 
 def test_every_family_keeps_the_size_and_changes_the_image(base):
-    for family in FAMILIES:
-        for u in (0.0, 0.5, 1.0):
+    assert set(FAMILIES) < set(KNOWN) and "rotate" in KNOWN
+    for family in KNOWN:
+        for u in (0.0, 0.25, 1.0):  # not 0.5: the middle of the rotate range is no turn
             out = acquired(base, family, u)
             assert out.shape == base.shape and out.dtype == np.float32, family
             assert np.abs(out - base).mean() > 0.003, (family, u)
@@ -42,9 +43,28 @@ def test_downscale_loses_resolution_and_border_shrinks_the_hand(base):
     assert not np.allclose(cropped, base)
 
 
+def test_rotate_is_the_benchmarks_turn_either_way(base):
+    np.testing.assert_array_equal(acquired(base, "rotate", 1.0), rotate(base, 15.0))
+    np.testing.assert_array_equal(acquired(base, "rotate", 0.0), rotate(base, -15.0))
+
+
 def test_unknown_family_is_named():
-    with pytest.raises(ValueError, match="unknown acquisition change 'mirror'.*jpeg, downscale, crop, border"):
+    with pytest.raises(ValueError, match="unknown acquisition change 'mirror'.*jpeg, downscale, crop, border, rotate"):
         acquired(np.zeros((100, 100), np.float32), "mirror", 0.5)
+    with pytest.raises(ValueError, match="unknown acquisition changes \\['mirror'\\]"):
+        acquired_batch(torch.zeros((2, 100, 100)), torch.Generator().manual_seed(0), ("jpeg", "mirror"))
+
+
+def test_batch_draws_only_the_families_asked_for(base):
+    x = torch.from_numpy(np.stack([base] * 6))
+    turned = acquired_batch(x, torch.Generator().manual_seed(1), ("rotate",))
+    gen = torch.Generator().manual_seed(1)
+    torch.randint(0, 1, (6,), generator=gen)
+    u = torch.rand(6, generator=gen).tolist()
+    for i in range(6):  # each image turned by its own drawn angle, nothing else
+        lo, hi = RANGES["rotate"]
+        expected = np.clip(rotate(base, lo + u[i] * (hi - lo)), 0, 1)
+        np.testing.assert_allclose(turned[i].numpy(), expected, atol=1e-6)
 
 
 def test_batch_draws_are_reproducible_and_leave_the_input_alone(base):
@@ -111,3 +131,30 @@ def test_training_with_consistency_reads_every_image_twice(data_dir, tmp_path, m
 
     train = json.loads((tmp_path / "config.json").read_text())["train"]
     assert train["consistency"] == 1.0 and train["consistency_anchored"] is anchored
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_affine_gives_both_readings_of_a_hand_the_same_turn(data_dir, tmp_path, monkeypatch, shared):
+    import pandas as pd
+
+    import boneage.training as training
+    from boneage.config import ModelConfig, TrainConfig
+    from boneage.data import load_images
+
+    cases = pd.read_csv(data_dir / "train.csv", dtype={"id": str}).head(12).reset_index(drop=True)
+    loaded = load_images(cases, data_dir / "train", progress=False)
+    thetas: list[torch.Tensor] = []
+    real = training.to_model_input
+
+    def spy(batch, size, theta=None):
+        if theta is not None:
+            thetas.append(theta.clone())
+        return real(batch, size, theta)
+
+    monkeypatch.setattr(training, "to_model_input", spy)
+    training.train_model(loaded.images[:8], loaded.cases.iloc[:8].reset_index(drop=True), loaded.images[8:],
+                         loaded.cases.iloc[8:].reset_index(drop=True), tmp_path, ModelConfig(input_size=64),
+                         TrainConfig(epochs=1, batch_size=8, consistency=1.0, consistency_families=("rotate",),
+                                     consistency_shared_affine=shared), progress=False)
+    assert len(thetas) == 1 and thetas[0].shape == (16, 2, 3)
+    assert torch.equal(thetas[0][:8], thetas[0][8:]) is shared

@@ -174,3 +174,11 @@ def test_library_predictor(trained, image_dir, test_sex, data_dir):
 def test_library_missing_model_dir(tmp_path):
     with pytest.raises(boneage.ModelNotFoundError, match="model.pt"):
         boneage.load_predictor(tmp_path)
+
+
+def test_train_names_an_unknown_acquisition_family(repo_root, subprocess_env, tmp_path):
+    proc = _run(["pipelines.train", "--consistency", "1", "--consistency-families", "jpeg,mirror",
+                 "--max-train-cases", "8", "--out", str(tmp_path / "run")], subprocess_env, repo_root)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown ['mirror']" in proc.stderr and "jpeg, downscale, crop, border, rotate" in proc.stderr
+    assert not (tmp_path / "run").exists()
