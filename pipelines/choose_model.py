@@ -85,6 +85,19 @@ def native_blind_spot(shipped: BoneAgePredictor, candidate: BoneAgePredictor) ->
     return ""
 
 
+# inference record -> the model setting whose choice it documents
+GEOMETRY_RECORDS = {"phases_chosen_on": "phases", "laterality_chosen_on": "laterality", "trim_chosen_on": "trim_bars"}
+
+
+def carried_records(shipped: dict, candidate: dict) -> dict:
+    """The shipped config's records of how a geometry setting was chosen, for each setting the candidate keeps
+    unchanged (a retrained network inherits the choice; its own config, written by training, has no record)."""
+    old, new = shipped.get("model", {}), candidate.get("model", {})
+    records = shipped.get("inference", {})
+    return {k: records[k] for k, field in GEOMETRY_RECORDS.items()
+            if k in records and field in old and old.get(field) == new.get(field)}
+
+
 def adopt(candidate_dir: Path, model_dir: Path, tta: bool, why: str) -> None:
     """Replace ``model_dir`` by the candidate (temporary folder, then rename; the old folder is removed last)."""
     tmp = model_dir.with_name(model_dir.name + ".new")
@@ -94,8 +107,12 @@ def adopt(candidate_dir: Path, model_dir: Path, tta: bool, why: str) -> None:
         if (candidate_dir / name).is_file():
             shutil.copy2(candidate_dir / name, tmp / name)
     config = json.loads((candidate_dir / "config.json").read_text())
-    # the candidate's other inference records (how its phases or laterality were chosen, members) stay
-    config["inference"] = {**config.get("inference", {}), "tta": tta, "chosen_on": why}
+    shipped_path = model_dir / "config.json"
+    shipped = json.loads(shipped_path.read_text()) if shipped_path.is_file() else {}
+    # the candidate's other inference records (how its phases or laterality were chosen, members) stay, and
+    # so do the shipped model's records of the geometry choices the candidate keeps
+    config["inference"] = {**carried_records(shipped, config), **config.get("inference", {}),
+                           "tta": tta, "chosen_on": why}
     write_json_atomic(tmp / "config.json", config)
     old = model_dir.with_name(model_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

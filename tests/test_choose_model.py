@@ -120,3 +120,14 @@ def test_a_change_of_phases_is_a_native_blind_spot_too_but_trimming_is_not():
     assert native_blind_spot(model(phases=3), model(phases=3, trim_bars=True, laterality="left")) == ""
     why = native_blind_spot(model(), model(fit="area"))
     assert "fit 'area', uniform bars trimmed" in why and "--native-cases" in why
+
+
+def test_a_retrained_candidate_inherits_the_records_of_the_geometry_choices_it_keeps():
+    from pipelines.choose_model import carried_records
+
+    shipped = {"model": {"phases": 3, "laterality": "left", "trim_bars": True},
+               "inference": {"tta": True, "chosen_on": "old", "phases_chosen_on": "P", "laterality_chosen_on": "L",
+                             "trim_chosen_on": "T"}}
+    retrained = {"model": {"phases": 3, "laterality": "left", "trim_bars": False}}  # written by training: no records
+    assert carried_records(shipped, retrained) == {"phases_chosen_on": "P", "laterality_chosen_on": "L"}
+    assert carried_records({"model": {}}, retrained) == {}
