@@ -35,8 +35,9 @@ def _write_member(folder, input_size: int = 128, seed: int = 0) -> None:
     prepares its inputs as the shipped model does (a member must read the same pixels)."""
     torch.manual_seed(seed)
     shipped = json.loads((MODEL_DIR / "config.json").read_text())["model"]
-    net = BoneAgeNet(ModelConfig(input_size=input_size, laterality=shipped.get("laterality", "as-is")),
-                     pretrained=False).eval()
+    geometry = {k: shipped[k] for k in ("base_size", "fit", "framing", "framing_margin", "trim_bars", "phases",
+                                        "laterality") if k in shipped}
+    net = BoneAgeNet(ModelConfig(input_size=input_size, **geometry), pretrained=False).eval()
     folder.mkdir(parents=True)
     torch.save({"state_dict": net.state_dict()}, folder / "model.pt")
     (folder / "config.json").write_text(json.dumps({"model": to_jsonable(net.cfg)}))
