@@ -36,6 +36,9 @@ class RawPredictions:
     scale: np.ndarray  # Laplace scale, months
     stage_prob: np.ndarray  # (N, n_stages)
     features: np.ndarray | None = None  # (N, hidden_dim) penultimate features of the plain (unzoomed) pass
+    # (N,) share of each reading that is the other side's (the laterality blend of BoneAgePredictor.read);
+    # None when the model reads films as they come
+    other_weight: np.ndarray | None = None
 
 
 def average_views(first: RawPredictions, extra: RawPredictions, owner: np.ndarray) -> RawPredictions:

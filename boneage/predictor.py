@@ -256,14 +256,18 @@ class BoneAgePredictor:
         extra = None if p.extra_views is None else to_uint8(p.extra_views)
         return Prepared(to_uint8(p.image), p.negative, p.framing, extra, p.mirrored)
 
-    def _describe_input(self, pred: Prediction, prepared: Prepared) -> Prediction:
+    def _describe_input(self, pred: Prediction, prepared: Prepared, other_weight: float = 0.0) -> Prediction:
+        """Fill the ``framing`` and ``mirrored`` cells; ``other_weight`` is the share of the reading that is the
+        other side's (:attr:`RawPredictions.other_weight`, as :meth:`read` blended it)."""
         geo = self.cfg.geometry
         if geo.framing != "none" or self.cfg.mirror_invariant or geo.laterality != "as-is":
             pred.framing = framing_text(prepared.framing) if geo.framing != "none" else "off"
-            weight = (other_side_weight(laterality_check().score(prepared.image)) if geo.laterality == "left"
-                      else 0.0)
-            pred.mirrored = mirrored_text(self.cfg, prepared.mirrored, weight)
+            pred.mirrored = mirrored_text(self.cfg, prepared.mirrored, other_weight)
         return pred
+
+    @staticmethod
+    def _other_weights(raw: RawPredictions) -> np.ndarray:
+        return raw.other_weight if raw.other_weight is not None else np.zeros(len(raw.age))
 
     # -- prediction ----------------------------------------------------------------------------
     def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False) -> RawPredictions:
@@ -283,6 +287,7 @@ class BoneAgePredictor:
         w = np.array([other_side_weight(laterality_check().score(img)) for img in np.asarray(images)])
         rows = np.flatnonzero(w >= MIN_OTHER_WEIGHT)
         if len(rows) == 0:
+            raw.other_weight = w
             return raw
         sub_extra = sub_owner = None
         if extra_views is not None and len(extra_views):
@@ -292,7 +297,9 @@ class BoneAgePredictor:
             sub_owner = np.searchsorted(rows, owner[keep])
         other = self._read_views(np.ascontiguousarray(np.asarray(images)[rows][:, :, ::-1]), m[rows], False,
                                  sub_extra, sub_owner)
-        return blend_readings(raw, other, rows, w[rows])
+        raw = blend_readings(raw, other, rows, w[rows])
+        raw.other_weight = w
+        return raw
 
     def _read_views(self, images: np.ndarray, male: np.ndarray, return_features: bool,
                     extra_views: np.ndarray | None, extra_owner: np.ndarray | None) -> RawPredictions:
@@ -338,7 +345,7 @@ class BoneAgePredictor:
     def _predict_pixels(self, arr: np.ndarray, male: bool, notes: tuple[str, ...] = ()) -> Prediction:
         p = self.prepare(arr)
         raw = self.read_prepared([p], np.array([male]), return_features=self.outlier_check is not None)
-        pred = self._describe_input(self._to_predictions(raw, np.array([male]))[0], p)
+        pred = self._describe_input(self._to_predictions(raw, np.array([male]))[0], p, self._other_weights(raw)[0])
         pred.notes = tuple(notes)
         return pred
 
@@ -348,7 +355,8 @@ class BoneAgePredictor:
         m = np.asarray(male).astype(bool)
         raw = self.read_prepared(prepared, m, return_features=True)
         features, raw.features = raw.features, None
-        preds = [self._describe_input(pr, p) for pr, p in zip(self._to_predictions(raw, m), prepared)]
+        preds = [self._describe_input(pr, p, w)
+                 for pr, p, w in zip(self._to_predictions(raw, m), prepared, self._other_weights(raw))]
         return preds, features
 
     # Every door passes the input gate (boneage.input_gate): images that cannot be a hand radiograph (blank,

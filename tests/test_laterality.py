@@ -158,7 +158,12 @@ def test_an_unsure_check_blends_the_two_sides(left_predictor, data_dir, monkeypa
 
     monkeypatch.setattr(P, "laterality_check", lambda: Unsure())
     w = other_side_weight(-1.0)
-    assert left_predictor.read(img, male).age[0] == pytest.approx((1 - w) * plain + w * mirror, abs=1e-3)
+    blended = left_predictor.read(img, male)
+    assert blended.age[0] == pytest.approx((1 - w) * plain + w * mirror, abs=1e-3)
+    assert blended.other_weight.tolist() == [pytest.approx(w)]
+    film = read_radiograph(data_dir / "train" / "1380.png")
+    assert left_predictor.predict_array(film, True).mirrored.endswith(
+        f"side uncertain, so {w:.0%} of the reading is the other side's")  # the weight read blended
 
     class Sure:
         def score(self, _img):
@@ -166,6 +171,7 @@ def test_an_unsure_check_blends_the_two_sides(left_predictor, data_dir, monkeypa
 
     monkeypatch.setattr(P, "laterality_check", lambda: Sure())
     assert left_predictor.read(img, male).age[0] == pytest.approx(plain, abs=1e-4)
+    assert "side uncertain" not in left_predictor.predict_array(film, True).mirrored
 
 
 def test_a_native_film_and_its_mirror_get_one_reading_and_say_so(left_predictor, data_dir):
