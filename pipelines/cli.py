@@ -1,12 +1,16 @@
 """Command-line plumbing shared by the pipelines."""
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
-from boneage.config import DataDirError, resolve_data_dir
+import numpy as np
+
+from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir
 
 
 def data_dir_or_report(arg: str | None) -> Path | None:
@@ -29,6 +33,36 @@ def check_sets(splits_path: str | Path, data_dir: Path, max_cases: int | None = 
     out = {s: (splits.loc[splits["split"] == s, "id"].tolist()[:max_cases], data_dir / "train")
            for s in ("train", "val", "test")}
     out["official_test"] = (sorted(p.stem for p in (data_dir / "test").glob("*.png"))[:max_cases], data_dir / "test")
+    return out
+
+
+def check_fit_parser(description: str, out_default: Path) -> argparse.ArgumentParser:
+    """The options every learned input check's fitting CLI takes (``fit_polarity``, ``fit_laterality``): the
+    data folder, the splits file, where the coefficients go and a smoke-test cap; each adds its own."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
+    ap.add_argument("--out", default=str(out_default))
+    ap.add_argument("--max-cases", type=int, help="use the first N cases of each set (smoke tests)")
+    return ap
+
+
+def read_films(ids: list[str], image_dir: Path, desc: str,
+               transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list[np.ndarray]:
+    """The radiographs ``ids`` of ``image_dir`` as read from file (then ``transform``-ed), with a progress bar;
+    a film that cannot be read is skipped with its reason on stderr, and the rest are still read."""
+    from tqdm import tqdm
+
+    from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
+
+    out = []
+    for cid in tqdm(ids, desc=desc, mininterval=5):
+        try:
+            arr = read_radiograph(safe_image_path(image_dir, cid))
+        except ImageLoadError as exc:
+            print(f"skipped {cid}: {exc}", file=sys.stderr)
+            continue
+        out.append(transform(arr) if transform is not None else arr)
     return out
 
 

@@ -15,21 +15,17 @@ get opposite answers, by construction. The numbers are stored with the coefficie
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from boneage.acquisition import FAMILIES, acquired
-from boneage.config import ARTIFACTS_DIR
-from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
 from boneage.laterality import COEF_PATH, REFERENCE_SIZE, LateralityCheck, fit_laterality_check, mirror_contrast
 from boneage.polarity import exposed
-from boneage.precision import PERTURBATIONS, rotate
+from boneage.precision import PERTURBATIONS
 from boneage.preprocess import prepare
-from pipelines.cli import check_sets, data_dir_or_report
+from pipelines.cli import check_fit_parser, check_sets, data_dir_or_report, read_films
 
 
 def _reference(arr: np.ndarray) -> np.ndarray:
@@ -37,26 +33,14 @@ def _reference(arr: np.ndarray) -> np.ndarray:
     return prepare(arr, REFERENCE_SIZE).image
 
 
-def _load(ids: list[str], image_dir: Path, desc: str) -> tuple[list[str], list[np.ndarray]]:
-    kept, out = [], []
-    for cid in tqdm(ids, desc=desc, mininterval=5):
-        try:
-            out.append(read_radiograph(safe_image_path(image_dir, cid)))
-            kept.append(cid)
-        except ImageLoadError as exc:
-            print(f"skipped {cid}: {exc}", file=sys.stderr)
-    return kept, out
-
-
 def changed(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random acquisition change of a prepared image: a turn, an exposure, or one of
-    :data:`boneage.acquisition.FAMILIES`."""
-    kind = rng.integers(0, len(FAMILIES) + 2)
-    if kind == len(FAMILIES):
-        return rotate(img, float(rng.uniform(-15, 15)))
-    if kind == len(FAMILIES) + 1:
+    """One random acquisition change of a prepared image: one of :data:`boneage.acquisition.FAMILIES`, a turn
+    (the acquisition's ``rotate`` family) or an exposure."""
+    families = FAMILIES + ("rotate",)
+    kind = rng.integers(0, len(families) + 1)
+    if kind == len(families):
         return exposed(img, float(np.exp(rng.uniform(np.log(0.6), np.log(1.6)))))
-    return acquired(img, FAMILIES[kind], float(rng.uniform()))
+    return acquired(img, families[kind], float(rng.uniform()))
 
 
 def held_out(check: LateralityCheck, raws: list[np.ndarray]) -> dict:
@@ -72,12 +56,8 @@ def held_out(check: LateralityCheck, raws: list[np.ndarray]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
-    ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
-    ap.add_argument("--out", default=str(COEF_PATH))
+    ap = check_fit_parser(__doc__, COEF_PATH)
     ap.add_argument("--C", type=float, default=0.1, help="inverse regularisation of the logistic regression")
-    ap.add_argument("--max-cases", type=int, help="use the first N cases of each set (smoke tests)")
     ap.add_argument("--held-out-cases", type=int, default=400,
                     help="validation / internal test cases measured under every perturbation (each is read 9 "
                          "times); the official films are all measured")
@@ -88,7 +68,7 @@ def main(argv=None) -> int:
         return 2
     sets = check_sets(args.splits, data_dir, args.max_cases)
     rng = np.random.default_rng(args.seed)
-    _, train_raw = _load(*sets.pop("train"), "training images")
+    train_raw = read_films(*sets.pop("train"), "training images")
     train = [_reference(a) for a in tqdm(train_raw, desc="prepare", mininterval=5)]
     del train_raw
     plain = np.array([mirror_contrast(a) for a in tqdm(train, desc="features", mininterval=5)])
@@ -103,7 +83,7 @@ def main(argv=None) -> int:
                             "taken_right": int(sum(check.is_right(a) for a in train))}}
     for name, (ids, folder) in sets.items():
         ids = ids if name == "official_test" else ids[:args.held_out_cases]
-        evaluation[name] = held_out(check, _load(ids, folder, name)[1])
+        evaluation[name] = held_out(check, read_films(ids, folder, name))
     check.evaluation = evaluation
     check.save(Path(args.out))
     for name, c in evaluation.items():

@@ -9,28 +9,17 @@ negatives it catches. The counts are stored with the coefficients.
 """
 from __future__ import annotations
 
-import argparse
-import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from boneage.config import ARTIFACTS_DIR
-from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
 from boneage.polarity import COEF_PATH, REFERENCE_SIZE, PolarityCheck, exposed, fit_polarity_check
 from boneage.preprocess import squeeze_to_base
-from pipelines.cli import check_sets, data_dir_or_report
+from pipelines.cli import check_fit_parser, check_sets, data_dir_or_report, read_films
 
-
-def _load(ids: list[str], image_dir: Path, desc: str) -> list[np.ndarray]:
-    out = []
-    for cid in tqdm(ids, desc=desc, mininterval=2):
-        try:
-            out.append(squeeze_to_base(read_radiograph(safe_image_path(image_dir, cid)), REFERENCE_SIZE))
-        except ImageLoadError as exc:
-            print(f"skipped {cid}: {exc}", file=sys.stderr)
-    return out
+# the check reads every film squeezed to its reference size
+_at_reference = partial(squeeze_to_base, base_size=REFERENCE_SIZE)
 
 
 def held_out_counts(check: PolarityCheck, images: list[np.ndarray]) -> dict:
@@ -46,23 +35,19 @@ def held_out_counts(check: PolarityCheck, images: list[np.ndarray]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
-    ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
-    ap.add_argument("--out", default=str(COEF_PATH))
+    ap = check_fit_parser(__doc__, COEF_PATH)
     ap.add_argument("--threshold", type=float, default=0.9)
-    ap.add_argument("--max-cases", type=int, help="use the first N cases of each set (smoke tests)")
     args = ap.parse_args(argv)
     data_dir = data_dir_or_report(args.data_dir)
     if data_dir is None:
         return 2
     sets = check_sets(args.splits, data_dir, args.max_cases)
-    train = _load(*sets.pop("train"), "training images")
+    train = read_films(*sets.pop("train"), "training images", _at_reference)
     check = fit_polarity_check(train, threshold=args.threshold,
                                fitted_on=f"training split ({len(train)} images) and their negatives")
     check.evaluation = {"train": held_out_counts(check, train)}
     for name, (ids, folder) in sets.items():
-        check.evaluation[name] = held_out_counts(check, _load(ids, folder, name))
+        check.evaluation[name] = held_out_counts(check, read_films(ids, folder, name, _at_reference))
     check.save(Path(args.out))
     for name, c in check.evaluation.items():
         print(f"{name}: n={c['n']} normal images flipped {c['normal_flipped']} (at gamma 0.7: "
