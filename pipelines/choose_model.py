@@ -14,7 +14,7 @@ The validation files are the 100 px training files, already at the base size, so
 differs from the shipped model's (say ``area`` instead of ``squeeze``), or that reads native films at another
 number of phase views, reads them (almost) as the shipped model does, while it reads native-size films
 differently: validation cannot judge that change. Trimming uniform bars and reading left hands only are
-different: they change the 100 px files too (302 and 25 of the 1,008 validation images), so validation
+different: they change the 100 px files too (88 and 25 of the 1,008 validation images), so validation
 judges them like any other change. Such a
 candidate is refused unless a labelled set of native-size radiographs is given (``--native-cases`` with
 ``id``, ``male``, ``boneage`` and ``--native-dir``: a hospital's own cases, never the official test set),
