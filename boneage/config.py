@@ -38,6 +38,9 @@ class StageConfig:
         return 2
 
 
+TTA_VIEW_SETS = ("zooms", "shifts")  # ModelConfig.tta_views; the passes are boneage.inference.tta_views
+
+
 @dataclass
 class ModelConfig:
     """Network and input geometry.
@@ -65,12 +68,21 @@ class ModelConfig:
     # "left": every film the learned check takes for a right hand is mirrored first, so the network reads
     # left hands only (boneage.laterality); "as-is": films are read as they come.
     laterality: str = "as-is"
+    # The passes test-time augmentation averages when it is on (boneage.inference.views): "zooms" (the image
+    # at 1, 0.95 and 1.05) or "shifts" (the image moved on a 3x3 grid by a third of the network's output stride
+    # each way). Configs without the field mean "zooms", the only set there was.
+    tta_views: str = "zooms"
     sex_embed_dim: int = 16
     hidden_dim: int = 256
     dropout: float = 0.2
     age_mean: float = 127.3
     age_std: float = 41.2
     stages: StageConfig = field(default_factory=StageConfig)
+
+    def __post_init__(self):
+        if self.tta_views not in TTA_VIEW_SETS:
+            raise ValueError(f"unknown tta_views {self.tta_views!r} in the model config; "
+                             f"one of {', '.join(TTA_VIEW_SETS)}")
 
     @property
     def geometry(self):

@@ -4,19 +4,25 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .config import TTA_VIEW_SETS
 from .model import BoneAgeNet, BoneAgeOutput
 from .preprocess import to_model_input
 
-# Test-time augmentation: the plain image first, then two small zooms. The plain pass comes first so its
-# penultimate features (and any layer hooks) can be kept: features describe the image as it is, so an
-# upload's nearest neighbours and outlier score match the precomputed ones whether or not TTA is on.
+# Test-time augmentation (ModelConfig.tta_views), the plain image first in every set. The plain pass comes
+# first so its penultimate features (and any layer hooks) can be kept: features describe the image as it is,
+# so an upload's nearest neighbours and outlier score match the precomputed ones whether or not TTA is on.
+# "zooms": two small zooms. "shifts": the image moved on a 3x3 grid by a third of the network's output stride
+# (OUTPUT_STRIDE input pixels, in base pixels) each way. A strided network answers unevenly to where a bone
+# falls on its stride grid: a one-pixel shift of a 100 px file moved the shipped network's reading by a mean
+# 2.2 months (docs/decisions.md); nine passes spread over the deepest stride make the mean nearly blind to it.
 TTA_ZOOMS = (1.0, 0.95, 1.05)
+OUTPUT_STRIDE = 32  # the EfficientNet-Lite backbones reduce their input 32-fold
 
 # Every eager (untraced) forward pass on a network that several threads share holds this lock: explanations
 # (boneage.explain) register hooks (Grad-CAM, layer activations) that fire on *any* forward pass through the
@@ -61,6 +67,33 @@ def average_views(first: RawPredictions, extra: RawPredictions, owner: np.ndarra
                           mean(first.stage_prob, extra.stage_prob), first.features)
 
 
+def view_ranks(owner: np.ndarray) -> np.ndarray:
+    """For the other views of films (row ``j`` a view of film ``owner[j]``, as :func:`average_views` takes
+    them), each view's place among its film's views, the first view being 0: 1, 2, ... per film."""
+    owner = np.asarray(owner, np.int64)
+    order = np.argsort(owner, kind="stable")
+    starts = np.searchsorted(owner[order], owner[order], side="left")
+    rank = np.empty(len(owner), np.int64)
+    rank[order] = np.arange(len(owner)) - starts + 1
+    return rank
+
+
+def empty_like_rows(like: RawPredictions, n: int) -> RawPredictions:
+    """Zeroed readings of ``n`` images shaped as ``like``'s (features only where ``like`` has them)."""
+    def zeros(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.zeros((n,) + a.shape[1:], a.dtype)
+
+    return RawPredictions(zeros(like.age), zeros(like.scale), zeros(like.stage_prob), zeros(like.features))
+
+
+def fill_rows(into: RawPredictions, rows: np.ndarray, part: RawPredictions) -> None:
+    """Copy ``part``'s readings into rows ``rows`` of ``into`` (in place)."""
+    for name in ("age", "scale", "stage_prob", "features"):
+        target = getattr(into, name)
+        if target is not None:
+            target[rows] = getattr(part, name)
+
+
 def blend_readings(first: RawPredictions, other: RawPredictions, rows: np.ndarray, weights: np.ndarray) -> RawPredictions:
     """``first`` with its rows ``rows`` replaced by ``(1 - w) * first + w * other`` (age, scale, stage
     probabilities; ``other`` holds one reading per row of ``rows``). The features stay ``first``'s.
@@ -90,27 +123,68 @@ class BatchOutput:
     layers: dict[str, torch.Tensor] = field(default_factory=dict)  # pooled layer features (plain pass)
 
 
-def zoom_theta(n: int, zoom: float, mirror: bool = False) -> torch.Tensor | None:
-    """Affine matrices that zoom (and mirror left-right) every image of a batch about its centre (None for
-    neither)."""
-    if zoom == 1.0 and not mirror:
+class View(NamedTuple):
+    """One pass of a prediction: zoomed by ``zoom`` about the centre, mirrored left-right, and moved by
+    ``shift`` (x, y) as a fraction of the network's output stride."""
+
+    zoom: float = 1.0
+    mirror: bool = False
+    shift: tuple[float, float] = (0.0, 0.0)
+
+
+def view_theta(n: int, view: View, input_size: int) -> torch.Tensor | None:
+    """``F.affine_grid`` matrices for ``view`` of a batch of ``n`` images read at ``input_size`` (None for the
+    plain image). A shift of 1 moves the image by :data:`OUTPUT_STRIDE` input pixels."""
+    if view == View():
         return None
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
-    if mirror:
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / view.zoom
+    if view.mirror:
         theta[:, 0, 0] = -theta[:, 0, 0]
+    # affine_grid coordinates span 2 across the output; moving the content by s output pixels samples at -s
+    theta[:, 0, 2] = -2.0 * view.shift[0] * OUTPUT_STRIDE / input_size
+    theta[:, 1, 2] = -2.0 * view.shift[1] * OUTPUT_STRIDE / input_size
     return theta
 
 
-def views(model: BoneAgeNet, tta: bool) -> list[tuple[float, bool]]:
-    """The (zoom, mirrored) passes a prediction of ``model`` averages, the plain image first.
+def tta_views(name: str) -> list[View]:
+    """The passes of test-time augmentation set ``name`` (:data:`TTA_VIEW_SETS`), the plain image first."""
+    if name == "zooms":
+        return [View(z) for z in TTA_ZOOMS]
+    if name == "shifts":
+        thirds = (0.0, -1 / 3, 1 / 3)
+        return [View(shift=(dx, dy)) for dy in thirds for dx in thirds]
+    raise ValueError(f"unknown test-time augmentation {name!r}; one of {', '.join(TTA_VIEW_SETS)}")
+
+
+TTA_DESCRIPTIONS = {
+    "zooms": "the image and two slightly zoomed copies (1.0 / 0.95 / 1.05)",
+    "shifts": "the image and eight copies moved on a 3x3 grid by a third of the network's stride "
+              "(about 7 of 100 base pixels each way)",
+}
+
+
+def describe_tta(name: str) -> str:
+    """What test-time augmentation set ``name`` averages, in words (model card, pages, help texts)."""
+    if name not in TTA_DESCRIPTIONS:
+        raise ValueError(f"unknown test-time augmentation {name!r}; one of {', '.join(TTA_VIEW_SETS)}")
+    return TTA_DESCRIPTIONS[name]
+
+
+def views(model: BoneAgeNet, tta: bool, tta_pass: int | None = None) -> list[View]:
+    """The passes a prediction of ``model`` averages, the plain image first: the plain image alone, or with
+    ``tta`` the set its config names (``ModelConfig.tta_views``). ``tta_pass`` (with ``tta``) keeps pass
+    ``tta_pass`` of that set only (modulo its length): the phase views of one film share the set's passes
+    out between them (:meth:`boneage.predictor.BoneAgePredictor.read`) instead of each running all of them.
 
     A model whose config says ``mirror_invariant`` (trained with mirrored copies) always averages each
     view with its mirror image, so a right hand (a mirrored film) gets exactly the reading of the left.
     """
-    zooms = TTA_ZOOMS if tta else (1.0,)
+    base = tta_views(getattr(model.cfg, "tta_views", "zooms")) if tta else [View()]
+    if tta and tta_pass is not None:
+        base = [base[tta_pass % len(base)]]
     mirrors = (False, True) if getattr(model.cfg, "mirror_invariant", False) else (False,)
-    return [(z, m) for m in mirrors for z in zooms]
+    return [v._replace(mirror=m) for m in mirrors for v in base]
 
 
 class _TupleOutputs(nn.Module):
@@ -198,9 +272,10 @@ def fast_network_for(model: BoneAgeNet) -> FastNetwork:
 @torch.no_grad()
 def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, tta: bool = False,
                   device: str | torch.device = "cpu", fast: FastNetwork | None = None,
-                  members: Sequence[Member] = ()) -> BatchOutput:
-    """One batch through the network, averaged over :data:`TTA_ZOOMS` when ``tta`` and over the mirror
-    image when the network is mirror-invariant (:func:`views`).
+                  members: Sequence[Member] = (), tta_pass: int | None = None) -> BatchOutput:
+    """One batch through the network, averaged over its test-time augmentation when ``tta`` (only pass
+    ``tta_pass`` of it when given) and over the mirror image when the network is mirror-invariant
+    (:func:`views`).
 
     Every pass runs on ``fast`` when given (else on the eager ``model``); the pooled layer features of a
     ``fast`` traced with ``layer_paths`` come from the plain pass, like the penultimate features.
@@ -213,9 +288,10 @@ def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, t
     nets = [(model, fast)] + [(m.model, m.fast) for m in members]
     n = 0
     for net, net_fast in nets:
-        for z, mirror in views(net, tta):
+        for view in views(net, tta, tta_pass):
             n += 1
-            x = to_model_input(images, net.cfg.input_size, zoom_theta(len(images), z, mirror))
+            theta = view_theta(len(images), view, net.cfg.input_size)
+            x = to_model_input(images, net.cfg.input_size, theta)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             if net_fast is None:
                 out = net(x, male)
@@ -235,11 +311,11 @@ def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, t
 def run_network(model: BoneAgeNet, images: np.ndarray | torch.Tensor, male: np.ndarray | torch.Tensor,
                 batch_size: int = INFERENCE_BATCH, return_features: bool = False, tta: bool = False,
                 device: str | torch.device = "cpu", fast: FastNetwork | None = None,
-                members: Sequence[Member] = ()) -> RawPredictions:
+                members: Sequence[Member] = (), tta_pass: int | None = None) -> RawPredictions:
     """Predict on (N, H, W) uint8 or float images in [0, 1] (already preprocessed to base geometry).
 
-    ``tta`` averages age, scale and stage probabilities over a few small zooms, which reduces variance;
-    ``members`` average further networks in (see :class:`Member`).
+    ``tta`` averages age, scale and stage probabilities over the model's test-time augmentation (:func:`views`),
+    or takes its pass ``tta_pass`` only; ``members`` average further networks in (see :class:`Member`).
     """
     model.eval()
     male = torch.as_tensor(np.asarray(male, dtype=np.int64))
@@ -248,7 +324,7 @@ def run_network(model: BoneAgeNet, images: np.ndarray | torch.Tensor, male: np.n
         chunk = images[start:start + batch_size]  # a memory-mapped array is read one batch at a time
         chunk = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.array(chunk))
         out = forward_batch(model, chunk, male[start:start + batch_size], tta,
-                            device=device, fast=fast, members=members)
+                            device=device, fast=fast, members=members, tta_pass=tta_pass)
         ages.append(out.age.cpu())
         scales.append(out.scale.cpu())
         probs.append(out.stage_prob.cpu())

@@ -21,8 +21,8 @@ import torch
 
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
 from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
-from .inference import (FastNetwork, Member, RawPredictions, average_views, blend_readings, fast_network_for,
-                        run_network)
+from .inference import (FastNetwork, Member, RawPredictions, average_views, blend_readings, empty_like_rows,
+                        fast_network_for, fill_rows, run_network, view_ranks)
 from .model import BoneAgeNet, fold_batchnorm
 from .laterality import MIN_OTHER_WEIGHT, other_side_weight
 from .laterality import default_check as laterality_check
@@ -270,9 +270,12 @@ class BoneAgePredictor:
         return raw.other_weight if raw.other_weight is not None else np.zeros(len(raw.age))
 
     # -- prediction ----------------------------------------------------------------------------
-    def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False) -> RawPredictions:
+    def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False,
+                             tta_pass: int | None = None) -> RawPredictions:
+        """The network's readings of prepared images, each on its own (no phase views, no laterality blend:
+        :meth:`read` adds those); ``tta_pass`` see :func:`boneage.inference.views`."""
         return run_network(self.model, images, np.asarray(male).astype(bool), return_features=return_features,
-                           tta=self.tta, fast=self.fast_network(), members=self.ensemble())
+                           tta=self.tta, fast=self.fast_network(), members=self.ensemble(), tta_pass=tta_pass)
 
     def read(self, images: np.ndarray, male: np.ndarray, return_features: bool = False,
              extra_views: np.ndarray | None = None, extra_owner: np.ndarray | None = None) -> RawPredictions:
@@ -303,11 +306,35 @@ class BoneAgePredictor:
 
     def _read_views(self, images: np.ndarray, male: np.ndarray, return_features: bool,
                     extra_views: np.ndarray | None, extra_owner: np.ndarray | None) -> RawPredictions:
-        raw = self.predict_preprocessed(images, male, return_features)
-        if extra_views is not None and len(extra_views):
-            owner = np.asarray(extra_owner, np.int64)
-            raw = average_views(raw, self.predict_preprocessed(extra_views, male[owner]), owner)
-        return raw
+        if extra_views is None or not len(extra_views):
+            return self.predict_preprocessed(images, male, return_features)
+        owner = np.asarray(extra_owner, np.int64)
+        if not self.tta:
+            raw = self.predict_preprocessed(images, male, return_features)
+            return average_views(raw, self.predict_preprocessed(extra_views, male[owner]), owner)
+        # With TTA, a film's views share its passes out: view k (the first view is 0) takes pass k, so a film
+        # read at 3x3 phases with the 3x3 shifts costs 9 passes, not 81. Films without other views take all.
+        has = np.zeros(len(images), bool)
+        has[owner] = True
+        raw = None
+        for rows, tta_pass in ((np.flatnonzero(has), 0), (np.flatnonzero(~has), None)):
+            if len(rows):
+                part = self._read_rows(images, male, rows, return_features, tta_pass)
+                raw = empty_like_rows(part, len(images)) if raw is None else raw
+                fill_rows(raw, rows, part)
+        rank = view_ranks(owner)
+        extra = None
+        for k in np.unique(rank):
+            rows = np.flatnonzero(rank == k)
+            part = self._read_rows(extra_views, male[owner], rows, False, int(k))
+            extra = empty_like_rows(part, len(owner)) if extra is None else extra
+            fill_rows(extra, rows, part)
+        return average_views(raw, extra, owner)
+
+    def _read_rows(self, images: np.ndarray, male: np.ndarray, rows: np.ndarray, return_features: bool,
+                   tta_pass: int | None) -> RawPredictions:
+        return self.predict_preprocessed(np.ascontiguousarray(np.asarray(images)[rows]), male[rows], return_features,
+                                         tta_pass=tta_pass)
 
     def read_prepared(self, prepared: list[Prepared], male: np.ndarray, return_features: bool = False) -> RawPredictions:
         """:meth:`read` of :class:`Prepared` films, their phase views included."""
@@ -387,7 +414,8 @@ _DEFAULT: BoneAgePredictor | None = None
 
 
 def default_tta(config: dict) -> bool:
-    """Whether the model's predictions are averaged over zooms by default.
+    """Whether the model's predictions are averaged over its test-time augmentation by default
+    (``ModelConfig.tta_views`` says which passes).
 
     The choice is stored with the model (``"inference": {"tta": ...}`` in config.json) because its
     conformal intervals were calibrated on predictions made that way: switching TTA off for a model

@@ -74,6 +74,13 @@ def predictor():
     return load_predictor(store().root / "model")
 
 
+def tta_description() -> str:
+    """What the shipped model's test-time augmentation averages, in words."""
+    from boneage.inference import describe_tta
+
+    return describe_tta(predictor().cfg.tta_views)
+
+
 @st.cache_data(show_spinner=False)
 def predictions() -> pd.DataFrame:
     return store().predictions()

@@ -178,7 +178,8 @@ def main(argv=None) -> int:
         return 0
     if args.adopt:
         c = res["tta" if res["candidate_tta"] else "plain"]
-        why = (f"validation MAE {res['tta']['mae']} with TTA vs {res['plain']['mae']} without "
+        views = json.loads((Path(args.candidate) / "config.json").read_text())["model"].get("tta_views", "zooms")
+        why = (f"validation MAE {res['tta']['mae']} with TTA ({views}) vs {res['plain']['mae']} without "
                f"({res['n']} cases, pipelines.choose_model {res['date']})")
         adopt(Path(args.candidate), Path(args.model_dir), res["candidate_tta"], why)
         print(f"adopted {args.candidate} into {args.model_dir} (TTA {'on' if res['candidate_tta'] else 'off'}, "

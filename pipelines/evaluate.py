@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "metrics.json"))
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                    help="average over small zooms (default: the model's stored choice, inference.tta in config.json)")
+                    help="average over the model's test-time augmentation passes (ModelConfig.tta_views; default: the model's stored choice, inference.tta in config.json)")
     ap.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=True,
                     help="average the ensemble members listed in config.json (default); --no-ensemble: the "
                     "primary network alone")

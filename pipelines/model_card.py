@@ -317,9 +317,15 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                   + f"), {bench['hardware']}", ""]
         if "official_test_mae_tta" in bench:
             inf = cfg.get("inference", {})
+            from boneage.inference import describe_tta, tta_views
+
+            tta_set = cfg["model"].get("tta_views", "zooms")
+            n_passes = len(tta_views(tta_set))
             default = (f"On by default. Why: {inf['chosen_on']}" if inf.get("tta") else
-                       "Off by default: it triples the network cost of every prediction and of the precompute.")
-            lines += ["Test-time augmentation (the mean over zooms 1.0 / 0.95 / 1.05): official test MAE "
+                       f"Off by default: it multiplies the network cost of every prediction and of the precompute "
+                       f"by {n_passes}.")
+            lines += [f"Test-time augmentation (the mean over {describe_tta(tta_set)}; a native film's nine "
+                      "phase views take one pass each): official test MAE "
                       f"{bench['official_test_mae_plain']} without -> {bench['official_test_mae_tta']} with, internal "
                       f"test {bench['internal_test_mae_plain']} -> {bench['internal_test_mae_tta']} months "
                       f"(`python -m pipelines.benchmark`). {default}", ""]

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                     help="mark images unlike the training radiographs (LOF on the shipped model's training features; "
                          "default on with the shipped model)")
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                    help="average over small zooms (default: the model's stored choice, inference.tta in config.json; "
+                    help="average over the model's test-time augmentation passes (ModelConfig.tta_views; default: the model's stored choice, inference.tta in config.json; "
                          "its intervals were calibrated that way)")
     ap.add_argument("--site", help="site profile: a name in artifacts/sites or a path (pipelines.calibrate_site)")
     ap.add_argument("--report-dir", help="also write a printable one-page PDF report per radiograph "

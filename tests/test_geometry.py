@@ -10,7 +10,7 @@ from boneage.geometry import (Geometry, GeometryError, area_squeeze, letterbox, 
                               trim_uniform_border)
 from boneage.hand import hand_mask
 from boneage.imaging import read_radiograph
-from boneage.inference import run_network, views
+from boneage.inference import View, run_network, views
 from boneage.model import BoneAgeNet
 from boneage.precision import border, mirror, rotate
 from boneage.preprocess import prepare, preprocess_array
@@ -162,13 +162,13 @@ def test_a_mirror_invariant_model_reads_a_mirrored_image_the_same(official):
     torch.manual_seed(0)
     cfg = ModelConfig(input_size=64, framing="hand-upright", mirror_invariant=True)
     net = BoneAgeNet(cfg, pretrained=False).eval()
-    assert views(net, tta=False) == [(1.0, False), (1.0, True)]
+    assert views(net, tta=False) == [View(), View(mirror=True)]
     img = np.stack([prepare(official[0], cfg.geometry).image])
     a = run_network(net, img, np.array([True])).age
     b = run_network(net, img[:, :, ::-1].copy(), np.array([True])).age
     np.testing.assert_allclose(a, b, atol=1e-3)
     plain = BoneAgeNet(ModelConfig(input_size=64), pretrained=False).eval()
-    assert views(plain, tta=True) == [(1.0, False), (0.95, False), (1.05, False)]
+    assert views(plain, tta=True) == [View(1.0), View(0.95), View(1.05)]  # zooms: a config's default
 
 
 def test_degradation_augmentation_keeps_range_and_changes_pixels():

@@ -1,6 +1,6 @@
 """Batched inference and test-time augmentation on real training images with the shipped model.
 
-TTA must change the prediction (it averages over zooms) but not the features: the precomputed neighbours
+TTA must change the prediction (it averages over moved or zoomed passes) but not the features: the precomputed neighbours
 and outlier scores of the dashboard are compared with an upload's features, so both must come from the
 plain pass. The model's stored default decides whether TTA is on, because its intervals were calibrated
 that way.

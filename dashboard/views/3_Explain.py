@@ -116,8 +116,8 @@ for col, method in zip(cols[1:], (m_a, m_b)):
 st.caption("Grad-CAM: regions whose features push the predicted age **up**. Saliency / SmoothGrad / integrated "
            "gradients / occlusion: how much each pixel matters, in either direction. Integrated gradients start "
            "from a black image; occlusion slides a black square. Maps are scaled to their own maximum."
-           + (" The predicted age averages this image with two slightly zoomed copies (test-time augmentation); "
-              "the maps explain the unzoomed one." if common.predictor().tta else "")
+           + (f" The predicted age averages {common.tta_description()} (test-time augmentation); "
+              "the maps explain the plain image." if common.predictor().tta else "")
            + (f" The predicted age also averages {len(common.predictor().members)} more separately trained "
               "network(s) (an ensemble); the maps and layers shown are those of the first network."
               if common.predictor().members else ""))
