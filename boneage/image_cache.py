@@ -39,7 +39,7 @@ from .geometry import Geometry, as_geometry
 from .imaging import ImageLoadError, read_radiograph, safe_image_path
 from .preprocess import BASE_SIZE, prepare, preprocess_array, to_uint8
 
-CACHE_VERSION = "v6"  # bump when the layout or the preparation of the pixels changes
+CACHE_VERSION = "v7"  # bump when the layout or the preparation of the pixels changes
 CHUNK = 32  # images per task sent to a worker process
 SMALL_TABLE = 256  # below this many cases load_images decodes in this process unless told otherwise
 

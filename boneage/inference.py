@@ -78,6 +78,12 @@ def view_ranks(owner: np.ndarray) -> np.ndarray:
     return rank
 
 
+def take_rows(raw: RawPredictions, rows: np.ndarray) -> RawPredictions:
+    """The readings of rows ``rows`` only."""
+    return RawPredictions(raw.age[rows], raw.scale[rows], raw.stage_prob[rows],
+                          None if raw.features is None else raw.features[rows])
+
+
 def empty_like_rows(like: RawPredictions, n: int) -> RawPredictions:
     """Zeroed readings of ``n`` images shaped as ``like``'s (features only where ``like`` has them)."""
     def zeros(a: np.ndarray | None) -> np.ndarray | None:
@@ -171,20 +177,44 @@ def describe_tta(name: str) -> str:
     return TTA_DESCRIPTIONS[name]
 
 
-def views(model: BoneAgeNet, tta: bool, tta_pass: int | None = None) -> list[View]:
+def views(model: BoneAgeNet, tta: bool) -> list[View]:
     """The passes a prediction of ``model`` averages, the plain image first: the plain image alone, or with
-    ``tta`` the set its config names (``ModelConfig.tta_views``). ``tta_pass`` (with ``tta``) keeps pass
-    ``tta_pass`` of that set only (modulo its length): the phase views of one film share the set's passes
-    out between them (:meth:`boneage.predictor.BoneAgePredictor.read`) instead of each running all of them.
+    ``tta`` the set its config names (``ModelConfig.tta_views``).
 
     A model whose config says ``mirror_invariant`` (trained with mirrored copies) always averages each
     view with its mirror image, so a right hand (a mirrored film) gets exactly the reading of the left.
     """
     base = tta_views(getattr(model.cfg, "tta_views", "zooms")) if tta else [View()]
-    if tta and tta_pass is not None:
-        base = [base[tta_pass % len(base)]]
-    mirrors = (False, True) if getattr(model.cfg, "mirror_invariant", False) else (False,)
-    return [v._replace(mirror=m) for m in mirrors for v in base]
+    return [v._replace(mirror=m) for m in _mirrors(model) for v in base]
+
+
+def _mirrors(model: BoneAgeNet) -> tuple[bool, ...]:
+    return (False, True) if getattr(model.cfg, "mirror_invariant", False) else (False,)
+
+
+def pass_inputs(net: BoneAgeNet, images: torch.Tensor, tta: bool, tta_pass: np.ndarray | None = None) -> list[torch.Tensor]:
+    """The network inputs of each pass a prediction averages (:func:`views`).
+
+    ``tta_pass`` (one index per image, with ``tta``) gives each image one pass of the set, ``tta_pass[i]``
+    modulo its length, instead of all of them: the phase views of one film share the set's passes out
+    (:meth:`boneage.predictor.BoneAgePredictor.read`), in one batch. The plain pass is never resampled, so an
+    image whose pass is 0 gets exactly its plain input.
+    """
+    size = net.cfg.input_size
+    if tta_pass is None or not tta:
+        return [to_model_input(images, size, view_theta(len(images), v, size)) for v in views(net, tta)]
+    base = tta_views(getattr(net.cfg, "tta_views", "zooms"))
+    chosen = [base[int(k) % len(base)] for k in np.asarray(tta_pass).reshape(-1)]
+    out = []
+    for m in _mirrors(net):
+        each = [v._replace(mirror=m) for v in chosen]
+        x = to_model_input(images, size, view_theta(len(images), View(mirror=m), size))
+        moved = np.flatnonzero([v != View() for v in each])
+        if len(moved):
+            theta = torch.cat([view_theta(1, each[i], size) for i in moved])
+            x[torch.as_tensor(moved)] = to_model_input(images[torch.as_tensor(moved)], size, theta)
+        out.append(x)
+    return out
 
 
 class _TupleOutputs(nn.Module):
@@ -272,10 +302,10 @@ def fast_network_for(model: BoneAgeNet) -> FastNetwork:
 @torch.no_grad()
 def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, tta: bool = False,
                   device: str | torch.device = "cpu", fast: FastNetwork | None = None,
-                  members: Sequence[Member] = (), tta_pass: int | None = None) -> BatchOutput:
-    """One batch through the network, averaged over its test-time augmentation when ``tta`` (only pass
-    ``tta_pass`` of it when given) and over the mirror image when the network is mirror-invariant
-    (:func:`views`).
+                  members: Sequence[Member] = (), tta_pass: np.ndarray | None = None) -> BatchOutput:
+    """One batch through the network, averaged over its test-time augmentation when ``tta`` (each image's
+    own pass ``tta_pass[i]`` of it when given, :func:`pass_inputs`) and over the mirror image when the
+    network is mirror-invariant (:func:`views`).
 
     Every pass runs on ``fast`` when given (else on the eager ``model``); the pooled layer features of a
     ``fast`` traced with ``layer_paths`` come from the plain pass, like the penultimate features.
@@ -288,10 +318,8 @@ def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, t
     nets = [(model, fast)] + [(m.model, m.fast) for m in members]
     n = 0
     for net, net_fast in nets:
-        for view in views(net, tta, tta_pass):
+        for x in pass_inputs(net, images, tta, tta_pass):
             n += 1
-            theta = view_theta(len(images), view, net.cfg.input_size)
-            x = to_model_input(images, net.cfg.input_size, theta)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             if net_fast is None:
                 out = net(x, male)
@@ -311,20 +339,24 @@ def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, t
 def run_network(model: BoneAgeNet, images: np.ndarray | torch.Tensor, male: np.ndarray | torch.Tensor,
                 batch_size: int = INFERENCE_BATCH, return_features: bool = False, tta: bool = False,
                 device: str | torch.device = "cpu", fast: FastNetwork | None = None,
-                members: Sequence[Member] = (), tta_pass: int | None = None) -> RawPredictions:
+                members: Sequence[Member] = (), tta_pass: int | np.ndarray | None = None) -> RawPredictions:
     """Predict on (N, H, W) uint8 or float images in [0, 1] (already preprocessed to base geometry).
 
     ``tta`` averages age, scale and stage probabilities over the model's test-time augmentation (:func:`views`),
-    or takes its pass ``tta_pass`` only; ``members`` average further networks in (see :class:`Member`).
+    or gives each image the one pass ``tta_pass`` (an index, or one per image; :func:`pass_inputs`);
+    ``members`` average further networks in (see :class:`Member`).
     """
     model.eval()
+    if tta_pass is not None:
+        tta_pass = np.broadcast_to(np.asarray(tta_pass, np.int64), (len(images),))
     male = torch.as_tensor(np.asarray(male, dtype=np.int64))
     ages, scales, probs, feats = [], [], [], []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]  # a memory-mapped array is read one batch at a time
         chunk = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.array(chunk))
         out = forward_batch(model, chunk, male[start:start + batch_size], tta,
-                            device=device, fast=fast, members=members, tta_pass=tta_pass)
+                            device=device, fast=fast, members=members,
+                            tta_pass=None if tta_pass is None else tta_pass[start:start + batch_size])
         ages.append(out.age.cpu())
         scales.append(out.scale.cpu())
         probs.append(out.stage_prob.cpu())

@@ -22,7 +22,7 @@ import torch
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
 from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
 from .inference import (FastNetwork, Member, RawPredictions, average_views, blend_readings, empty_like_rows,
-                        fast_network_for, fill_rows, run_network, view_ranks)
+                        fast_network_for, fill_rows, run_network, take_rows, view_ranks)
 from .model import BoneAgeNet, fold_batchnorm
 from .laterality import MIN_OTHER_WEIGHT, other_side_weight
 from .laterality import default_check as laterality_check
@@ -271,9 +271,9 @@ class BoneAgePredictor:
 
     # -- prediction ----------------------------------------------------------------------------
     def predict_preprocessed(self, images: np.ndarray, male: np.ndarray, return_features: bool = False,
-                             tta_pass: int | None = None) -> RawPredictions:
+                             tta_pass: int | np.ndarray | None = None) -> RawPredictions:
         """The network's readings of prepared images, each on its own (no phase views, no laterality blend:
-        :meth:`read` adds those); ``tta_pass`` see :func:`boneage.inference.views`."""
+        :meth:`read` adds those); ``tta_pass`` see :func:`boneage.inference.run_network`."""
         return run_network(self.model, images, np.asarray(male).astype(bool), return_features=return_features,
                            tta=self.tta, fast=self.fast_network(), members=self.ensemble(), tta_pass=tta_pass)
 
@@ -313,28 +313,21 @@ class BoneAgePredictor:
             raw = self.predict_preprocessed(images, male, return_features)
             return average_views(raw, self.predict_preprocessed(extra_views, male[owner]), owner)
         # With TTA, a film's views share its passes out: view k (the first view is 0) takes pass k, so a film
-        # read at 3x3 phases with the 3x3 shifts costs 9 passes, not 81. Films without other views take all.
+        # read at 3x3 phases with the 3x3 shifts costs 9 passes, not 81, in one batch. Films without other
+        # views take every pass.
         has = np.zeros(len(images), bool)
         has[owner] = True
-        raw = None
-        for rows, tta_pass in ((np.flatnonzero(has), 0), (np.flatnonzero(~has), None)):
-            if len(rows):
-                part = self._read_rows(images, male, rows, return_features, tta_pass)
-                raw = empty_like_rows(part, len(images)) if raw is None else raw
-                fill_rows(raw, rows, part)
-        rank = view_ranks(owner)
-        extra = None
-        for k in np.unique(rank):
-            rows = np.flatnonzero(rank == k)
-            part = self._read_rows(extra_views, male[owner], rows, False, int(k))
-            extra = empty_like_rows(part, len(owner)) if extra is None else extra
-            fill_rows(extra, rows, part)
-        return average_views(raw, extra, owner)
-
-    def _read_rows(self, images: np.ndarray, male: np.ndarray, rows: np.ndarray, return_features: bool,
-                   tta_pass: int | None) -> RawPredictions:
-        return self.predict_preprocessed(np.ascontiguousarray(np.asarray(images)[rows]), male[rows], return_features,
-                                         tta_pass=tta_pass)
+        with_views, alone = np.flatnonzero(has), np.flatnonzero(~has)
+        stacked = np.concatenate([np.asarray(images)[with_views], np.asarray(extra_views)])
+        passes = np.concatenate([np.zeros(len(with_views), np.int64), view_ranks(owner)])
+        both = self.predict_preprocessed(stacked, np.concatenate([male[with_views], male[owner]]),
+                                         return_features, tta_pass=passes)
+        raw = empty_like_rows(both, len(images))
+        fill_rows(raw, with_views, take_rows(both, np.arange(len(with_views))))
+        if len(alone):
+            fill_rows(raw, alone, self.predict_preprocessed(np.ascontiguousarray(np.asarray(images)[alone]),
+                                                            male[alone], return_features))
+        return average_views(raw, take_rows(both, np.arange(len(with_views), len(stacked))), owner)
 
     def read_prepared(self, prepared: list[Prepared], male: np.ndarray, return_features: bool = False) -> RawPredictions:
         """:meth:`read` of :class:`Prepared` films, their phase views included."""

@@ -10,7 +10,9 @@ Why this order:
    percentile (dense bone) is mapped to 1. Negatives (bone dark, background bright) are flipped first
    when the learned check of :mod:`boneage.polarity` is confident.
 3. Laterality, when the geometry asks for left hands only: a film the learned check of
-   :mod:`boneage.laterality` takes for a right hand is mirrored (every view the same way).
+   :mod:`boneage.laterality` takes for a right hand is mirrored: the film itself, fitted again, so its views
+   are exactly those of the mirror image come in as a left hand, in the same order (a native film's views
+   each take their own test-time pass, :meth:`boneage.predictor.BoneAgePredictor.read`).
 4. Framing last (:mod:`boneage.geometry`), on the normalised image, when the model's geometry asks for it.
 5. When the geometry reads a film at several phases of the squeeze grid, each view is normalised and framed
    the same way (the first view's negative and laterality decisions hold for all), and the reading averages
@@ -95,13 +97,12 @@ def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
     first, *others = fit_views(arr, geometry)
     img, negative = normalize_intensity_checked(first)
     mirrored = geometry.laterality == "left" and laterality_check().is_right(img)
-    img, framing = frame(_mirror(img, mirrored), geometry)
-    extra = [frame(_mirror(normalize_intensity_checked(v, negative)[0], mirrored), geometry)[0] for v in others]
+    if mirrored:  # the mirror image, fitted as a film that came in that way: the same views in the same order
+        first, *others = fit_views(np.ascontiguousarray(arr[:, ::-1]), geometry)
+        img = normalize_intensity_checked(first, negative)[0]
+    img, framing = frame(img, geometry)
+    extra = [frame(normalize_intensity_checked(v, negative)[0], geometry)[0] for v in others]
     return Prepared(img, negative, framing, np.stack(extra) if extra else None, mirrored)
-
-
-def _mirror(img: np.ndarray, mirrored: bool) -> np.ndarray:
-    return np.ascontiguousarray(img[:, ::-1]) if mirrored else img
 
 
 def preprocess_array(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> np.ndarray:

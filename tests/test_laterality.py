@@ -54,14 +54,15 @@ def test_a_film_and_its_mirror_are_prepared_identically(data_dir):
         assert not np.array_equal(prepare(raw).image, prepare(np.ascontiguousarray(raw[:, ::-1])).image)
 
 
-def test_a_native_film_mirrors_every_phase_view(data_dir):
+def test_a_native_film_taken_for_a_right_hand_reads_as_the_left_hand_film_view_for_view(data_dir):
     raw = read_radiograph(data_dir / "test" / "4361.png")
     geo = Geometry(laterality="left", phases=2)
-    p, plain = prepare(np.ascontiguousarray(raw[:, ::-1]), geo), prepare(np.ascontiguousarray(raw[:, ::-1]),
-                                                                         Geometry(phases=2))
+    p = prepare(np.ascontiguousarray(raw[:, ::-1]), geo)  # the left hand, exported mirrored
+    left = prepare(raw, Geometry(phases=2))  # the left hand as it came
     assert p.mirrored and p.extra_views is not None and len(p.extra_views) == 4  # 2x2 offsets after the plain squeeze
-    np.testing.assert_array_equal(p.image, plain.image[:, ::-1])
-    np.testing.assert_array_equal(p.extra_views, plain.extra_views[:, :, ::-1])
+    # the mirror image is fitted again: the same views in the same order, so each takes the same test-time pass
+    np.testing.assert_array_equal(p.image, left.image)
+    np.testing.assert_array_equal(p.extra_views, left.extra_views)
 
 
 def test_geometry_names_a_bad_laterality_and_keys_the_cache():

@@ -32,7 +32,8 @@ def films(data_dir):
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory, repo_root):
-    """The shipped network in two folders: read with one phase and with 3 x 3 phases."""
+    """The shipped network in two folders: read with one phase and with 3 x 3 phases, without test-time
+    augmentation (its passes are shared out between the views, tests/test_tta_shifts.py)."""
     out = {}
     for phases in (1, 3):
         d = tmp_path_factory.mktemp(f"phases{phases}")
@@ -40,6 +41,7 @@ def model_dirs(tmp_path_factory, repo_root):
             shutil.copy(repo_root / "artifacts" / "model" / name, d / name)
         cfg = json.loads((repo_root / "artifacts" / "model" / "config.json").read_text())
         cfg["model"]["phases"] = phases
+        cfg.setdefault("inference", {})["tta"] = False
         (d / "config.json").write_text(json.dumps(cfg))
         out[phases] = d
     return out

@@ -17,8 +17,8 @@ import torch
 
 from boneage.config import ModelConfig, model_config_from_dict
 from boneage.imaging import read_radiograph
-from boneage.inference import (OUTPUT_STRIDE, TTA_ZOOMS, View, run_network, tta_views, view_ranks, view_theta,
-                               views)
+from boneage.inference import (OUTPUT_STRIDE, TTA_ZOOMS, View, pass_inputs, run_network, tta_views, view_ranks,
+                               view_theta, views)
 from boneage.model import BoneAgeNet
 from boneage.predictor import load_predictor
 from boneage.preprocess import to_model_input
@@ -44,7 +44,15 @@ def test_views_follow_the_config_and_mirror_every_pass():
     assert views(net, tta=False) == [View(), View(mirror=True)]
     both = views(net, tta=True)
     assert len(both) == 18 and sum(v.mirror for v in both) == 9
-    assert views(net, tta=True, tta_pass=10) == [tta_views("shifts")[1], tta_views("shifts")[1]._replace(mirror=True)]
+    # one pass per image: pass 10 is pass 1 of the nine; the plain pass is the plain input, not resampled
+    images = torch.rand(2, 100, 100)
+    one_each = pass_inputs(net, images, True, np.array([10, 0]))
+    assert len(one_each) == 2  # the image and its mirror image
+    every = pass_inputs(net, images, True)
+    torch.testing.assert_close(one_each[0][0], every[1][0])
+    torch.testing.assert_close(one_each[0][1], every[0][1])
+    torch.testing.assert_close(one_each[1][1], every[9][1])
+    torch.testing.assert_close(one_each[0][1], to_model_input(images, 64)[1])
 
 
 @pytest.mark.parametrize("shift", [(1 / 3, 0.0), (0.0, -1 / 3)])
@@ -86,6 +94,8 @@ def test_a_tta_reading_is_the_mean_of_its_passes_and_keeps_the_plain_features(sh
     tta = run_network(net, imgs, male, tta=True, return_features=True)
     plain = run_network(net, imgs, male, tta=False, return_features=True)
     passes = [run_network(net, imgs, male, tta=True, tta_pass=k) for k in range(9)]
+    mixed = run_network(net, imgs, male, tta=True, tta_pass=np.array([4, 0]))  # one pass per image
+    np.testing.assert_allclose(mixed.age, [passes[4].age[0], passes[0].age[1]], atol=1e-3)
     np.testing.assert_allclose(tta.age, np.mean([p.age for p in passes], 0), atol=1e-3)
     np.testing.assert_allclose(tta.scale, np.mean([p.scale for p in passes], 0), atol=1e-3)
     np.testing.assert_allclose(passes[0].age, plain.age, atol=1e-4)
