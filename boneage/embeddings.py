@@ -60,8 +60,9 @@ def extract_features(model: BoneAgeNet, images: np.ndarray, male: np.ndarray, la
                      members: Sequence[Member] = ()) -> tuple[RawPredictions, dict[str, np.ndarray]]:
     """One pass giving predictions, penultimate features and globally pooled earlier layers.
 
-    With ``tta`` the predictions are averaged over the passes of :func:`forward_batch`, exactly as the
-    predictor does for an upload; every feature comes from the plain pass alone. All passes run on a
+    With ``tta`` the predictions are averaged over the passes of :func:`forward_batch`, as the predictor
+    reads a film without phase views (a native film's reading is :meth:`BoneAgePredictor.read`'s, which
+    ``pipelines.precompute`` uses); every feature comes from the plain pass alone. All passes run on a
     traced copy of the network with the layers as extra outputs (:class:`FastNetwork`), about twice as
     fast as the eager network with forward hooks. ``members`` (an ensemble) are averaged into the
     predictions only.

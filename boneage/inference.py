@@ -18,7 +18,7 @@ from .preprocess import to_model_input
 # first so its penultimate features (and any layer hooks) can be kept: features describe the image as it is,
 # so an upload's nearest neighbours and outlier score match the precomputed ones whether or not TTA is on.
 # "zooms": two small zooms. "shifts": the image moved on a 3x3 grid by a third of the network's output stride
-# (OUTPUT_STRIDE input pixels, in base pixels) each way. A strided network answers unevenly to where a bone
+# (OUTPUT_STRIDE network-input pixels) each way. A strided network answers unevenly to where a bone
 # falls on its stride grid: a one-pixel shift of a 100 px file moved the shipped network's reading by a mean
 # 2.2 months (docs/decisions.md); nine passes spread over the deepest stride make the mean nearly blind to it.
 TTA_ZOOMS = (1.0, 0.95, 1.05)
@@ -166,7 +166,7 @@ def tta_views(name: str) -> list[View]:
 TTA_DESCRIPTIONS = {
     "zooms": "the image and two slightly zoomed copies (1.0 / 0.95 / 1.05)",
     "shifts": "the image and eight copies moved on a 3x3 grid by a third of the network's stride "
-              "(about 7 of 100 base pixels each way)",
+              f"({OUTPUT_STRIDE} input pixels) each way",
 }
 
 
@@ -198,7 +198,7 @@ def pass_inputs(net: BoneAgeNet, images: torch.Tensor, tta: bool, tta_pass: np.n
     ``tta_pass`` (one index per image, with ``tta``) gives each image one pass of the set, ``tta_pass[i]``
     modulo its length, instead of all of them: the phase views of one film share the set's passes out
     (:meth:`boneage.predictor.BoneAgePredictor.read`), in one batch. The plain pass is never resampled, so an
-    image whose pass is 0 gets exactly its plain input.
+    image whose pass is 0 gets exactly its plain input (and its mirror image, for a mirror-invariant net).
     """
     size = net.cfg.input_size
     if tta_pass is None or not tta:
@@ -209,7 +209,7 @@ def pass_inputs(net: BoneAgeNet, images: torch.Tensor, tta: bool, tta_pass: np.n
     for m in _mirrors(net):
         each = [v._replace(mirror=m) for v in chosen]
         x = to_model_input(images, size, view_theta(len(images), View(mirror=m), size))
-        moved = np.flatnonzero([v != View() for v in each])
+        moved = np.flatnonzero([v != View(mirror=m) for v in each])
         if len(moved):
             theta = torch.cat([view_theta(1, each[i], size) for i in moved])
             x[torch.as_tensor(moved)] = to_model_input(images[torch.as_tensor(moved)], size, theta)
@@ -309,17 +309,16 @@ def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, t
 
     Every pass runs on ``fast`` when given (else on the eager ``model``); the pooled layer features of a
     ``fast`` traced with ``layer_paths`` come from the plain pass, like the penultimate features.
-    ``members`` (an ensemble) run the same passes, each at its own input size; every network weighs the
-    same in the mean, the features are ``model``'s.
+    ``members`` (an ensemble) run their own sets of passes, each at its own input size; each network's
+    passes are averaged first, so every network weighs the same in the mean; the features are ``model``'s.
     """
     male = male.to(device)
     age = scale = prob = 0
     features, layers = None, {}
     nets = [(model, fast)] + [(m.model, m.fast) for m in members]
-    n = 0
     for net, net_fast in nets:
-        for x in pass_inputs(net, images, tta, tta_pass):
-            n += 1
+        inputs = pass_inputs(net, images, tta, tta_pass)
+        for x in inputs:  # each network's mean over its own passes, then the networks' mean
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             if net_fast is None:
                 out = net(x, male)
@@ -327,11 +326,12 @@ def forward_batch(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, t
                 out, layers = net_fast.with_layers(x, male)
             else:
                 out = net_fast(x, male)
-            age = age + out.age
-            scale = scale + out.scale
-            prob = prob + torch.softmax(out.stage_logits, 1)
+            age = age + out.age / len(inputs)
+            scale = scale + out.scale / len(inputs)
+            prob = prob + torch.softmax(out.stage_logits, 1) / len(inputs)
             if features is None:
                 features = out.features.float()
+    n = len(nets)
     return BatchOutput(age / n, scale / n, prob / n, features, layers)
 
 

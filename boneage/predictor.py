@@ -309,12 +309,11 @@ class BoneAgePredictor:
         if extra_views is None or not len(extra_views):
             return self.predict_preprocessed(images, male, return_features)
         owner = np.asarray(extra_owner, np.int64)
-        if not self.tta:
+        if not self.tta or self.cfg.tta_views != "shifts":  # the zooms predate sharing and keep their readings
             raw = self.predict_preprocessed(images, male, return_features)
             return average_views(raw, self.predict_preprocessed(extra_views, male[owner]), owner)
-        # With TTA, a film's views share its passes out: view k (the first view is 0) takes pass k, so a film
-        # read at 3x3 phases with the 3x3 shifts costs 9 passes, not 81, in one batch. Films without other
-        # views take every pass.
+        # With the shifts, a film's views share its passes out: view k (the first view is 0) takes pass k, so a
+        # film read at 3x3 phases costs 9 passes, not 81, in one batch. Films without other views take every pass.
         has = np.zeros(len(images), bool)
         has[owner] = True
         with_views, alone = np.flatnonzero(has), np.flatnonzero(~has)

@@ -35,7 +35,6 @@ import pandas as pd
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_atomic, write_json_atomic
 from boneage.conformal import add_intervals, coverage_report
 from boneage.data import load_images
-from boneage.inference import average_views
 from boneage.embeddings import (OutlierDetector, embed_maps, extract_features, layer_age_quality,
                                 layer_description)
 from boneage.manifest import write_manifest
@@ -97,10 +96,11 @@ def part_predictions(art: Path, data_dir: Path, max_cases: int | None, log) -> N
     log(f"loaded {len(cases)} images ({len(failed)} failed; {len(extra_views)} further phase views)")
     t0 = time.time()
     male = cases["male"].to_numpy().astype(bool)
-    raw, layer_feats = extract_features(predictor.model, images, male, EARLY_LAYERS,
-                                        tta=predictor.tta, members=predictor.ensemble())
-    if len(extra_views):  # the same reading every door gives (BoneAgePredictor.read): phase views averaged in
-        raw = average_views(raw, predictor.predict_preprocessed(extra_views, male[extra_owner]), extra_owner)
+    # Features and layers describe the plain pass; the reading is the one every door gives
+    # (BoneAgePredictor.read: phase views averaged in, test-time passes shared out, the laterality blend).
+    _, layer_feats = extract_features(predictor.model, images, male, EARLY_LAYERS)
+    raw = predictor.read(images, male, extra_views=extra_views if len(extra_views) else None,
+                         extra_owner=extra_owner if len(extra_views) else None)
     log(f"forward pass + features (TTA {'on' if predictor.tta else 'off'}, {1 + len(predictor.members)} "
         f"network(s)): {time.time() - t0:.0f}s")
 

@@ -125,3 +125,24 @@ def test_the_phase_views_of_a_native_film_share_the_passes_out(shifting, data_di
     assert q.extra_views is None
     assert shifting.predict_array(small, False).boneage_months == pytest.approx(
         float(shifting.predict_preprocessed(q.image[None], np.array([False])).age[0]), abs=1e-3)
+
+
+def test_a_mixed_batch_reads_each_film_as_it_would_alone(shifting, data_dir, train_image_path):
+    """Native films (phase views, passes shared out) and base-size files (every pass) in one call, the
+    laterality blend included, give each film its own reading; the zooms keep every pass on every view."""
+    films = [read_radiograph(data_dir / "test" / f"{i}.png") for i in ("4360", "4388", "4361")]
+    films.insert(1, read_radiograph(train_image_path))
+    male = np.array([True, False, True, True])
+    together = shifting.read_prepared([shifting.prepare(f) for f in films], male)
+    alone = [shifting.read_prepared([shifting.prepare(f)], male[i:i + 1]).age[0] for i, f in enumerate(films)]
+    np.testing.assert_allclose(together.age, alone, atol=1e-3)
+    assert together.other_weight[2] > 0.01  # 4388: the laterality check is unsure, both sides read and blended
+    zooms = shifting.with_options(tta=True)
+    zooms.cfg.tta_views = "zooms"
+    try:
+        p = zooms.prepare(films[0])
+        stacked = np.concatenate([p.image[None], p.extra_views])
+        every = zooms.predict_preprocessed(stacked, np.repeat(True, len(stacked))).age.mean()
+        assert zooms.read_prepared([p], male[:1]).age[0] == pytest.approx(float(every), abs=1e-3)
+    finally:
+        zooms.cfg.tta_views = "shifts"
