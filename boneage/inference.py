@@ -172,9 +172,15 @@ TTA_DESCRIPTIONS = {
 
 def describe_tta(name: str) -> str:
     """What test-time augmentation set ``name`` averages, in words (model card, pages, help texts)."""
-    if name not in TTA_DESCRIPTIONS:
-        raise ValueError(f"unknown test-time augmentation {name!r}; one of {', '.join(TTA_VIEW_SETS)}")
+    tta_views(name)  # refuses an unknown name
     return TTA_DESCRIPTIONS[name]
+
+
+def shares_passes(name: str) -> bool:
+    """Whether set ``name`` shares its passes out over a film's phase views (one pass each) rather than running
+    every pass on every view: the shifts do; the zooms predate sharing and keep their readings."""
+    tta_views(name)  # refuses an unknown name
+    return name == "shifts"
 
 
 def views(model: BoneAgeNet, tta: bool) -> list[View]:

@@ -22,7 +22,8 @@ import torch
 from .config import MODEL_DIR, ModelConfig, model_config_from_dict
 from .input_gate import gate_array, load_radiograph, load_radiograph_bytes
 from .inference import (FastNetwork, Member, RawPredictions, average_views, blend_readings, empty_like_rows,
-                        fast_network_for, fill_rows, run_network, take_rows, view_ranks)
+                        fast_network_for, fill_rows, run_network, shares_passes, take_rows,
+                        view_ranks)
 from .model import BoneAgeNet, fold_batchnorm
 from .laterality import MIN_OTHER_WEIGHT, other_side_weight
 from .laterality import default_check as laterality_check
@@ -309,11 +310,11 @@ class BoneAgePredictor:
         if extra_views is None or not len(extra_views):
             return self.predict_preprocessed(images, male, return_features)
         owner = np.asarray(extra_owner, np.int64)
-        if not self.tta or self.cfg.tta_views != "shifts":  # the zooms predate sharing and keep their readings
+        if not self.tta or not shares_passes(self.cfg.tta_views):
             raw = self.predict_preprocessed(images, male, return_features)
             return average_views(raw, self.predict_preprocessed(extra_views, male[owner]), owner)
-        # With the shifts, a film's views share its passes out: view k (the first view is 0) takes pass k, so a
-        # film read at 3x3 phases costs 9 passes, not 81, in one batch. Films without other views take every pass.
+        # A film's views share the passes out: view k (the first view is 0) takes pass k, so a film read at 3x3
+        # phases with the 3x3 shifts costs 9 passes, not 81, in one batch. Films without other views take every pass.
         has = np.zeros(len(images), bool)
         has[owner] = True
         with_views, alone = np.flatnonzero(has), np.flatnonzero(~has)

@@ -317,13 +317,13 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                   + f"), {bench['hardware']}", ""]
         if "official_test_mae_tta" in bench:
             inf = cfg.get("inference", {})
-            from boneage.inference import describe_tta, tta_views
+            from boneage.inference import describe_tta, shares_passes, tta_views
 
             tta_set = cfg["model"].get("tta_views", "zooms")
             n_passes = len(tta_views(tta_set))
             phases = cfg["model"].get("phases", 1)
             shared = (f"; a native film's {phases * phases} phase views take one pass each"
-                      if tta_set == "shifts" and phases > 1 else "")
+                      if shares_passes(tta_set) and phases > 1 else "")
             default = (f"On by default. Why: {inf['chosen_on']}" if inf.get("tta") else
                        f"Off by default: it multiplies the network cost of a 100 px image by {n_passes}.")
             lines += [f"Test-time augmentation (the mean over {describe_tta(tta_set)}{shared}): official test MAE "

@@ -17,8 +17,8 @@ import torch
 
 from boneage.config import ModelConfig, model_config_from_dict
 from boneage.imaging import read_radiograph
-from boneage.inference import (OUTPUT_STRIDE, TTA_ZOOMS, View, pass_inputs, run_network, tta_views, view_ranks,
-                               view_theta, views)
+from boneage.inference import (OUTPUT_STRIDE, TTA_ZOOMS, View, describe_tta, pass_inputs, run_network, shares_passes,
+                               tta_views, view_ranks, view_theta, views)
 from boneage.model import BoneAgeNet
 from boneage.predictor import load_predictor
 from boneage.preprocess import to_model_input
@@ -31,6 +31,9 @@ def test_the_sets_hold_the_plain_image_first_and_unknown_names_are_refused():
     assert {v.shift for v in shifts} == {(dx, dy) for dx in thirds for dy in thirds}
     assert all(v.zoom == 1.0 and not v.mirror for v in shifts)
     assert [v.zoom for v in tta_views("zooms")] == list(TTA_ZOOMS)
+    assert shares_passes("shifts") and not shares_passes("zooms")
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'spins'"):
+        describe_tta("spins")
     with pytest.raises(ValueError, match="unknown test-time augmentation 'spins'"):
         tta_views("spins")
     with pytest.raises(ValueError, match="unknown tta_views 'spins' in the model config; one of zooms, shifts"):
