@@ -72,6 +72,10 @@ class ModelConfig:
     # at 1, 0.95 and 1.05) or "shifts" (the image moved on a 3x3 grid by a third of the network's output stride
     # each way). Configs without the field mean "zooms", the only set there was.
     tta_views: str = "zooms"
+    # Low-pass filter size (3 or 5) at every stride of 2 of an EfficientNet-Lite backbone, 0 for plain strides
+    # (boneage.model.AntiAliasedConv2d): a network that low-passes before it subsamples reads a hand moved by a pixel
+    # or turned by a degree more nearly the same. Configs without the field mean 0, as they were trained.
+    antialias: int = 0
     sex_embed_dim: int = 16
     hidden_dim: int = 256
     dropout: float = 0.2
@@ -83,6 +87,9 @@ class ModelConfig:
         if self.tta_views not in TTA_VIEW_SETS:
             raise ValueError(f"unknown tta_views {self.tta_views!r} in the model config; "
                              f"one of {', '.join(TTA_VIEW_SETS)}")
+        if self.antialias not in (0, 3, 5):
+            raise ValueError(f"antialias {self.antialias!r} in the model config is not an anti-aliasing filter size; "
+                             "use 0 (plain strides), 3 or 5")
 
     @property
     def geometry(self):

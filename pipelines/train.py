@@ -22,7 +22,7 @@ import pandas as pd
 
 from boneage import distributed
 from boneage.acquisition import KNOWN
-from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, ModelConfig, TrainConfig
+from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, TTA_VIEW_SETS, ModelConfig, TrainConfig
 from boneage.data import load_images
 from boneage.geometry import FITS, GeometryError
 from boneage.manifest import sha256_file
@@ -74,6 +74,11 @@ def main(argv=None) -> int:
                          "and every input (boneage.laterality)")
     ap.add_argument("--mirror-invariant", action="store_true",
                     help="train with mirrored copies and average every prediction with its mirror image")
+    ap.add_argument("--antialias", type=int, choices=(0, 3, 5), default=ModelConfig.antialias,
+                    help="low-pass filter size at every stride of 2 of the backbone (0: plain strides); "
+                         "weights of either kind warm-start the other")
+    ap.add_argument("--tta-views", choices=TTA_VIEW_SETS, default="shifts",
+                    help="the passes the model's test-time augmentation averages (saved with the model)")
     ap.add_argument("--aug-rotate", type=float, default=TrainConfig.aug_rotate_deg, help="max rotation, degrees")
     ap.add_argument("--aug-contrast", type=float, default=TrainConfig.aug_contrast, help="gamma/contrast strength")
     ap.add_argument("--aug-resolution", type=float, default=TrainConfig.aug_resolution,
@@ -130,7 +135,8 @@ def _run(args, info: distributed.DistInfo) -> int:
         va = va.head(args.max_val_cases)
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, base_size=args.base_size,
                             fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant,
-                            trim_bars=args.trim_bars, laterality=args.laterality, phases=args.phases or (3 if args.fit == "squeeze" else 1))
+                            trim_bars=args.trim_bars, laterality=args.laterality, phases=args.phases or (3 if args.fit == "squeeze" else 1),
+                            antialias=args.antialias, tta_views=args.tta_views)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
