@@ -43,6 +43,8 @@ class AntiAliasedConv2d(nn.Conv2d):
 
     def __init__(self, *args, blur: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"AntiAliasedConv2d pads with zeros only (padding_mode {self.padding_mode!r} given)")
         if blur not in BLUR_TAPS:
             raise ValueError(f"anti-aliasing filter size {blur} not supported; one of {sorted(BLUR_TAPS)}")
         taps = torch.tensor(BLUR_TAPS[blur])

@@ -17,17 +17,19 @@ from boneage.model import AntiAliasedConv2d, BoneAgeNet, fold_batchnorm
 def test_layer_is_a_stride_one_convolution_blurred_then_subsampled():
     torch.manual_seed(0)
     for blur, taps in ((3, [1.0, 2.0, 1.0]), (5, [1.0, 4.0, 6.0, 4.0, 1.0])):
-        conv = AntiAliasedConv2d(6, 6, 3, 2, 1, groups=6, bias=False, blur=blur)
-        x = torch.randn(2, 6, 41, 40)
-        full = F.conv2d(x, conv.weight, padding=1, groups=6)  # the plain convolution at stride 1
         t = torch.tensor(taps)
         k = (t[:, None] * t[None, :] / t.sum() ** 2).expand(6, 1, blur, blur)
-        ref = F.conv2d(F.pad(full, (blur // 2,) * 4), k, stride=2, groups=6)
-        y = conv(x)
-        assert y.shape == ref.shape == (2, 6, 21, 20)  # the same output size as the plain strided layer
-        assert y.shape == F.conv2d(x, conv.weight, stride=2, padding=1, groups=6).shape
-        m = blur // 2 + 1  # the borders differ only by what the zero padding stands in for
-        assert torch.allclose(y[:, :, m:-m, m:-m], ref[:, :, m:-m, m:-m], atol=1e-5)
+        for kernel, size in ((3, (41, 40)), (5, (33, 34)), (3, (20, 21))):
+            conv = AntiAliasedConv2d(6, 6, kernel, 2, kernel // 2, groups=6, bias=False, blur=blur)
+            x = torch.randn(2, 6, *size)
+            full = F.conv2d(x, conv.weight, padding=kernel // 2, groups=6)  # the plain convolution at stride 1
+            ref = F.conv2d(F.pad(full, (blur // 2,) * 4), k, stride=2, groups=6)
+            y = conv(x)
+            plain = F.conv2d(x, conv.weight, stride=2, padding=kernel // 2, groups=6)
+            assert y.shape == ref.shape == plain.shape  # the same output size as the plain strided layer
+            m = (blur // 2 + kernel // 2 + 1) // 2 + 1  # the borders differ by what the zero padding stands in for
+            assert torch.allclose(y[:, :, m:-m, m:-m], ref[:, :, m:-m, m:-m], atol=1e-5)
+            assert not torch.allclose(y[:, :, m:-m, m:-m], plain[:, :, m:-m, m:-m], atol=1e-2)
         # a low-pass: a checkerboard (the highest frequency, which a plain stride aliases to a constant) is removed
         board = (torch.arange(40)[:, None] + torch.arange(40)[None, :]) % 2 * 2.0 - 1
         ident = AntiAliasedConv2d(1, 1, 1, 2, 0, bias=False, blur=blur)
@@ -66,6 +68,9 @@ def test_fold_batchnorm_keeps_antialiased_outputs(train_image_path):
             m.running_var.uniform_(0.5, 2.0)
     folded = fold_batchnorm(copy.deepcopy(ref))
     assert isinstance(folded.backbone._conv_stem, AntiAliasedConv2d)  # folding kept the layer's kind
+    assert isinstance(folded.backbone._bn0, torch.nn.Identity) and folded.backbone._conv_stem.bias is not None
+    assert isinstance(folded.backbone._blocks[1]._depthwise_conv, AntiAliasedConv2d)
+    assert isinstance(folded.backbone._blocks[1]._bn1, torch.nn.Identity)
     img = preprocess_array(read_radiograph(train_image_path), 100)
     x = to_model_input(torch.as_tensor(np.stack([img, img[:, ::-1].copy()])), 160)
     with torch.no_grad():
@@ -97,6 +102,8 @@ def test_features_move_less_when_the_hand_moves_one_pixel(data_dir):
 def test_config_checks_and_old_configs():
     with pytest.raises(ValueError, match="antialias 4 .* use 0 \\(plain strides\\), 3 or 5"):
         ModelConfig(antialias=4)
+    with pytest.raises(ValueError, match="zeros only"):
+        AntiAliasedConv2d(2, 2, 3, 2, 1, padding_mode="reflect")
     with pytest.raises(ValueError, match="smallcnn"):
         BoneAgeNet(ModelConfig(backbone="smallcnn", antialias=3), pretrained=False)
     assert model_config_from_dict({"backbone": "efficientnet-lite0", "input_size": 160}).antialias == 0
