@@ -58,7 +58,8 @@ class Assessment:
     when it was unavailable). ``maturity``: None without a chronological age. ``sex_source`` /
     ``chronological_age_source``: ``"given"`` or the DICOM tags they were read from. ``site``: the site
     profile's name (None: the model as shipped), ``site_note`` what the profile is. ``image``: the base-size
-    uint8 model input (for heatmaps and reports); ``feature``: the penultimate features (similar cases).
+    uint8 model input (for heatmaps and reports), ``extra_views`` the film's other phase views that the reading
+    averaged in (None for one view); ``feature``: the penultimate features (similar cases).
     """
     id: str
     male: bool
@@ -85,6 +86,7 @@ class Assessment:
     notes: tuple[str, ...] = ()
     patient: PatientInfo = field(default_factory=PatientInfo)
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    extra_views: np.ndarray | None = field(default=None, repr=False, compare=False)
     feature: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -314,7 +316,7 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
                    sex_source=sex_source, site=predictor.site.name if predictor.site is not None else None,
                    site_note=_site_note(predictor), model_sha256=model_sha256(predictor),
                    notes=tuple(notes) + tuple(patient.notes) + tuple(extra_notes), patient=patient,
-                   image=np.asarray(prepared.image), feature=feature)
+                   image=np.asarray(prepared.image), extra_views=prepared.extra_views, feature=feature)
     return a
 
 

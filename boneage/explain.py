@@ -45,8 +45,9 @@ from captum.attr import (
     Saliency,
 )
 
-from .inference import EAGER_LOCK, Member, run_network
+from .inference import EAGER_LOCK
 from .model import BoneAgeNet, EfficientNetLite
+from .predictor import BoneAgePredictor
 from .preprocess import to_model_input
 
 METHODS = {
@@ -480,16 +481,23 @@ def layer_activations(model: BoneAgeNet, image: np.ndarray, male: bool, layer: s
     return (maps, order) if return_channels else maps
 
 
-@torch.no_grad()
-def sex_flip(model: BoneAgeNet, image: np.ndarray, male: bool, tta: bool = False,
-             members: Sequence[Member] = ()) -> dict:
+def sex_flip(predictor: BoneAgePredictor, image: np.ndarray, male: bool,
+             extra_views: np.ndarray | None = None) -> dict:
     """Predicted age with the sex as given and with the other sex (months): how much the sex input,
-    rather than the image, drives the prediction. ``tta`` and ``members`` as the predictor uses them, so
-    "as given" is the very prediction shown beside it."""
-    x = _as_input(image)[:, 0]
-    with _eval_mode(model):
-        ages = run_network(model, x.expand(2, -1, -1), np.array([bool(male), not bool(male)]), tta=tta,
-                           members=members).age
+    rather than the image, drives the prediction.
+
+    ``image`` and ``extra_views`` (the film's other phase views, None for one view) as
+    :meth:`BoneAgePredictor.prepare` gave them. Both readings go through :meth:`BoneAgePredictor.read`, the
+    reading every door gives (phase views, the laterality blend, test-time augmentation and ensemble members
+    included), so "as given" is the very prediction shown beside it."""
+    img = np.asarray(image)
+    views = None if extra_views is None or not len(extra_views) else np.asarray(extra_views)
+    both_views = owner = None
+    if views is not None:
+        both_views = np.concatenate([views, views])
+        owner = np.repeat(np.array([0, 1]), len(views))
+    ages = predictor.read(np.stack([img, img]), np.array([bool(male), not bool(male)]),
+                          extra_views=both_views, extra_owner=owner).age
     given, flipped = float(ages[0]), float(ages[1])
     return {"age_as_given": given, "age_flipped": flipped, "difference": flipped - given,
             "male_as_given": bool(male)}

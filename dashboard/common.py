@@ -362,10 +362,26 @@ def image_activations(image: np.ndarray, male: bool, layer: str, max_maps: int =
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def image_sex_flip(image: np.ndarray, male: bool) -> dict:
+def image_sex_flip(image: np.ndarray, male: bool, extra_views: np.ndarray | None = None) -> dict:
+    """The film read with each sex, as the shipped model reads it (``extra_views``: its other phase views)."""
     from boneage import explain
 
-    return explain.sex_flip(predictor().model, image, bool(male), tta=predictor().tta, members=predictor().ensemble())
+    return explain.sex_flip(predictor(), image, bool(male), extra_views)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def case_views(case_id: str, split: str) -> np.ndarray | None:
+    """The other phase views of a case's film in the shipped model's geometry (uint8), which its reading
+    averages with :func:`case_image`; None for a film with one view, or without data."""
+    from boneage.imaging import read_radiograph, safe_image_path
+
+    folder = image_dir_for(split)
+    if folder is None:
+        return None
+    try:
+        return predictor().prepare(read_radiograph(safe_image_path(folder, case_id))).extra_views
+    except ImageLoadError:
+        return None
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

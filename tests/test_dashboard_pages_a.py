@@ -155,6 +155,11 @@ def test_explain_with_data_dir(with_data):
     assert any(c.startswith("Grad-CAM") for c in captions) and any(c.startswith("Saliency") for c in captions)
     labels = [m.label for m in at.metric]
     assert any(lab.startswith("As given") for lab in labels) and any(lab.startswith("As ") for lab in labels)
+    # "as given" is the prediction of the table (nine phase views of the official film averaged), not the first view's
+    df = STORE.predictions()
+    shown = float(df.loc[(df["id"] == TEST_CASE) & (df["split"] == "official_test"), "boneage_pred"].iloc[0])
+    given = next(m for m in at.metric if m.label.startswith("As given"))
+    assert abs(float(given.value.split()[0]) - shown) <= 0.06, (given.value, shown)
     assert any("similar" in s.value.lower() for s in at.subheader)
     assert rerun_timed(at) < PERF_LIMIT
     # a new Grad-CAM layer is computed within the page budget (~0.2 s of Grad-CAM on an idle 2-core CPU)

@@ -17,7 +17,6 @@ from boneage import render
 from boneage.config import MODEL_DIR, ModelConfig
 from boneage.data import load_case_image
 from boneage.hand import hand_mask
-from boneage.inference import run_network
 from boneage.model import BoneAgeNet
 from boneage.preprocess import to_uint8
 
@@ -224,18 +223,29 @@ def test_layer_activations_shapes_and_order(imagenet_model, cases):
     assert norm.shape[0] == 32 and norm.min() >= 0 and norm.max() <= 1
 
 
-def test_sex_flip(model, cases):
-    images, males = cases
-    res = E.sex_flip(model, images[2], bool(males[2]))
-    assert all(np.isfinite(res[k]) for k in ("age_as_given", "age_flipped", "difference"))
-    assert res["difference"] == pytest.approx(res["age_flipped"] - res["age_as_given"])
-    given = run_network(model, images[2:3], np.array([males[2]])).age[0]
-    other = run_network(model, images[2:3], np.array([not males[2]])).age[0]
-    assert res["age_as_given"] == pytest.approx(float(given), abs=1e-3)
-    assert res["age_flipped"] == pytest.approx(float(other), abs=1e-3)
-    tta = E.sex_flip(model, images[2], bool(males[2]), tta=True)
-    with_tta = run_network(model, images[2:3], np.array([males[2]]), tta=True).age[0]
-    assert tta["age_as_given"] == pytest.approx(float(with_tta), abs=1e-3)
+def test_sex_flip_is_the_reading_every_door_gives(data_dir):
+    """The page's "as given" is the prediction shown beside it: official film 4360 (nine phase views) and 4388
+    (the laterality check unsure, both sides blended) read through the predictor, views and blend included,
+    and with test-time augmentation when it is on. The first view alone reads differently."""
+    from boneage.imaging import read_radiograph
+    from boneage.predictor import load_predictor
+
+    for tta in (False, True):
+        p = load_predictor(tta=tta)
+        preps = [p.prepare(read_radiograph(data_dir / "test" / f"{i}.png")) for i in ("4360", "4388")]
+        for prep, male in zip(preps, (True, False)):
+            assert prep.extra_views is not None and len(prep.extra_views) == 8
+            res = E.sex_flip(p, prep.image, male, prep.extra_views)
+            given = p.read_prepared([prep], np.array([male]))
+            other = p.read_prepared([prep], np.array([not male])).age[0]
+            assert res["age_as_given"] == pytest.approx(float(given.age[0]), abs=1e-3)
+            assert res["age_flipped"] == pytest.approx(float(other), abs=1e-3)
+            assert res["difference"] == pytest.approx(res["age_flipped"] - res["age_as_given"])
+            assert res["male_as_given"] is male
+            assert abs(res["difference"]) > 0.5  # the sex input does move this network's reading
+            first_view = E.sex_flip(p, prep.image, male)
+            assert abs(first_view["age_as_given"] - res["age_as_given"]) > 0.05  # the views are part of the reading
+        assert p.read_prepared(preps[1:], np.array([False])).other_weight[0] >= 0.01  # 4388 is blended
 
 
 def heat_on_hand(heatmap: np.ndarray, mask: np.ndarray) -> float:

@@ -33,7 +33,7 @@ def test_concurrent_explanations_equal_single_threaded(shared):
         "saliency": lambda: explain.attribute(model, img_b, False, "saliency"),
         "ig": lambda: explain.attribute(model, img_a, True, "integrated_gradients", **ig_kw),
         "activations": lambda: explain.layer_activations(model, img_b, True, "Stage 5", max_maps=4),
-        "sex_flip": lambda: np.array(list(explain.sex_flip(model, img_a, True).values())[:3], np.float64),
+        "sex_flip": lambda: np.array(list(explain.sex_flip(p, img_a, True).values())[:3], np.float64),
     }
     expected = {k: f() for k, f in jobs.items()}  # one at a time
     errors: list[str] = []

@@ -24,7 +24,7 @@ def enlarge(img: np.ndarray, k: int | None = None) -> np.ndarray:
 # -- which image ---------------------------------------------------------------------------------------------
 source = st.segmented_control("Radiograph", ["case", "upload"], default="case", required=True, key="ex_source",
                               format_func={"case": "A case from the data set", "upload": "Upload a radiograph"}.get)
-img = male = pred_text = feature = exclude = None
+img = male = pred_text = feature = exclude = views = None
 case_id = split = None
 if source == "case":
     chosen = common.selected_case()
@@ -55,6 +55,7 @@ if source == "case":
     pred_text = (f"Case **{case_id}** ({'male' if male else 'female'}): predicted **{row['boneage_pred']:.1f} months**, "
                  f"90% interval {row['lower_90']:.0f}-{row['upper_90']:.0f}, {ref}; stage {row['stage_pred']}.")
     feature = common.case_feature(case_id, split)
+    views = common.case_views(case_id, split)
     exclude = case_id
 else:
     c1, c2 = st.columns([2, 1])
@@ -68,7 +69,7 @@ else:
     except common.ImageLoadError as exc:
         st.error(common.md_escape(exc))
         st.stop()
-    img, feature = a.image, a.feature
+    img, feature, views = a.image, a.feature, a.extra_views
     iv = a.intervals.get("90")
     pred_text = (f"**{common.md_escape(up.name)}** ({'male' if male else 'female'}): predicted **{a.boneage_months:.1f} months**"
                  + (f", 90% interval {iv[0]:.0f}-{iv[1]:.0f}" if iv else "") + f"; stage {a.stage}.")
@@ -124,7 +125,7 @@ st.caption("Grad-CAM: regions whose features push the predicted age **up**. Sali
 
 # -- what if the sex were the other one -------------------------------------------------------------------------
 st.subheader("What if the sex were the other one?")
-flip = common.image_sex_flip(img, male)
+flip = common.image_sex_flip(img, male, views)
 c = st.columns(3)
 c[0].metric(f"As given ({'male' if male else 'female'})", f"{flip['age_as_given']:.1f} months")
 c[1].metric(f"As {'female' if male else 'male'}", f"{flip['age_flipped']:.1f} months",
