@@ -141,20 +141,33 @@ def image_dir_for(split: str) -> Path | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def case_image(case_id: str, split: str) -> np.ndarray | None:
-    """Preprocessed base-size uint8 image of a case in the shipped model's geometry (what the network
-    sees), or None without data."""
-    from boneage.data import load_case_image
-    from boneage.preprocess import to_uint8
+def case_prepared(case_id: str, split: str):
+    """A case's film as the shipped model reads it (:class:`boneage.preprocess.Prepared`: the uint8 base image and
+    its other phase views), or None without data or when the file cannot be read (with a warning)."""
+    from boneage.imaging import read_radiograph, safe_image_path
 
     folder = image_dir_for(split)
     if folder is None:
         return None
     try:
-        return to_uint8(load_case_image(folder, case_id, predictor().cfg.geometry))
+        return predictor().prepare(read_radiograph(safe_image_path(folder, case_id)))
     except ImageLoadError as exc:
         st.warning(str(exc))
         return None
+
+
+def case_image(case_id: str, split: str) -> np.ndarray | None:
+    """Preprocessed base-size uint8 image of a case in the shipped model's geometry (what the network
+    sees), or None without data."""
+    prepared = case_prepared(case_id, split)
+    return None if prepared is None else prepared.image
+
+
+def case_views(case_id: str, split: str) -> np.ndarray | None:
+    """The other phase views of a case's film (uint8), which its reading averages with :func:`case_image`;
+    None for a film with one view, or without data."""
+    prepared = case_prepared(case_id, split)
+    return None if prepared is None else prepared.extra_views
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -367,21 +380,6 @@ def image_sex_flip(image: np.ndarray, male: bool, extra_views: np.ndarray | None
     from boneage import explain
 
     return explain.sex_flip(predictor(), image, bool(male), extra_views)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def case_views(case_id: str, split: str) -> np.ndarray | None:
-    """The other phase views of a case's film in the shipped model's geometry (uint8), which its reading
-    averages with :func:`case_image`; None for a film with one view, or without data."""
-    from boneage.imaging import read_radiograph, safe_image_path
-
-    folder = image_dir_for(split)
-    if folder is None:
-        return None
-    try:
-        return predictor().prepare(read_radiograph(safe_image_path(folder, case_id))).extra_views
-    except ImageLoadError:
-        return None
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
