@@ -39,6 +39,7 @@ class StageConfig:
 
 
 TTA_VIEW_SETS = ("zooms", "shifts")  # ModelConfig.tta_views; the passes are boneage.inference.tta_views
+ANTIALIAS_SIZES = (0, 3, 5)  # ModelConfig.antialias: 0 for plain strides; the filters are boneage.model.BLUR_TAPS
 
 
 @dataclass
@@ -87,9 +88,9 @@ class ModelConfig:
         if self.tta_views not in TTA_VIEW_SETS:
             raise ValueError(f"unknown tta_views {self.tta_views!r} in the model config; "
                              f"one of {', '.join(TTA_VIEW_SETS)}")
-        if self.antialias not in (0, 3, 5):
+        if self.antialias not in ANTIALIAS_SIZES:
             raise ValueError(f"antialias {self.antialias!r} in the model config is not an anti-aliasing filter size; "
-                             "use 0 (plain strides), 3 or 5")
+                             f"use 0 (plain strides), {' or '.join(str(n) for n in ANTIALIAS_SIZES[1:])}")
 
     @property
     def geometry(self):

@@ -22,7 +22,8 @@ import pandas as pd
 
 from boneage import distributed
 from boneage.acquisition import KNOWN
-from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, TTA_VIEW_SETS, ModelConfig, TrainConfig
+from boneage.config import (ANTIALIAS_SIZES, ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, TTA_VIEW_SETS, ModelConfig,
+                            TrainConfig)
 from boneage.data import load_images
 from boneage.geometry import FITS, GeometryError
 from boneage.manifest import sha256_file
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
                          "and every input (boneage.laterality)")
     ap.add_argument("--mirror-invariant", action="store_true",
                     help="train with mirrored copies and average every prediction with its mirror image")
-    ap.add_argument("--antialias", type=int, choices=(0, 3, 5), default=ModelConfig.antialias,
+    ap.add_argument("--antialias", type=int, choices=ANTIALIAS_SIZES, default=ModelConfig.antialias,
                     help="low-pass filter size at every stride of 2 of the backbone (0: plain strides); "
                          "weights of either kind warm-start the other")
     ap.add_argument("--tta-views", choices=TTA_VIEW_SETS, default="shifts",

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from boneage.config import ModelConfig, model_config_from_dict
-from boneage.model import AntiAliasedConv2d, BoneAgeNet, fold_batchnorm
+from boneage.config import ANTIALIAS_SIZES, ModelConfig, model_config_from_dict
+from boneage.model import BLUR_TAPS, AntiAliasedConv2d, BoneAgeNet, fold_batchnorm
 
 
 def test_layer_is_a_stride_one_convolution_blurred_then_subsampled():
@@ -107,3 +107,4 @@ def test_config_checks_and_old_configs():
     with pytest.raises(ValueError, match="smallcnn"):
         BoneAgeNet(ModelConfig(backbone="smallcnn", antialias=3), pretrained=False)
     assert model_config_from_dict({"backbone": "efficientnet-lite0", "input_size": 160}).antialias == 0
+    assert set(ANTIALIAS_SIZES) == {0, *BLUR_TAPS}  # every size a config may name has its filter
