@@ -91,6 +91,9 @@ class ModelConfig:
         if self.antialias not in ANTIALIAS_SIZES:
             raise ValueError(f"antialias {self.antialias!r} in the model config is not an anti-aliasing filter size; "
                              f"use 0 (plain strides), {' or '.join(str(n) for n in ANTIALIAS_SIZES[1:])}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout {self.dropout!r} in the model config must lie in [0, 1): the fraction of the "
+                             "head's inputs dropped while training")
 
     @property
     def geometry(self):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -30,6 +31,18 @@ from boneage.manifest import sha256_file
 from boneage.training import ResumeCheckpointError, train_model
 from pipelines.cli import data_dir_or_report
 from pipelines.prepare import prepare_splits
+
+
+def _dropout(text: str) -> float:
+    """``--dropout``: a fraction in [0, 1), refused by argparse (exit 2, the flag named) otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dropout fraction; give a number from 0 up to, "
+                                         "but not including, 1")
+    return value
 
 
 def main(argv=None) -> int:
@@ -78,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--antialias", type=int, choices=ANTIALIAS_SIZES, default=ModelConfig.antialias,
                     help="low-pass filter size at every stride of 2 of the backbone (0: plain strides); "
                          "weights of either kind warm-start the other")
+    ap.add_argument("--dropout", type=_dropout, default=ModelConfig.dropout,
+                    help="dropout before the head's hidden layer while training (inference never drops)")
     ap.add_argument("--tta-views", choices=TTA_VIEW_SETS, default="shifts",
                     help="the passes the model's test-time augmentation averages (saved with the model)")
     ap.add_argument("--aug-rotate", type=float, default=TrainConfig.aug_rotate_deg, help="max rotation, degrees")
@@ -137,7 +152,7 @@ def _run(args, info: distributed.DistInfo) -> int:
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, base_size=args.base_size,
                             fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant,
                             trim_bars=args.trim_bars, laterality=args.laterality, phases=args.phases or (3 if args.fit == "squeeze" else 1),
-                            antialias=args.antialias, tta_views=args.tta_views)
+                            antialias=args.antialias, tta_views=args.tta_views, dropout=args.dropout)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,

@@ -37,7 +37,7 @@ def trained(tmp_path_factory, data_dir, repo_root, subprocess_env):
     out = work / "model"
     proc = _run(["pipelines.train", "--splits", str(splits), "--out", str(out), "--max-train-cases", "32",
                  "--max-val-cases", "16", "--input-size", "64", "--epochs", "1", "--batch-size", "16",
-                 "--quiet", "--no-resume"], subprocess_env, repo_root, timeout=600)
+                 "--dropout", "0.1", "--quiet", "--no-resume"], subprocess_env, repo_root, timeout=600)
     assert proc.returncode == 0, f"training failed:\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
     return out, splits, proc
 
@@ -68,6 +68,7 @@ def test_training_writes_model_config_and_history(trained):
     assert cfg["splits_file"] == "splits.csv"
     assert cfg["n_train"] == 32 and cfg["n_val"] == 16
     assert cfg["model"]["input_size"] == 64 and cfg["model"]["backbone"] == "efficientnet-lite0"
+    assert cfg["model"]["dropout"] == 0.1  # --dropout is saved with the model
     assert cfg["train"]["epochs"] == 1 and cfg["train"]["max_train_cases"] == 32
     assert cfg["epochs_run"] == 1 and cfg["best_epoch"] == 1
     assert math.isfinite(cfg["best_val_mae"]) and cfg["best_val_mae"] > 0
@@ -181,4 +182,13 @@ def test_train_names_an_unknown_acquisition_family(repo_root, subprocess_env, tm
                  "--max-train-cases", "8", "--out", str(tmp_path / "run")], subprocess_env, repo_root)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown ['mirror']" in proc.stderr and "jpeg, downscale, crop, border, rotate" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "half"])
+def test_train_refuses_a_dropout_that_is_not_a_fraction(value, repo_root, subprocess_env, tmp_path):
+    proc = _run(["pipelines.train", "--dropout", value, "--max-train-cases", "8", "--out", str(tmp_path / "run")],
+                subprocess_env, repo_root)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--dropout" in proc.stderr and "not a dropout fraction" in proc.stderr
     assert not (tmp_path / "run").exists()
