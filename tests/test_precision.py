@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from boneage.imaging import read_radiograph
-from boneage.precision import (PERTURBATIONS, PerturbationStats, border, crop, downscale, gamma, jpeg, mirror,
-                               reading_changes, rotate, summarise)
+from boneage.precision import (DIAGNOSTICS, PERTURBATIONS, PerturbationStats, border, crop, downscale, gamma, jpeg,
+                               mirror, perturbation, reading_changes, rotate, summarise)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +58,33 @@ def test_reading_changes_calls_the_reader_once_per_perturbation(film):
     assert (out["border_20pct"] < 0).all()  # a black border lowers the mean
 
 
-def test_precision_cli_writes_the_report(data_dir, subprocess_env, tmp_path):
+def test_diagnostics_resample_without_turning_or_cropping(film):
+    assert not set(DIAGNOSTICS) & set(PERTURBATIONS)
+    back, turned = DIAGNOSTICS["rotate_+10_back"][1](film), rotate(film, 10)
+    assert back.shape == film.shape == DIAGNOSTICS["rotate_+0.5"][1](film).shape == DIAGNOSTICS["jpeg_q95"][1](film).shape
+    inner = (slice(film.shape[0] // 4, -film.shape[0] // 4), slice(film.shape[1] // 4, -film.shape[1] // 4))
+    # there and back lands on the film again (blurred), where the turn alone does not
+    assert np.abs(back - film)[inner].mean() < 0.25 * np.abs(turned - film)[inner].mean()
+    assert 0 < np.abs(jpeg(film, 95) - film).mean() < np.abs(jpeg(film, 70) - film).mean()
+    assert perturbation("jpeg_q95") is DIAGNOSTICS["jpeg_q95"] and perturbation("crop_8pct") is PERTURBATIONS["crop_8pct"]
+    with pytest.raises(ValueError, match="unknown perturbation 'sharpen'.*rotate_\\+10_back"):
+        perturbation("sharpen")
+
+
+def test_reading_changes_measures_named_diagnostics(film):
+    reader = lambda arrays, male: np.array([float(np.mean(a)) for a in arrays])  # noqa: E731
+    out = reading_changes(reader, [film], np.array([True]), ["crop_8pct", *DIAGNOSTICS])
+    assert list(out) == ["crop_8pct", *DIAGNOSTICS]
+    stats, _ = summarise({k: out[k] for k in DIAGNOSTICS})
+    assert [s.description for s in stats] == [d for d, _ in DIAGNOSTICS.values()]
+
+
+@pytest.mark.parametrize("diagnostics", [False, True])
+def test_precision_cli_writes_the_report(diagnostics, data_dir, subprocess_env, tmp_path):
     out = tmp_path / "precision.json"
     r = subprocess.run([sys.executable, "-m", "pipelines.precision", "--n-internal", "2", "--n-official", "2",
-                        "--out", str(out), "--quiet"], env=subprocess_env, capture_output=True, text=True, timeout=600)
+                        "--out", str(out), "--quiet", *(["--diagnostics"] if diagnostics else [])],
+                       env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
     assert set(rep["sets"]) == {"internal_test", "official_test"}
@@ -69,3 +92,13 @@ def test_precision_cli_writes_the_report(data_dir, subprocess_env, tmp_path):
         assert [x["name"] for x in rows] == list(PERTURBATIONS)
         assert all(x["n"] == 2 and x["mean_abs"] >= 0 for x in rows)
     assert rep["geometry"] and len(rep["model_sha256"]) >= 64 and "border_20pct" in r.stdout
+    # the targets are the benchmark's perturbations only, whatever the diagnostics say
+    assert rep["all_targets_met"] == all(x["meets_target"] for rows in rep["sets"].values() for x in rows)
+    if not diagnostics:
+        assert "diagnostics" not in rep and "diagnostic" not in r.stdout
+        return
+    assert set(rep["diagnostics"]) == {"internal_test", "official_test"}
+    for rows in rep["diagnostics"].values():
+        assert [x["name"] for x in rows] == list(DIAGNOSTICS)
+        assert all(x["n"] == 2 and x["mean_abs"] >= 0 and "meets_target" not in x for x in rows)
+    assert r.stdout.count("diagnostic") == 2 * len(DIAGNOSTICS)
