@@ -75,7 +75,9 @@ class Destination:
 class NodeConfig:
     """How the node runs. ``default_sex``: True (male) / False (female) for images whose header has no
     PatientSex, None to refuse them. ``site``: a site profile applied to every reading (name in artifacts/sites
-    or a path). ``outlier_check``: mark images unlike the training radiographs (shipped model only)."""
+    or a path). ``outlier_check``: mark images unlike the training radiographs (shipped model only).
+    ``allowed_callers``: the calling AE titles whose associations are accepted (empty: any caller); others are
+    rejected during association negotiation, before any image is received."""
     destination: Destination
     ae_title: str = "BONEAGE"
     host: str = "127.0.0.1"
@@ -87,6 +89,7 @@ class NodeConfig:
     queue_size: int = 8
     sc_series_number: int = 9901
     sr_series_number: int = 9902
+    allowed_callers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -130,6 +133,8 @@ class BoneAgeNode:
         for uid in ACCEPTED_SOP_CLASSES:
             self.ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         self.ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
+        if config.allowed_callers:  # A-ASSOCIATE-RJ "calling AE title not recognised" for any other caller
+            self.ae.require_calling_aet = list(config.allowed_callers)
         self._handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
         self._server = None
         self._worker = threading.Thread(target=self._work, name="boneage-assess", daemon=True)
@@ -143,6 +148,8 @@ class BoneAgeNode:
         log.info("DICOM node %s listening on %s:%d; results go to %s@%s:%d", self.config.ae_title, self.config.host,
                  self.config.port, self.config.destination.ae_title, self.config.destination.host,
                  self.config.destination.port)
+        log.info("accepting associations from %s", ", ".join(self.config.allowed_callers) if self.config.allowed_callers
+                 else "any calling AE title (--allow-aet limits them)")
 
     def stop(self) -> None:
         if self._server is not None:
@@ -304,6 +311,8 @@ def main(argv=None) -> int:
                     help="mark images unlike the training radiographs (shipped model only; default on)")
     ap.add_argument("--queue-size", type=int, default=8, help="images waiting for assessment before the node "
                                                                 "answers 'busy' (default 8)")
+    ap.add_argument("--allow-aet", action="append", default=[], metavar="TITLE",
+                    help="accept associations only from this calling AE title (repeat for several; default: any)")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
@@ -312,11 +321,13 @@ def main(argv=None) -> int:
     for name, port in (("--port", args.port), ("--dest-port", args.dest_port)):
         if not 0 < port < 65536:
             ap.error(f"{name} {port} is not a TCP port (1-65535)")
-    if not args.ae_title.strip() or len(args.ae_title) > 16 or not args.dest_ae.strip() or len(args.dest_ae) > 16:
-        ap.error("AE titles have 1 to 16 characters")
+    titles = [args.ae_title, args.dest_ae, *args.allow_aet]
+    if any(not t.strip() or len(t) > 16 for t in titles):
+        ap.error(f"AE titles have 1 to 16 characters: {', '.join(repr(t) for t in titles if not t.strip() or len(t) > 16)}")
     config = NodeConfig(_destination(args), args.ae_title, args.host, args.port,
                         {"M": True, "F": False}.get(args.default_sex) if args.default_sex else None,
-                        args.site, args.model_dir, args.outlier_check, args.queue_size)
+                        args.site, args.model_dir, args.outlier_check, args.queue_size,
+                        allowed_callers=tuple(t.strip() for t in args.allow_aet))
     if problem := port_problem(config.host, config.port):  # before the model is loaded: fail fast
         print(f"error: {problem}", file=sys.stderr)
         return 2

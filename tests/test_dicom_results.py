@@ -259,3 +259,42 @@ def test_whole_image_models_get_their_map_on_the_radiograph_itself(source):
     assert np.array_equal(left, np.repeat(shown[..., None], 3, axis=2))  # the radiograph, untouched
     assert np.array_equal(right, overlay(shown, heat, 0.45))  # the same radiograph under the map
     assert "Right: the same radiograph under the model's Grad-CAM map" in " ".join(lines)
+
+
+def test_only_the_allowed_calling_ae_titles_may_associate():
+    from pynetdicom import AE
+
+    from pipelines.cli import free_loopback_port
+
+    port = free_loopback_port()
+    node = BoneAgeNode(NodeConfig(Destination("PACS", "127.0.0.1", 104), port=port, allowed_callers=("PACS",)),
+                       predictor=None)
+    node.start()
+    try:
+        def echo_as(title: str):
+            ae = AE(ae_title=title)
+            ae.add_requested_context("1.2.840.10008.1.1")
+            assoc = ae.associate("127.0.0.1", port, ae_title="BONEAGE")
+            if not assoc.is_established:
+                return assoc, None
+            status = assoc.send_c_echo()
+            assoc.release()
+            return assoc, status
+
+        stranger, _ = echo_as("STRANGER")
+        assert stranger.is_rejected and not stranger.is_established
+        pacs, status = echo_as("PACS")
+        assert pacs.is_established is False and status.Status == 0x0000  # released after a successful echo
+    finally:
+        node.stop()
+
+
+def test_cli_refuses_an_allowed_ae_title_that_is_too_long(subprocess_env, repo_root):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "pipelines.dicom_node", "--dest-ae", "PACS", "--dest-host",
+                           "127.0.0.1", "--dest-port", "104", "--allow-aet", "A" * 17], cwd=repo_root,
+                          env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "AE titles have 1 to 16 characters" in proc.stderr and "A" * 17 in proc.stderr
