@@ -154,8 +154,9 @@ class PrecisionReport:
     diagnostics: dict[str, list[PerturbationStats]] = field(default_factory=dict)  # not targets, not pooled
 
     def all_met(self) -> bool:
-        """Every benchmark perturbation of every set meets its targets (diagnostics do not count)."""
-        return all(s.meets_target for stats in self.sets.values() for s in stats)
+        """Every benchmark perturbation of every set meets its targets (diagnostics do not count); False when
+        nothing was measured."""
+        return bool(self.sets) and all(s.meets_target for stats in self.sets.values() for s in stats)
 
 
 def summarise(changes: dict[str, np.ndarray]) -> tuple[list[PerturbationStats], float]:
@@ -177,6 +178,8 @@ def reading_changes(predict: Callable[[list[np.ndarray], np.ndarray], np.ndarray
     :data:`DIAGNOSTICS`; the default is the benchmark's perturbations.
     """
     names = list(PERTURBATIONS) if names is None else names
+    if not images:
+        return {n: np.zeros(0) for n in names}
     base = np.asarray(predict(images, male), np.float64)
     return {n: np.asarray(predict([perturbation(n)[1](a) for a in images], male), np.float64) - base
             for n in names}

@@ -284,6 +284,7 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
                                              generator=torch.Generator().manual_seed(train_cfg.seed + epoch))
         ep_t0 = time.time()
         loss_sum, ae_sum, n_seen = 0.0, 0.0, 0
+        apart_sum = 0.0  # |plain reading - other acquisition's reading|, months (with consistency)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
                    disable=not progress, mininterval=5)
         for xb, yb, mb in bar:
@@ -324,9 +325,11 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
                 ema.update_parameters(model)
             loss_sum += float(loss.detach()) * n
             ae_sum += float((out.age.detach()[:n] - yb[:n]).abs().sum())  # the images as they are
+            if train_cfg.consistency > 0:
+                apart_sum += float((out.age.detach()[:n] - out.age.detach()[n:]).abs().sum())
             n_seen += n
             bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", mae=f"{ae_sum / n_seen:.1f}")
-        loss_sum, ae_sum, n_seen = D.sum_across([loss_sum, ae_sum, n_seen], device)
+        loss_sum, ae_sum, apart_sum, n_seen = D.sum_across([loss_sum, ae_sum, apart_sum, n_seen], device)
         D.broadcast_module(model)  # BatchNorm statistics: every rank validates and keeps rank 0's network
         if ema is not None:
             D.broadcast_module(ema)
@@ -340,6 +343,9 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         val_nll = float(np.mean(np.log(2 * vp.scale) + np.abs(vy - vp.age) / vp.scale))
         row = {"epoch": epoch_offset + epoch + 1, "stage": stage_no, "train_loss": loss_sum / max(n_seen, 1), "train_mae": ae_sum / max(n_seen, 1),
                "val_nll": val_nll, "val_mae": val_mae, "lr": opt.param_groups[0]["lr"]}
+        if train_cfg.consistency > 0:
+            # whether training for precision is being learned: the two readings of a training hand, apart
+            row["train_disagreement"] = apart_sum / max(n_seen, 1)
         candidates = [("raw", val_mae, model)]
         if ep is not None:
             row["val_mae_ema"] = float(np.mean(np.abs(ep.age - vy)))
@@ -367,7 +373,8 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
                                                     "best_val_mae": best_mae, "best_weights": best_kind,
                                                     "epochs_run": len(history),
                                                     "train_seconds": elapsed})
-        print(f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} MAE {row['train_mae']:.2f} | "
+        apart = f" apart {row['train_disagreement']:.2f}" if "train_disagreement" in row else ""
+        print(f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} MAE {row['train_mae']:.2f}{apart} | "
               f"val MAE {val_mae:.2f}" + (f" (EMA {row['val_mae_ema']:.2f})" if ema is not None else "") +
               f" {'*' if improved else ''} ({row['seconds']:.0f}s)", flush=True)
     total = elapsed_before + time.time() - t0

@@ -1,14 +1,15 @@
 """Precision benchmark: does the same hand get the same reading however it was framed, rotated or exposed?
 
     python -m pipelines.precision [--data-dir DIR] [--model-dir artifacts/model] [--n-internal 300]
-                                  [--n-official 200] [--out artifacts/precision.json] [--diagnostics]
+                                  [--n-official 200] [--out artifacts/precision.json] [--no-diagnostics]
 
 Every perturbation of :mod:`boneage.precision` is applied to a seeded sample of the internal test split
 (100 px files) and to the official test radiographs (native size; no labels needed, so all 200), and the
 reading of each perturbed radiograph is compared with the original's. Prints a table and writes the JSON
-the Uncertainty page and the model card show. ``--diagnostics`` adds the changes that keep the hand as it
-was and only resample or re-encode its pixels (:data:`boneage.precision.DIAGNOSTICS`): the floor under every
-perturbation, reported beside the targets, never counted in them.
+the Uncertainty page and the model card show. Beside the targets it measures the diagnostics
+(:data:`boneage.precision.DIAGNOSTICS`; ``--no-diagnostics`` leaves them out): changes that keep the hand as
+it was and only resample or re-encode its pixels, the floor under every perturbation, never counted in the
+targets.
 """
 from __future__ import annotations
 
@@ -58,22 +59,24 @@ def load_set(cases: pd.DataFrame, image_dir: Path) -> tuple[list[np.ndarray], np
 
 
 def run(predictor: BoneAgePredictor, data_dir: Path, splits_path: Path, n_internal: int, n_official: int,
-        progress: bool = True, diagnostics: bool = False) -> tuple[PrecisionReport, dict]:
+        progress: bool = True, diagnostics: bool = False, internal_split: str = "test") -> tuple[PrecisionReport, dict]:
+    """The benchmark on a seeded sample of ``internal_split`` (set ``internal_<split>``) and the official films."""
     splits = pd.read_csv(splits_path, dtype={"id": str})
-    internal = splits[splits["split"] == "test"]
+    internal = splits[splits["split"] == internal_split]
     internal = internal.sample(min(n_internal, len(internal)), random_state=SAMPLE_SEED).reset_index(drop=True)
     official = read_cases(data_dir / "test.csv").cases.head(n_official)
     report, sizes = PrecisionReport(), {}
-    for name, cases, folder in (("internal_test", internal, data_dir / "train"),
+    for name, cases, folder in ((f"internal_{internal_split}", internal, data_dir / "train"),
                                 ("official_test", official, data_dir / "test")):
         arrays, male, failed = load_set(cases, folder)
+        report.failed[name], sizes[name] = failed, len(arrays)
+        if not arrays:  # none asked for (--n-... 0), or none readable (the failures say why): no statistics
+            continue
         names = [*PERTURBATIONS, *(DIAGNOSTICS if diagnostics else ())]
         changes = reading_changes(_reader(predictor, progress, name, len(names)), arrays, male, names)
         report.sets[name], report.pooled_sd[name] = summarise({k: changes[k] for k in PERTURBATIONS})
         if diagnostics:
             report.diagnostics[name] = summarise({k: changes[k] for k in DIAGNOSTICS})[0]
-        report.failed[name] = failed
-        sizes[name] = len(arrays)
     return report, sizes
 
 
@@ -83,12 +86,18 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir", default=str(MODEL_DIR))
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--n-internal", type=int, default=300, help="seeded sample of the internal test split")
+    ap.add_argument("--internal-split", choices=("test", "val", "train"), default="test",
+                    help="split the internal sample is drawn from (default test; train shows whether training for "
+                         "precision made the network steady on the very images it trained on)")
     ap.add_argument("--n-official", type=int, default=200, help="official test radiographs (first N)")
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "precision.json"))
-    ap.add_argument("--diagnostics", action="store_true",
-                    help="also measure the resampling and re-encoding floor (no targets; written as 'diagnostics')")
+    ap.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the resampling and re-encoding floor (no targets; written as 'diagnostics'; "
+                         "default on)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if min(args.n_internal, args.n_official) < 0 or args.n_internal + args.n_official == 0:
+        ap.error("--n-internal and --n-official count radiographs: 0 or more each, and at least one in all")
     data_dir = data_dir_or_report(args.data_dir)
     if data_dir is None:
         return 2
@@ -99,13 +108,14 @@ def main(argv=None) -> int:
         return 2
     t0 = time.time()
     report, sizes = run(predictor, data_dir, Path(args.splits), args.n_internal, args.n_official, not args.quiet,
-                        args.diagnostics)
+                        args.diagnostics, args.internal_split)
+    internal = f"internal_{args.internal_split}"
     cfg = predictor.cfg
     out = {
         "model_sha256": model_fingerprint(Path(args.model_dir)),
         "geometry": cfg.geometry.key(), "phases": cfg.geometry.phases, "mirror_invariant": cfg.mirror_invariant, "tta": predictor.tta,
         "targets": {"mean_abs_months": TARGET_MEAN_ABS, "p95_abs_months": TARGET_P95_ABS},
-        "sample": {"internal_test": f"{sizes['internal_test']} cases, pandas sample random_state={SAMPLE_SEED}",
+        "sample": {internal: f"{sizes[internal]} cases, pandas sample random_state={SAMPLE_SEED}",
                    "official_test": f"{sizes['official_test']} radiographs (labels not used)"},
         "sets": {k: [to_jsonable(s) for s in v] for k, v in report.sets.items()},
         "test_retest_sd": report.pooled_sd, "failed": report.failed, "all_targets_met": report.all_met(),
@@ -114,6 +124,10 @@ def main(argv=None) -> int:
     if report.diagnostics:
         out["diagnostics"] = {k: [{f: v for f, v in to_jsonable(s).items() if f != "meets_target"} for s in rows]
                               for k, rows in report.diagnostics.items()}
+    if not report.sets:
+        print("error: no radiograph of either set could be read, so nothing was measured: "
+              + "; ".join(f for fails in report.failed.values() for f in fails[:3]), file=sys.stderr)
+        return 2
     write_json_atomic(Path(args.out), out)
     for name, stats in report.sets.items():
         print(f"\n{name} ({sizes[name]} images; test-retest SD over all perturbations "

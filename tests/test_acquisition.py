@@ -126,6 +126,8 @@ def test_training_with_consistency_reads_every_image_twice(data_dir, tmp_path, m
     assert seen == [16, 16]  # two batches of 8 hands, each read as it is and as acquired differently
     hist = pd.read_csv(tmp_path / "history.csv")
     assert np.isfinite(hist[["train_loss", "train_mae", "val_mae"]].to_numpy()).all()
+    # how far apart the two readings of a training hand were (months): what training for precision pulls down
+    assert hist["train_disagreement"].iloc[0] > 0 and np.isfinite(hist["train_disagreement"].iloc[0])
     assert res.best_val_mae > 0
     import json
 

@@ -158,6 +158,12 @@ def test_uncertainty_page_shows_the_precision_benchmark(store, without_data):
         assert table["mean_abs"].round(4).tolist() == [round(r["mean_abs"], 4) for r in rows]
     for name, sd in prec["test_retest_sd"].items():
         assert f"test-retest SD over all changes {sd:.2f} months" in shown
+    # the floor beside each set: resampling and re-encoding only, no target column
+    floors = [d.value for d in at.dataframe if "mean_signed" in d.value.columns and "meets_target" not in d.value.columns]
+    assert set(prec["diagnostics"]) == set(prec["sets"]) and len(floors) == len(prec["diagnostics"])
+    for table, rows in zip(floors, prec["diagnostics"].values()):
+        assert table["mean_abs"].round(4).tolist() == [round(r["mean_abs"], 4) for r in rows]
+    assert "The floor (diagnostics, not targets)" in shown
     if not prec["all_targets_met"]:
         assert "Not every change meets the precision target" in shown
 

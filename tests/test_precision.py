@@ -79,15 +79,17 @@ def test_reading_changes_measures_named_diagnostics(film):
     assert [s.description for s in stats] == [d for d, _ in DIAGNOSTICS.values()]
 
 
-@pytest.mark.parametrize("diagnostics", [False, True])
-def test_precision_cli_writes_the_report(diagnostics, data_dir, subprocess_env, tmp_path):
+@pytest.mark.parametrize("diagnostics, split, n_official", [(True, "test", 2), (False, "train", 0)])
+def test_precision_cli_writes_the_report(diagnostics, split, n_official, data_dir, subprocess_env, tmp_path):
     out = tmp_path / "precision.json"
-    r = subprocess.run([sys.executable, "-m", "pipelines.precision", "--n-internal", "2", "--n-official", "2",
-                        "--out", str(out), "--quiet", *(["--diagnostics"] if diagnostics else [])],
+    r = subprocess.run([sys.executable, "-m", "pipelines.precision", "--n-internal", "2", "--n-official",
+                        str(n_official), "--out", str(out), "--quiet", "--internal-split", split,
+                        *([] if diagnostics else ["--no-diagnostics"])],
                        env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
-    assert set(rep["sets"]) == {"internal_test", "official_test"}
+    measured = {f"internal_{split}", *(["official_test"] if n_official else [])}
+    assert set(rep["sets"]) == measured and set(rep["sample"]) == {f"internal_{split}", "official_test"}
     for rows in rep["sets"].values():
         assert [x["name"] for x in rows] == list(PERTURBATIONS)
         assert all(x["n"] == 2 and x["mean_abs"] >= 0 for x in rows)
@@ -97,8 +99,24 @@ def test_precision_cli_writes_the_report(diagnostics, data_dir, subprocess_env, 
     if not diagnostics:
         assert "diagnostics" not in rep and "diagnostic" not in r.stdout
         return
-    assert set(rep["diagnostics"]) == {"internal_test", "official_test"}
+    assert set(rep["diagnostics"]) == measured
     for rows in rep["diagnostics"].values():
         assert [x["name"] for x in rows] == list(DIAGNOSTICS)
         assert all(x["n"] == 2 and x["mean_abs"] >= 0 and "meets_target" not in x for x in rows)
-    assert r.stdout.count("diagnostic") == 2 * len(DIAGNOSTICS)
+    assert r.stdout.count("diagnostic") == len(measured) * len(DIAGNOSTICS)
+
+
+def test_precision_cli_refuses_an_empty_sample(subprocess_env, tmp_path):
+    out = tmp_path / "precision.json"
+    r = subprocess.run([sys.executable, "-m", "pipelines.precision", "--n-internal", "0", "--n-official", "0",
+                        "--out", str(out)], env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "at least one in all" in r.stderr
+    assert not out.exists()
+
+
+def test_nothing_measured_is_not_every_target_met():
+    from boneage.precision import PrecisionReport
+
+    assert reading_changes(lambda arrays, male: np.zeros(len(arrays)), [], np.zeros(0, bool)) == {
+        n: pytest.approx(np.zeros(0)) for n in PERTURBATIONS}
+    assert not PrecisionReport().all_met()

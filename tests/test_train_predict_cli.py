@@ -75,6 +75,7 @@ def test_training_writes_model_config_and_history(trained):
     hist = pd.read_csv(out / "history.csv")
     assert hist["epoch"].tolist() == [1]
     assert {"train_loss", "train_mae", "val_mae", "val_nll", "lr", "seconds"} <= set(hist.columns)
+    assert "train_disagreement" not in hist.columns  # only training for precision has two readings to compare
     assert hist["val_mae"].iloc[0] == pytest.approx(cfg["best_val_mae"])
     assert np.isfinite(hist[["train_loss", "train_mae", "val_mae"]].to_numpy()).all()
 

@@ -163,6 +163,16 @@ else:
             "mean_signed": st.column_config.NumberColumn("mean shift", format="%+.2f"),
             "test_retest_sd": st.column_config.NumberColumn("test-retest SD", format="%.2f"),
             "meets_target": st.column_config.CheckboxColumn("target met")})
+        if diag := prec.get("diagnostics", {}).get(set_name):
+            st.caption("The floor (diagnostics, not targets): the hand unchanged, only its pixels resampled or "
+                       "re-encoded. A change above that moves the reading no more than these does so by its "
+                       "resampling, not by what it does to the hand.")
+            st.dataframe(pd.DataFrame(diag)[["description", "mean_abs", "p95_abs", "mean_signed"]], hide_index=True,
+                         column_config={
+                             "description": "resampling or re-encoding only",
+                             "mean_abs": st.column_config.NumberColumn("mean |change| (months)", format="%.2f"),
+                             "p95_abs": st.column_config.NumberColumn("95th pct |change|", format="%.2f"),
+                             "mean_signed": st.column_config.NumberColumn("mean shift", format="%+.2f")})
     if not prec.get("all_targets_met"):
         st.warning("Not every change meets the precision target: a follow-up reading of the same child can move "
                    "by more than the table's 95th percentiles for reasons that are not growth.", icon=":material/warning:")
