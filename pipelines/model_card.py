@@ -139,7 +139,7 @@ def _precision_lines(art: Path) -> list[str]:
                   f"{_fmt(r['test_retest_sd'])} | {'met' if r['meets_target'] else 'missed'} |" for r in rows]
         lines.append("")
         if diag := prec.get("diagnostics", {}).get(name):
-            lines += [f"{name}, the floor (`--diagnostics`; not targets): the hand unchanged, only its pixels "
+            lines += [f"{name}, the floor (diagnostics, not targets): the hand unchanged, only its pixels "
                       "resampled or re-encoded. A perturbation that moves the reading no more than these does so by "
                       "its resampling, not by what it changes in the hand.", "",
                       "| change | mean abs | p95 abs | mean shift |", "|---|---|---|---|"]
