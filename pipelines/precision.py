@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
     ap.add_argument("--model-dir", default=str(MODEL_DIR))
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
-    ap.add_argument("--n-internal", type=int, default=300, help="seeded sample of the internal split (--internal-split, default test)")
+    ap.add_argument("--n-internal", type=int, default=300,
+                    help="seeded sample of the internal split (--internal-split, default test)")
     ap.add_argument("--internal-split", choices=("test", "val", "train"), default="test",
                     help="split the internal sample is drawn from (default test; train shows whether training for "
                          "precision made the network steady on the very images it trained on)")
