@@ -489,15 +489,9 @@ def sex_flip(predictor: BoneAgePredictor, image: np.ndarray, male: bool,
     ``image`` and ``extra_views`` (the film's other phase views, None for one view) as
     :meth:`BoneAgePredictor.prepare` gave them. Both readings go through :meth:`BoneAgePredictor.read`, the
     reading every door gives (phase views, the laterality blend, test-time augmentation and ensemble members
-    included), so "as given" is the very prediction shown beside it."""
+    included; :meth:`BoneAgePredictor.read_films`), so "as given" is the very prediction shown beside it."""
     img = np.asarray(image)
-    views = None if extra_views is None or not len(extra_views) else np.asarray(extra_views)
-    both_views = owner = None
-    if views is not None:
-        both_views = np.concatenate([views, views])
-        owner = np.repeat(np.array([0, 1]), len(views))
-    ages = predictor.read(np.stack([img, img]), np.array([bool(male), not bool(male)]),
-                          extra_views=both_views, extra_owner=owner).age
+    ages = predictor.read_films([img, img], [extra_views, extra_views], np.array([bool(male), not bool(male)])).age
     given, flipped = float(ages[0]), float(ages[1])
     return {"age_as_given": given, "age_flipped": flipped, "difference": flipped - given,
             "male_as_given": bool(male)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,9 +332,15 @@ class BoneAgePredictor:
 
     def read_prepared(self, prepared: list[Prepared], male: np.ndarray, return_features: bool = False) -> RawPredictions:
         """:meth:`read` of :class:`Prepared` films, their phase views included."""
-        extra = [(i, p.extra_views) for i, p in enumerate(prepared) if p.extra_views is not None]
+        return self.read_films([p.image for p in prepared], [p.extra_views for p in prepared], male, return_features)
+
+    def read_films(self, images: Sequence[np.ndarray], extra_views: Sequence[np.ndarray | None], male: np.ndarray,
+                   return_features: bool = False) -> RawPredictions:
+        """:meth:`read` of films each given as its base image and its own other phase views (None or empty for
+        a film with one view), as :meth:`prepare` gives them."""
+        extra = [(i, v) for i, v in enumerate(extra_views) if v is not None and len(v)]
         owner = np.concatenate([np.full(len(v), i) for i, v in extra]) if extra else None
-        return self.read(np.stack([p.image for p in prepared]), male, return_features,
+        return self.read(np.stack(images), male, return_features,
                          np.concatenate([v for _, v in extra]) if extra else None, owner)
 
     def read_loaded(self, loaded, return_features: bool = False) -> RawPredictions:
