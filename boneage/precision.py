@@ -107,12 +107,14 @@ DIAGNOSTICS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
 }
 
 
+_BY_NAME = {**PERTURBATIONS, **DIAGNOSTICS}
+
+
 def perturbation(name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
     """(description, function) of a benchmark perturbation or a diagnostic, by name."""
-    found = PERTURBATIONS.get(name) or DIAGNOSTICS.get(name)
-    if found is None:
-        raise ValueError(f"unknown perturbation {name!r}; choose from {', '.join([*PERTURBATIONS, *DIAGNOSTICS])}")
-    return found
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown perturbation {name!r}; choose from {', '.join(_BY_NAME)}")
+    return _BY_NAME[name]
 
 
 # Targets of the precision issue: every perturbation's mean absolute change and its 95th percentile.
@@ -162,8 +164,7 @@ class PrecisionReport:
 def summarise(changes: dict[str, np.ndarray]) -> tuple[list[PerturbationStats], float]:
     """Statistics per perturbation from ``{name: perturbed - original readings}``, and the pooled
     test-retest SD over every pair."""
-    stats = [PerturbationStats.from_changes(n, perturbation(n)[0] if n in PERTURBATIONS or n in DIAGNOSTICS else n, d)
-             for n, d in changes.items()]
+    stats = [PerturbationStats.from_changes(n, _BY_NAME[n][0] if n in _BY_NAME else n, d) for n, d in changes.items()]
     pooled = np.concatenate([np.asarray(d, np.float64) for d in changes.values()]) if changes else np.zeros(0)
     pooled = pooled[np.isfinite(pooled)]
     return stats, float(np.sqrt(np.mean(pooled ** 2) / 2)) if len(pooled) else math.nan

@@ -321,9 +321,9 @@ def main(argv=None) -> int:
     for name, port in (("--port", args.port), ("--dest-port", args.dest_port)):
         if not 0 < port < 65536:
             ap.error(f"{name} {port} is not a TCP port (1-65535)")
-    titles = [args.ae_title, args.dest_ae, *args.allow_aet]
-    if any(not t.strip() or len(t) > 16 for t in titles):
-        ap.error(f"AE titles have 1 to 16 characters: {', '.join(repr(t) for t in titles if not t.strip() or len(t) > 16)}")
+    bad = [t for t in (args.ae_title, args.dest_ae, *args.allow_aet) if not t.strip() or len(t) > 16]
+    if bad:
+        ap.error(f"AE titles have 1 to 16 characters: {', '.join(repr(t) for t in bad)}")
     config = NodeConfig(_destination(args), args.ae_title, args.host, args.port,
                         {"M": True, "F": False}.get(args.default_sex) if args.default_sex else None,
                         args.site, args.model_dir, args.outlier_check, args.queue_size,

@@ -110,6 +110,10 @@ def main(argv=None) -> int:
     t0 = time.time()
     report, sizes = run(predictor, data_dir, Path(args.splits), args.n_internal, args.n_official, not args.quiet,
                         args.diagnostics, args.internal_split)
+    if not report.sets:
+        print("error: no radiograph of either set could be read, so nothing was measured: "
+              + "; ".join(f for fails in report.failed.values() for f in fails[:3]), file=sys.stderr)
+        return 2
     internal = f"internal_{args.internal_split}"
     cfg = predictor.cfg
     out = {
@@ -125,21 +129,15 @@ def main(argv=None) -> int:
     if report.diagnostics:
         out["diagnostics"] = {k: [{f: v for f, v in to_jsonable(s).items() if f != "meets_target"} for s in rows]
                               for k, rows in report.diagnostics.items()}
-    if not report.sets:
-        print("error: no radiograph of either set could be read, so nothing was measured: "
-              + "; ".join(f for fails in report.failed.values() for f in fails[:3]), file=sys.stderr)
-        return 2
     write_json_atomic(Path(args.out), out)
     for name, stats in report.sets.items():
         print(f"\n{name} ({sizes[name]} images; test-retest SD over all perturbations "
               f"{report.pooled_sd[name]:.2f} months)")
         print(f"  {'perturbation':<16}{'mean |d|':>10}{'p95 |d|':>10}{'mean d':>9}{'SD':>7}  target")
-        for s in stats:
+        rows = [(s, "met" if s.meets_target else "missed") for s in stats]
+        for s, verdict in rows + [(s, "diagnostic") for s in report.diagnostics.get(name, [])]:
             print(f"  {s.name:<16}{s.mean_abs:>10.2f}{s.p95_abs:>10.2f}{s.mean_signed:>9.2f}{s.test_retest_sd:>7.2f}  "
-                  f"{'met' if s.meets_target else 'missed'}")
-        for s in report.diagnostics.get(name, []):
-            print(f"  {s.name:<16}{s.mean_abs:>10.2f}{s.p95_abs:>10.2f}{s.mean_signed:>9.2f}{s.test_retest_sd:>7.2f}  "
-                  "diagnostic")
+                  f"{verdict}")
     print(f"\nwrote {args.out} in {out['seconds']:.0f} s")
     return 0
 
