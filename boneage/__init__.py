@@ -3,6 +3,6 @@
 The main entry point is :func:`load_predictor`; the rest of the package is organised one job per module
 (``imaging``, ``preprocess``, ``tables``, ``splits``, ``model``, ``training``, ``metrics`` ...).
 """
-from .predictor import BoneAgePredictor, ModelNotFoundError, Prediction, load_predictor
+from boneage.inference.predictor import BoneAgePredictor, ModelNotFoundError, Prediction, load_predictor
 
 __all__ = ["BoneAgePredictor", "ModelNotFoundError", "Prediction", "load_predictor"]

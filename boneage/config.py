@@ -12,14 +12,79 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS_DIR = REPO_ROOT / "artifacts"
-MODEL_DIR = ARTIFACTS_DIR / "model"
-DATA_ENV = "BONEAGE_DATA"
+import numpy as np
+
+# Where things are is named once, in boneage.settings (environment variables and flags); re-exported here.
+from boneage.settings import DATA_ENV, REPO_ROOT, SETTINGS, DataDirError, resolve_data_dir  # noqa: E402,F401
+
+ARTIFACTS_DIR = SETTINGS.artifacts_dir
+MODEL_DIR = SETTINGS.model_dir
 
 
-class DataDirError(RuntimeError):
-    """The RSNA data directory is not configured or does not look like one."""
+# The input geometry (how a film becomes the network's base image; boneage.geometry.framing does it) is a
+# config like the others: ModelConfig.geometry builds it, and every cache key names it.
+FITS = ("squeeze", "area", "letterbox")
+FRAMINGS = ("none", "hand", "hand-upright")
+LATERALITIES = ("as-is", "left")
+
+MAX_PHASES = 5  # 3 x 3 views already took most of the benefit (docs/decisions.md)
+
+
+class GeometryError(ValueError):
+    """An unknown fit or framing, or an impossible base size."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The model's input geometry; :mod:`boneage.geometry.framing` explains each field."""
+
+    base_size: int = 100
+    fit: str = "squeeze"
+    framing: str = "none"
+    margin: float = 0.06  # of the crop side, on each side of the hand's bounding box
+    trim_bars: bool = False  # remove uniform bars around the film first (always with ``area`` or framing)
+    phases: int = 1  # sub-pixel offsets per axis of the squeeze grid whose readings are averaged
+    laterality: str = "as-is"  # "left": films taken for right hands are mirrored first
+
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise GeometryError(f"unknown fit {self.fit!r}; one of {', '.join(FITS)}")
+        if self.framing not in FRAMINGS:
+            raise GeometryError(f"unknown framing {self.framing!r}; one of {', '.join(FRAMINGS)}")
+        if not 16 <= int(self.base_size) <= 4096:
+            raise GeometryError(f"base size {self.base_size} px is outside 16-4096")
+        if not 0 <= self.margin < 0.5:
+            raise GeometryError(f"framing margin {self.margin} must lie in [0, 0.5)")
+        if not 1 <= int(self.phases) <= MAX_PHASES:
+            raise GeometryError(f"phases {self.phases} must lie in 1-{MAX_PHASES}")
+        if self.laterality not in LATERALITIES:
+            raise GeometryError(f"unknown laterality {self.laterality!r}; one of {', '.join(LATERALITIES)}")
+        if self.phases > 1 and self.fit != "squeeze":
+            raise GeometryError(f"phases > 1 needs the squeeze fit (the {self.fit} fit does not pick pixels)")
+
+    @classmethod
+    def of(cls, cfg) -> "Geometry":
+        """The geometry of a :class:`boneage.config.ModelConfig` (or anything with the same fields)."""
+        return cls(int(cfg.base_size), getattr(cfg, "fit", "squeeze"), getattr(cfg, "framing", "none"),
+                   float(getattr(cfg, "framing_margin", 0.06)), bool(getattr(cfg, "trim_bars", False)),
+                   int(getattr(cfg, "phases", 1)), str(getattr(cfg, "laterality", "as-is")))
+
+    @property
+    def trims(self) -> bool:
+        """Whether uniform bars are removed before the fit (see :func:`fit_to_base`)."""
+        return self.trim_bars or self.fit == "area" or self.framing != "none"
+
+    def key(self) -> str:
+        """A short text that changes whenever the prepared pixels would (for caches). ``phases`` is not in
+        it: the first view, the one a cache holds, is the plain squeeze whatever the phases."""
+        key = f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
+        key = key + "-trim" if self.trim_bars else key
+        return key + "-left" if self.laterality == "left" else key
+
+
+def as_geometry(geometry: Geometry | int) -> Geometry:
+    """A :class:`Geometry` as given, or for an ``int`` that base size with the original squeeze and no framing."""
+    return geometry if isinstance(geometry, Geometry) else Geometry(int(geometry))
 
 
 @dataclass
@@ -38,8 +103,14 @@ class StageConfig:
         return 2
 
 
-TTA_VIEW_SETS = ("zooms", "shifts")  # ModelConfig.tta_views; the passes are boneage.inference.tta_views
-ANTIALIAS_SIZES = (0, 3, 5)  # ModelConfig.antialias: 0 for plain strides; the filters are boneage.model.BLUR_TAPS
+TTA_VIEW_SETS = ("zooms", "shifts")  # ModelConfig.tta_views; the passes are boneage.nn.forward.tta_views
+ANTIALIAS_SIZES = (0, 3, 5)  # ModelConfig.antialias: 0 for plain strides; the filters are boneage.nn.model.BLUR_TAPS
+
+
+def stages_from_months(months, stages: StageConfig = StageConfig()) -> np.ndarray:
+    """The stage index (0 child, 1 adolescent, 2 adult) of each age in months, by ``stages``' thresholds."""
+    m = np.asarray(months, dtype=float)
+    return (m >= stages.child_below_months).astype(int) + (m >= stages.adult_from_months).astype(int)
 
 
 @dataclass
@@ -48,7 +119,7 @@ class ModelConfig:
 
     ``base_size``, ``fit``, ``framing``, ``framing_margin``, ``trim_bars``, ``phases`` and ``laterality`` are the
     input geometry (see
-    :mod:`boneage.geometry`): every image is first brought to the base image by them, then resized to
+    :mod:`boneage.geometry.framing`): every image is first brought to the base image by them, then resized to
     ``input_size`` for the network. Older config files without ``fit``/``framing`` mean the original
     squeeze of the whole film.
     """
@@ -59,22 +130,22 @@ class ModelConfig:
     fit: str = "squeeze"
     framing: str = "none"
     framing_margin: float = 0.06
-    trim_bars: bool = False  # uniform bars around a film removed before the fit (boneage.geometry)
+    trim_bars: bool = False  # uniform bars around a film removed before the fit (boneage.geometry.framing)
     # Sub-pixel offsets per axis of the nearest-neighbour squeeze of a film larger than the base size; the
-    # reading averages the phases**2 base images (boneage.geometry.phase_views). 1: one squeeze.
+    # reading averages the phases**2 base images (boneage.geometry.framing.phase_views). 1: one squeeze.
     phases: int = 1
-    # Trained with mirrored copies; every prediction averages the image and its mirror (boneage.inference),
+    # Trained with mirrored copies; every prediction averages the image and its mirror (boneage.nn.forward),
     # so a right hand, or a film exported mirrored, reads as the left hand would.
     mirror_invariant: bool = False
     # "left": every film the learned check takes for a right hand is mirrored first, so the network reads
-    # left hands only (boneage.laterality); "as-is": films are read as they come.
+    # left hands only (boneage.geometry.laterality); "as-is": films are read as they come.
     laterality: str = "as-is"
-    # The passes test-time augmentation averages when it is on (boneage.inference.views): "zooms" (the image
+    # The passes test-time augmentation averages when it is on (boneage.nn.forward.views): "zooms" (the image
     # at 1, 0.95 and 1.05) or "shifts" (the image moved on a 3x3 grid by a third of the network's output stride
     # each way). Configs without the field mean "zooms", the only set there was.
     tta_views: str = "zooms"
     # Low-pass filter size (3 or 5) at every stride of 2 of an EfficientNet-Lite backbone, 0 for plain strides
-    # (boneage.model.AntiAliasedConv2d): a network that low-passes before it subsamples reads a hand moved by a pixel
+    # (boneage.nn.model.AntiAliasedConv2d): a network that low-passes before it subsamples reads a hand moved by a pixel
     # or turned by a degree more nearly the same. Configs without the field mean 0, as they were trained.
     antialias: int = 0
     sex_embed_dim: int = 16
@@ -96,10 +167,8 @@ class ModelConfig:
                              "head's inputs dropped while training")
 
     @property
-    def geometry(self):
-        """The :class:`boneage.geometry.Geometry` every input of this model is prepared with."""
-        from .geometry import Geometry
-
+    def geometry(self) -> "Geometry":
+        """The :class:`Geometry` every input of this model is prepared with."""
         return Geometry.of(self)
 
 
@@ -135,7 +204,7 @@ class TrainConfig:
     aug_jpeg: float = 0.0
     aug_jpeg_quality: int = 50
     # Training for precision: > 0 reads every training image a second time as acquired differently
-    # (boneage.acquisition: JPEG, lower resolution, tighter crop or a border, with its own rotation and
+    # (boneage.geometry.acquisition: JPEG, lower resolution, tighter crop or a border, with its own rotation and
     # exposure), trains both readings against the label, and adds ``consistency`` x |reading 1 - reading 2| /
     # predicted scale, so a disagreement between the two readings of one hand costs what an error of that
     # size does. Each step then runs the network on twice the images. 0 turns it off.
@@ -146,7 +215,7 @@ class TrainConfig:
     # warm restart a mutual pull cost validation accuracy). False: both readings are trained on the label and
     # pulled towards each other.
     consistency_anchored: bool = False
-    # The acquisition changes the second reading is drawn from (``boneage.acquisition.RANGES``: jpeg, downscale,
+    # The acquisition changes the second reading is drawn from (``boneage.geometry.acquisition.RANGES``: jpeg, downscale,
     # crop, border, rotate).
     consistency_families: tuple[str, ...] = ("jpeg", "downscale", "crop", "border")
     # True: both readings of a hand get the same random rotation, zoom and shift, so they differ by the
@@ -201,24 +270,3 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temp file and rename, so a crash never leaves half a file."""
     text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
     write_atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def resolve_data_dir(cli_value: str | os.PathLike | None = None, required: bool = True) -> Path | None:
-    """The RSNA data directory from a CLI flag or ``$BONEAGE_DATA``.
-
-    Raises :class:`DataDirError` with a message that says how to fix it when ``required``.
-    """
-    value = cli_value or os.environ.get(DATA_ENV)
-    if not value:
-        if not required:
-            return None
-        raise DataDirError(
-            f"No data directory configured. Set {DATA_ENV}=/path/to/rsna-bone-age (the folder holding "
-            "train.csv, train/, test.csv, test/) or pass --data-dir."
-        )
-    path = Path(value).expanduser().resolve()
-    if not path.is_dir():
-        if not required:
-            return None
-        raise DataDirError(f"Data directory {path} does not exist (from --data-dir or ${DATA_ENV}).")
-    return path

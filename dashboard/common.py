@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from boneage.artifacts import ArtifactMissingError, ArtifactStore
+from boneage.store.artifacts import ArtifactMissingError, ArtifactStore
 from boneage.config import DATA_ENV, DataDirError, resolve_data_dir
-from boneage.imaging import ImageLoadError
+from boneage.io.imaging import ImageLoadError
 
 SPLIT_LABELS = {"test": "Internal test", "official_test": "Official test (RSNA)", "val": "Validation",
                 "calib": "Calibration", "train": "Training"}
@@ -67,7 +67,7 @@ def store() -> ArtifactStore:
 
 @st.cache_resource(show_spinner="Loading the model...")
 def predictor():
-    from boneage.predictor import load_predictor
+    from boneage.inference.predictor import load_predictor
 
     # The model of the artifact set in use ($BONEAGE_ARTIFACTS or artifacts/), so that features, outlier
     # scores and conformal intervals match the predictions table.
@@ -76,7 +76,7 @@ def predictor():
 
 def tta_description() -> str:
     """What the shipped model's test-time augmentation averages, in words."""
-    from boneage.inference import describe_tta
+    from boneage.nn.forward import describe_tta
 
     return describe_tta(predictor().cfg.tta_views)
 
@@ -94,7 +94,7 @@ def features() -> np.ndarray:
 @st.cache_resource(show_spinner=False)
 def similar_cases_index():
     """Nearest-neighbour index over training-split penultimate features."""
-    from boneage.embeddings import SimilarCases
+    from boneage.evaluation.embeddings import SimilarCases
 
     df = predictions()
     mask = (df["split"] == "train").to_numpy()
@@ -104,7 +104,7 @@ def similar_cases_index():
 @st.cache_resource(show_spinner=False)
 def outlier_detector():
     """LOF refitted on the committed training features (deterministic), for scoring uploads."""
-    from boneage.embeddings import OutlierDetector
+    from boneage.evaluation.embeddings import OutlierDetector
 
     df = predictions()
     return OutlierDetector().fit(features()[(df["split"] == "train").to_numpy()])
@@ -142,9 +142,9 @@ def image_dir_for(split: str) -> Path | None:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def case_prepared(case_id: str, split: str):
-    """A case's film as the shipped model reads it (:class:`boneage.preprocess.Prepared`: the uint8 base image and
+    """A case's film as the shipped model reads it (:class:`boneage.geometry.preprocess.Prepared`: the uint8 base image and
     its other phase views), or None without data or when the file cannot be read (with a warning)."""
-    from boneage.imaging import read_radiograph, safe_image_path
+    from boneage.io.imaging import read_radiograph, safe_image_path
 
     folder = image_dir_for(split)
     if folder is None:
@@ -173,7 +173,7 @@ def case_views(case_id: str, split: str) -> np.ndarray | None:
 @st.cache_data(show_spinner=False, max_entries=128)
 def case_raw_image(case_id: str, split: str) -> np.ndarray | None:
     """The radiograph as stored (for display at full size), 8-bit, or None without data."""
-    from boneage.imaging import read_radiograph, safe_image_path
+    from boneage.io.imaging import read_radiograph, safe_image_path
 
     folder = image_dir_for(split)
     if folder is None:
@@ -261,7 +261,7 @@ def split_rows(split: str, labelled: bool = False) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def mae_ci(split: str, by: tuple[str, ...] = (), n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """MAE with 95% bootstrap CI per group (``by=()``: overall) on the labelled rows of a split."""
-    from boneage.metrics import mae_ci_table
+    from boneage.evaluation.metrics import mae_ci_table
 
     return mae_ci_table(split_rows(split, labelled=True), list(by) or None, n_boot=n_boot, seed=seed)
 
@@ -271,13 +271,13 @@ def stage_report(split: str) -> tuple[dict, bool]:
     """Stage calibration report (confusion, ROC ...) of a split and whether it came from the artifact.
 
     Read from ``stage_calibration.json`` when it exists, else computed from the predictions table with the
-    same function (:func:`boneage.calibration.stage_calibration_report`).
+    same function (:func:`boneage.evaluation.calibration.stage_calibration_report`).
     """
     if store().exists("stage_calibration.json"):
         rep = store().json("stage_calibration.json")
         if split in rep:
             return rep[split], True
-    from boneage.calibration import stage_calibration_report
+    from boneage.evaluation.calibration import stage_calibration_report
     from boneage.config import model_config_from_dict
 
     stages = model_config_from_dict(model_config()["model"]).stages
@@ -287,7 +287,7 @@ def stage_report(split: str) -> tuple[dict, bool]:
 
 @st.cache_data(show_spinner=False)
 def bland_altman(split: str) -> tuple[pd.DataFrame, dict]:
-    from boneage.error_analysis import bland_altman as _ba
+    from boneage.evidence.error_analysis import bland_altman as _ba
 
     ba = _ba(split_rows(split, labelled=True))
     return ba.points, ba.summary
@@ -349,8 +349,7 @@ def case_feature(case_id: str, split: str) -> np.ndarray | None:
 def case_attribution(case_id: str, split: str, method: str, layer: str | None = None,
                      _progress=None) -> np.ndarray | None:
     """Attribution heatmap (base size, in [0, 1]) of a dataset case, cached on (id, split, method, layer)."""
-    from boneage import explain
-
+    from boneage.evidence import explain
     img = case_image(case_id, split)
     row = case_row_in(case_id, split)
     if img is None or row is None:
@@ -362,32 +361,29 @@ def case_attribution(case_id: str, split: str, method: str, layer: str | None = 
 def image_attribution(image: np.ndarray, male: bool, method: str, layer: str | None = None,
                       _progress=None) -> np.ndarray:
     """Attribution heatmap of an arbitrary preprocessed image (an upload), cached on its pixels."""
-    from boneage import explain
-
+    from boneage.evidence import explain
     return explain.attribute(predictor().model, image, bool(male), method, layer=layer, progress=_progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def image_activations(image: np.ndarray, male: bool, layer: str, max_maps: int = 32) -> np.ndarray:
-    from boneage import explain
-
+    from boneage.evidence import explain
     return explain.layer_activations(predictor().model, image, bool(male), layer, max_maps=max_maps, normalize=True)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def image_sex_flip(image: np.ndarray, male: bool, extra_views: np.ndarray | None = None) -> dict:
     """The film read with each sex, as the shipped model reads it (``extra_views``: its other phase views)."""
-    from boneage import explain
-
+    from boneage.evidence import explain
     return explain.sex_flip(predictor(), image, bool(male), extra_views)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def assess_upload(data: bytes, name: str, male: bool, site: str | None = None):
-    """:func:`boneage.assess.assess` of an upload with the model and the outlier check of the artifact set in
+    """:func:`boneage.inference.assess.assess` of an upload with the model and the outlier check of the artifact set in
     use (``site``: a profile of that set), cached on the bytes; the chronological age is applied by the page
     (:meth:`Assessment.with_chronological_age`, no new prediction). Raises ImageLoadError with the reason."""
-    from boneage.assess import assess
+    from boneage.inference.assess import assess
 
     try:
         detector = outlier_detector()
@@ -399,7 +395,7 @@ def assess_upload(data: bytes, name: str, male: bool, site: str | None = None):
 
 def site_names() -> list[str]:
     """Site profiles of the artifact set in use (``sites/<name>.json``)."""
-    from boneage.site_calibration import available_sites
+    from boneage.evaluation.site_calibration import available_sites
 
     return available_sites(store().root / "sites")
 
@@ -407,7 +403,7 @@ def site_names() -> list[str]:
 @st.cache_data(show_spinner=False)
 def model_fingerprint() -> str:
     """sha256 of the networks of the artifact set in use (as recorded in site profiles)."""
-    from boneage.manifest import model_fingerprint as fingerprint
+    from boneage.store.manifest import model_fingerprint as fingerprint
 
     return fingerprint(store().root / "model")
 
@@ -496,7 +492,7 @@ def show_radiograph_or_notice(case_id: str, split: str, caption: str | None = No
 @st.cache_data(show_spinner=False)
 def embedding_map(rel: str = "embeddings/maps_penultimate.parquet") -> pd.DataFrame:
     """A map table joined with the case columns of the predictions table (by id)."""
-    from boneage.embeddings import maps_with_cases
+    from boneage.evaluation.embeddings import maps_with_cases
 
     return maps_with_cases(store().table(rel), predictions())
 
@@ -543,8 +539,7 @@ def average_gradcam_of(ids: tuple[str, ...], splits: tuple[str, ...], males: tup
 
     Cases whose image cannot be read are left out; returns (mean_image uint8, heatmap [0, 1], n used).
     """
-    from boneage import explain
-
+    from boneage.evidence import explain
     imgs, used_males = [], []
     for cid, split, male in zip(ids, splits, males):
         img = case_image(cid, split)
@@ -562,8 +557,8 @@ def average_gradcam_of(ids: tuple[str, ...], splits: tuple[str, ...], males: tup
 def atlas_heatmaps():
     """Precomputed maturation-atlas Grad-CAMs (``atlas/gradcam.npz``), or None when absent or made with a
     different model than the one in use (then the atlas computes its maps live)."""
-    from boneage.atlas import ATLAS_FILE, AtlasHeatmaps
-    from boneage.manifest import sha256_file
+    from boneage.evidence.atlas import ATLAS_FILE, AtlasHeatmaps
+    from boneage.store.manifest import sha256_file
 
     s = store()
     weights = s.root / "model" / "model.pt"
@@ -594,7 +589,7 @@ def artifact_table(rel: str) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def model_sha256() -> str | None:
     """sha256 of the model weights in use (to tell whether a precomputed artifact belongs to them)."""
-    from boneage.manifest import sha256_file
+    from boneage.store.manifest import sha256_file
 
     weights = store().root / "model" / "model.pt"
     return sha256_file(weights) if weights.is_file() else None
@@ -602,7 +597,7 @@ def model_sha256() -> str | None:
 
 def attention_note(image: np.ndarray, heatmap: np.ndarray, label: str) -> tuple[str, bool]:
     """A caption sentence on how much of a shown map lies on the hand, and whether it is mostly off it."""
-    from boneage.explanation_audit import attribution_shares, describe_shares
+    from boneage.evidence.explanation_audit import attribution_shares, describe_shares
 
     shares = attribution_shares(heatmap, image)
     return describe_shares(shares, label), shares.off_hand
@@ -610,7 +605,7 @@ def attention_note(image: np.ndarray, heatmap: np.ndarray, label: str) -> tuple[
 
 def audit_method_note(method: str) -> str:
     """What the explanation audit says about a method ('' without an audit of the model in use)."""
-    from boneage.explanation_audit import AUDIT_FILE
+    from boneage.evidence.explanation_audit import AUDIT_FILE
 
     if not store().exists(AUDIT_FILE):
         return ""

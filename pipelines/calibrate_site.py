@@ -4,7 +4,7 @@
 
 LOCAL.csv: as for ``pipelines.predict`` (``id``, ``male`` or ``sex``) plus the site's reference bone age in
 months (``boneage``). Predicts every case with the shipped model, fits the site's per-sex correction and
-local conformal intervals (see boneage/site_calibration.py), evaluates both by K-fold cross-validation
+local conformal intervals (see boneage/evaluation/site_calibration.py), evaluates both by K-fold cross-validation
 against the model as it is, and writes the profile to OUT_DIR/SITE.json. Use it with
 ``pipelines.predict --site SITE``, ``load_predictor(site="SITE")`` or the dashboard's Predict page.
 
@@ -23,15 +23,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from boneage.config import ARTIFACTS_DIR, resolve_data_dir
-from boneage.manifest import model_fingerprint
-from boneage.predictor import ModelNotFoundError, load_predictor
-from boneage.site_calibration import (K_FOLDS, LEVELS, REFERENCE_RANGE, SITES_DIR, fit_profile, min_cases,
+from boneage.store.manifest import model_fingerprint
+from boneage.inference.predictor import ModelNotFoundError, load_predictor
+from boneage.evaluation.site_calibration import (K_FOLDS, LEVELS, REFERENCE_RANGE, SITES_DIR, fit_profile, min_cases,
                                       min_cases_all)
-from boneage.tables import read_cases
+from boneage.io.tables import read_cases
+from boneage.inference.assess import assess_cases
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CHUNK = 32  # cases per progress-bar step
-MISSING_AGE = "missing bone age"  # boneage.tables' reason for a row without a reference
+MISSING_AGE = "missing bone age"  # boneage.io.tables' reason for a row without a reference
 
 
 class CalibrationRefused(Exception):
@@ -100,7 +101,7 @@ def predict_with_progress(predictor, cases: pd.DataFrame, image_dir: Path) -> pd
     with tqdm(total=len(cases), desc="predicting local cases", unit="case", file=sys.stderr) as bar:
         for start in range(0, len(cases), CHUNK):
             chunk = cases.iloc[start:start + CHUNK]
-            parts.append(predictor.predict_cases(chunk, image_dir))
+            parts.append(assess_cases(chunk, image_dir, predictor=predictor))
             bar.update(len(chunk))
     return pd.concat(parts, ignore_index=True)
 

@@ -26,17 +26,18 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, write_json_atomic
-from boneage.data import load_images
-from boneage.inference import run_network
-from boneage.metrics import bootstrap_ci
-from boneage.predictor import BoneAgePredictor, load_model_dir
+from boneage.training.image_cache import load_images
+from boneage.nn.forward import run_network
+from boneage.evaluation.metrics import bootstrap_ci
+from boneage.inference.predictor import BoneAgePredictor, load_model_dir
 from pipelines.cli import data_dir_or_report
+from boneage.settings import add_path_flags
 
 
 def compare(predictor: BoneAgePredictor, candidate, images: np.ndarray, male: np.ndarray, age: np.ndarray) -> dict:
     """Validation numbers for the model as shipped, the candidate alone and both averaged (TTA off and on).
 
-    The ensemble's age is derived rather than run again: :func:`boneage.inference.forward_batch` weighs
+    The ensemble's age is derived rather than run again: :func:`boneage.nn.forward.forward_batch` weighs
     every network equally over the same passes, so adding one network to ``n`` gives
     ``(n * shipped + candidate) / (n + 1)`` (tests/test_ensemble.py checks that identity).
     """
@@ -87,7 +88,7 @@ def adopt(model_dir: Path, candidate_dir: Path, name: str, reason: str) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir")
+    add_path_flags(ap)
     ap.add_argument("--model-dir", default=str(MODEL_DIR))
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--member", required=True, help="the candidate's run folder (model.pt + config.json)")

@@ -40,11 +40,12 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, write_json_atomic
-from boneage.data import load_images
-from boneage.metrics import bootstrap_ci
-from boneage.predictor import BoneAgePredictor, ModelNotFoundError
-from boneage.tables import read_cases
+from boneage.training.image_cache import load_images
+from boneage.evaluation.metrics import bootstrap_ci
+from boneage.inference.predictor import BoneAgePredictor, ModelNotFoundError
+from boneage.io.tables import read_cases
 from pipelines.cli import data_dir_or_report
+from boneage.settings import add_path_flags
 
 
 def validation_errors(predictor: BoneAgePredictor, cases: pd.DataFrame, image_dir: Path, cache_dir: Path | None,
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidate", required=True, help="run folder of the retrained model (model.pt, config.json)")
     ap.add_argument("--model-dir", default=str(MODEL_DIR))
-    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    add_path_flags(ap)
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--cache-dir", default=str(REPO_ROOT / "runs" / "cache"))
     ap.add_argument("--max-cases", type=int, help="the first N validation cases only (smoke tests)")

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir
+from boneage.settings import add_path_flags
 
 
 def data_dir_or_report(arg: str | None) -> Path | None:
@@ -40,7 +41,7 @@ def check_fit_parser(description: str, out_default: Path) -> argparse.ArgumentPa
     """The options every learned input check's fitting CLI takes (``fit_polarity``, ``fit_laterality``): the
     data folder, the splits file, where the coefficients go and a smoke-test cap; each adds its own."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    add_path_flags(ap)
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--out", default=str(out_default))
     ap.add_argument("--max-cases", type=int, help="use the first N cases of each set (smoke tests)")
@@ -53,7 +54,7 @@ def read_films(ids: list[str], image_dir: Path, desc: str,
     a film that cannot be read is skipped with its reason on stderr, and the rest are still read."""
     from tqdm import tqdm
 
-    from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
+    from boneage.io.imaging import ImageLoadError, read_radiograph, safe_image_path
 
     out = []
     for cid in tqdm(ids, desc=desc, mininterval=5):

@@ -16,9 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_json_atomic
-from boneage.metrics import grouped_metrics
-from boneage.predictor import BoneAgePredictor, ModelNotFoundError, load_predictor
-from boneage.tables import read_cases
+from boneage.evaluation.metrics import grouped_metrics
+from boneage.inference.predictor import BoneAgePredictor, ModelNotFoundError, load_predictor
+from boneage.io.tables import read_cases
+from boneage.inference.assess import assess_cases
+from boneage.settings import add_path_flags
 
 
 def evaluate(predictor: BoneAgePredictor, data_dir: Path, splits_path: Path, max_cases: int | None = None) -> dict:
@@ -31,7 +33,7 @@ def evaluate(predictor: BoneAgePredictor, data_dir: Path, splits_path: Path, max
     for name, cases, image_dir in (("internal_test", internal, data_dir / "train"),
                                    ("official_test", official, data_dir / "test")):
         t0 = time.time()
-        pred = predictor.predict_cases(cases, image_dir)
+        pred = assess_cases(cases, image_dir, predictor=predictor)
         pred["boneage"] = cases["boneage"].to_numpy()
         ok = pred[pred["error"] == ""]
         labelled = ok[ok["boneage"].notna()]
@@ -43,7 +45,7 @@ def evaluate(predictor: BoneAgePredictor, data_dir: Path, splits_path: Path, max
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir")
+    add_path_flags(ap)
     ap.add_argument("--model-dir")
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "metrics.json"))

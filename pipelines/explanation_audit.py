@@ -6,7 +6,7 @@
 
 The sample: ``--cases`` cases drawn with a fixed seed from the internal test split (``artifacts/splits.csv``,
 split == test) and as many from the 200 official test radiographs (no labels needed). The rules of every
-number are in :mod:`boneage.explanation_audit`. The JSON also stores the sha256 of the model it explained, so
+number are in :mod:`boneage.evidence.explanation_audit`. The JSON also stores the sha256 of the model it explained, so
 the dashboard can tell when it is stale.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import write_atomic, write_json_atomic
-from boneage.data import load_case_image
-from boneage.explanation_audit import AUDIT_FILE, CASES_FILE, AuditCase, AuditConfig, run_audit
-from boneage.geometry import Geometry
-from boneage.imaging import ImageLoadError
-from boneage.preprocess import to_uint8
-from boneage.tables import read_cases
+from boneage.training.image_cache import load_case_image
+from boneage.evidence.explanation_audit import AUDIT_FILE, CASES_FILE, AuditCase, AuditConfig, run_audit
+from boneage.geometry.framing import Geometry
+from boneage.io.imaging import ImageLoadError
+from boneage.geometry.preprocess import to_uint8
+from boneage.io.tables import read_cases
 
 SAMPLE_SEED = 17
 DEFAULT_CASES = 60
@@ -61,8 +61,8 @@ def load_audit_cases(data_dir: Path, internal: pd.DataFrame, official: pd.DataFr
 
 def run(art: Path, data_dir: Path, n_cases: int = DEFAULT_CASES, log=print, cfg: AuditConfig | None = None) -> dict:
     """Run the audit and write ``AUDIT_FILE`` and ``CASES_FILE`` into ``art`` (atomically); returns the summary."""
-    from boneage.manifest import sha256_file
-    from boneage.predictor import load_predictor
+    from boneage.store.manifest import sha256_file
+    from boneage.inference.predictor import load_predictor
 
     t0 = time.time()
     predictor = load_predictor(art / "model")

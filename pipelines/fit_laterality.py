@@ -4,7 +4,7 @@
 
 Fits on the training split's prepared images (background 0, bone 1, at the 100 px reference size) and on one
 acquisition change of each (a turn of up to 15 degrees, an exposure, a JPEG, a lower resolution, a crop or a
-border), so the answer holds when a film is taken differently (see :mod:`boneage.laterality`). About 2 % of
+border), so the answer holds when a film is taken differently (see :mod:`boneage.geometry.laterality`). About 2 % of
 the RSNA films are right hands, labelled like the rest: a first fit finds them (score > 0), their label is
 turned, and the check is fitted again.
 
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from boneage.acquisition import FAMILIES, acquired
-from boneage.laterality import COEF_PATH, REFERENCE_SIZE, LateralityCheck, fit_laterality_check, mirror_contrast
-from boneage.polarity import exposed
-from boneage.precision import PERTURBATIONS
-from boneage.preprocess import prepare
+from boneage.geometry.acquisition import FAMILIES, acquired
+from boneage.geometry.laterality import COEF_PATH, REFERENCE_SIZE, LateralityCheck, fit_laterality_check, mirror_contrast
+from boneage.geometry.polarity import exposed
+from boneage.evidence.precision import PERTURBATIONS
+from boneage.geometry.preprocess import prepare
 from pipelines.cli import check_fit_parser, check_sets, data_dir_or_report, read_films
 
 
@@ -34,7 +34,7 @@ def _reference(arr: np.ndarray) -> np.ndarray:
 
 
 def changed(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random acquisition change of a prepared image: one of :data:`boneage.acquisition.FAMILIES`, a turn
+    """One random acquisition change of a prepared image: one of :data:`boneage.geometry.acquisition.FAMILIES`, a turn
     (the acquisition's ``rotate`` family) or an exposure."""
     families = FAMILIES + ("rotate",)
     kind = rng.integers(0, len(families) + 1)

@@ -2,7 +2,7 @@
 
     python -m pipelines.fit_polarity [--data-dir DIR] [--out boneage/polarity.json] [--max-cases N]
 
-Fits on the training split's images and their negatives, at several exposures (see :mod:`boneage.polarity`),
+Fits on the training split's images and their negatives, at several exposures (see :mod:`boneage.geometry.polarity`),
 then counts, on the validation and internal test splits and on the official test images, how many normal
 images it would flip (must be none), also once brightened (gamma 0.7) or darkened (gamma 1.4), and how many
 negatives it catches. The counts are stored with the coefficients.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from boneage.polarity import COEF_PATH, REFERENCE_SIZE, PolarityCheck, exposed, fit_polarity_check
-from boneage.preprocess import squeeze_to_base
+from boneage.geometry.polarity import COEF_PATH, REFERENCE_SIZE, PolarityCheck, exposed, fit_polarity_check
+from boneage.geometry.preprocess import squeeze_to_base
 from pipelines.cli import check_fit_parser, check_sets, data_dir_or_report, read_films
 
 # the check reads every film squeezed to its reference size

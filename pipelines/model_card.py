@@ -25,14 +25,14 @@ def _fmt(x, nd=2):
 
 def _polarity_lines() -> list[str]:
     """The learned negative-image check that runs before intensity normalisation, with its measured counts."""
-    from boneage.polarity import COEF_PATH, PolarityCheck
+    from boneage.geometry.polarity import COEF_PATH, PolarityCheck
 
     if not COEF_PATH.is_file():
         return ["Negative-image check: `boneage/polarity.json` missing (`python -m pipelines.fit_polarity`).", ""]
     check = PolarityCheck.load(COEF_PATH)
     parts = [f"{name} {c['normal_flipped']} of {c['n']} normal images flipped, {c['negatives_caught']} of "
              f"{c['n']} negatives caught" for name, c in (check.evaluation or {}).items()]
-    return ["Negative-image check (learned, `boneage/polarity.py`, fitted on the training split): "
+    return ["Negative-image check (learned, `boneage/geometry/polarity.py`, fitted on the training split): "
             + "; ".join(parts) + f". Its threshold ({check.threshold}) was raised from 0.5 after seeing that 0.5 "
             "would flip two official test images, so the official count is not an independent check of the "
             "threshold.", ""]
@@ -40,7 +40,7 @@ def _polarity_lines() -> list[str]:
 
 def _laterality_lines(cfg: dict) -> list[str]:
     """The learned left/right check (used when the model reads left hands only), with its measured counts."""
-    from boneage.laterality import COEF_PATH, LateralityCheck
+    from boneage.geometry.laterality import COEF_PATH, LateralityCheck
 
     if cfg.get("model", {}).get("laterality", "as-is") != "left":
         return ["Laterality: films are read as they come (a right hand is not mirrored).", ""]
@@ -53,7 +53,7 @@ def _laterality_lines(cfg: dict) -> list[str]:
         worst = max(moved.items(), key=lambda kv: kv[1]) if moved else None
         parts.append(f"{name} {c['taken_right']} of {c['n']} taken for right hands"
                      + (f" (answer changed by at most {worst[1]:.1%} of films, under {worst[0]})" if worst else ""))
-    return ["Laterality (learned, `boneage/laterality.py`, fitted on the training split and its mirror images): "
+    return ["Laterality (learned, `boneage/geometry/laterality.py`, fitted on the training split and its mirror images): "
             "films taken for right hands are mirrored and read as left hands; a film and its mirror image always "
             "get opposite answers, so they are read as the same picture. " + "; ".join(parts) + ".", ""]
 
@@ -178,7 +178,7 @@ def _geometry_sentence(m: dict) -> str:
 
 def resolution_curve_lines(exps: list[dict]) -> list[str]:
     """The "what resolution is worth" section: one table (and a text bar per point) for each experiment
-    of ``experiments.json`` that carries a ``resolution_curve`` (see ``pipelines.resolution_curve``)."""
+    of ``experiments.json`` that carries a ``resolution_curve`` (see ``pipelines.experiments.resolution_curve``)."""
     curves = [e for e in exps if "resolution_curve" in e]
     if not curves:
         return []
@@ -203,12 +203,12 @@ def resolution_curve_lines(exps: list[dict]) -> list[str]:
 
 def _explanation_audit_lines(art: Path) -> list[str]:
     """The explanation audit's summary (``explanation_audit.json``): verdict, default method, per-method numbers."""
-    from boneage.explanation_audit import AUDIT_COMMAND, AUDIT_FILE
+    from boneage.evidence.explanation_audit import AUDIT_COMMAND, AUDIT_FILE
 
     a = _load(art / AUDIT_FILE)
     if not a:
         return ["## Explanations (audit)", "", f"{AUDIT_FILE} missing: run `{AUDIT_COMMAND}`.", ""]
-    from boneage.manifest import sha256_file
+    from boneage.store.manifest import sha256_file
 
     weights = art / "model" / "model.pt"
     stale = weights.is_file() and a.get("model_sha256") != sha256_file(weights)
@@ -232,7 +232,7 @@ def _explanation_audit_lines(art: Path) -> list[str]:
                       f"{i['mean']:+.2f} [{i['ci'][0]:+.2f}, {i['ci'][1]:+.2f}]"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Gains in months of mean predicted-age change against a random pixel order (> 0: the map finds the "
-              "pixels the prediction depends on). Rules: `boneage/explanation_audit.py`.", ""]
+              "pixels the prediction depends on). Rules: `boneage/evidence/explanation_audit.py`.", ""]
     return lines
 
 
@@ -326,7 +326,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                   + f"), {bench['hardware']}", ""]
         if "official_test_mae_tta" in bench:
             inf = cfg.get("inference", {})
-            from boneage.inference import describe_tta, shares_passes, tta_views
+            from boneage.nn.forward import describe_tta, shares_passes, tta_views
 
             tta_set = cfg["model"].get("tta_views", "zooms")
             n_passes = len(tta_views(tta_set))
@@ -338,7 +338,7 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
             lines += [f"Test-time augmentation (the mean over {describe_tta(tta_set)}{shared}): official test MAE "
                       f"{bench['official_test_mae_plain']} without -> {bench['official_test_mae_tta']} with, internal "
                       f"test {bench['internal_test_mae_plain']} -> {bench['internal_test_mae_tta']} months "
-                      f"(`python -m pipelines.benchmark`). {default}", ""]
+                      f"(`python -m pipelines.benchmarks.inference`). {default}", ""]
         if "official_test_mae_tta_ensemble" in bench:
             lines += [f"Ensemble ({bench.get('networks')} networks, TTA on): official test MAE "
                       f"{bench['official_test_mae_tta']} with the first network alone -> "

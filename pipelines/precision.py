@@ -3,11 +3,11 @@
     python -m pipelines.precision [--data-dir DIR] [--model-dir artifacts/model] [--n-internal 300]
                                   [--n-official 200] [--out artifacts/precision.json] [--no-diagnostics]
 
-Every perturbation of :mod:`boneage.precision` is applied to a seeded sample of the internal test split
+Every perturbation of :mod:`boneage.evidence.precision` is applied to a seeded sample of the internal test split
 (100 px files) and to the official test radiographs (native size; no labels needed, so all 200), and the
 reading of each perturbed radiograph is compared with the original's. Prints a table and writes the JSON
 the Uncertainty page and the model card show. Beside the targets it measures the diagnostics
-(:data:`boneage.precision.DIAGNOSTICS`; ``--no-diagnostics`` leaves them out): changes that keep the hand as
+(:data:`boneage.evidence.precision.DIAGNOSTICS`; ``--no-diagnostics`` leaves them out): changes that keep the hand as
 it was and only resample or re-encode its pixels, the floor under every perturbation, never counted in the
 targets.
 """
@@ -23,19 +23,20 @@ import pandas as pd
 from tqdm import tqdm
 
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, to_jsonable, write_json_atomic
-from boneage.imaging import ImageLoadError, read_radiograph, safe_image_path
-from boneage.precision import (DIAGNOSTICS, PERTURBATIONS, TARGET_MEAN_ABS, TARGET_P95_ABS, PrecisionReport,
+from boneage.io.imaging import ImageLoadError, read_radiograph, safe_image_path
+from boneage.evidence.precision import (DIAGNOSTICS, PERTURBATIONS, TARGET_MEAN_ABS, TARGET_P95_ABS, PrecisionReport,
                                reading_changes, summarise)
-from boneage.predictor import BoneAgePredictor, ModelNotFoundError, load_predictor
-from boneage.tables import read_cases
-from pipelines.benchmark import model_fingerprint
+from boneage.inference.predictor import BoneAgePredictor, ModelNotFoundError, load_predictor
+from boneage.io.tables import read_cases
+from pipelines.benchmarks.inference import model_fingerprint
 from pipelines.cli import data_dir_or_report
+from boneage.settings import add_path_flags
 
 SAMPLE_SEED = 0
 
 
 def _reader(predictor: BoneAgePredictor, progress: bool, label: str, n_changes: int):
-    """``predict(arrays, male) -> months`` for :func:`boneage.precision.reading_changes`, in batches."""
+    """``predict(arrays, male) -> months`` for :func:`boneage.evidence.precision.reading_changes`, in batches."""
     calls = tqdm(total=n_changes + 1, desc=label, disable=not progress)
 
     def predict(arrays: list[np.ndarray], male: np.ndarray) -> np.ndarray:
@@ -82,7 +83,7 @@ def run(predictor: BoneAgePredictor, data_dir: Path, splits_path: Path, n_intern
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    add_path_flags(ap)
     ap.add_argument("--model-dir", default=str(MODEL_DIR))
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--n-internal", type=int, default=300,

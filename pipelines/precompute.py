@@ -33,14 +33,15 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import ARTIFACTS_DIR, DataDirError, resolve_data_dir, write_atomic, write_json_atomic
-from boneage.conformal import add_intervals, coverage_report
-from boneage.data import load_images
-from boneage.embeddings import (OutlierDetector, embed_maps, extract_features, layer_age_quality,
+from boneage.evaluation.conformal import add_intervals, coverage_report
+from boneage.training.image_cache import load_images
+from boneage.evaluation.embeddings import (OutlierDetector, embed_maps, extract_features, layer_age_quality,
                                 layer_description)
-from boneage.manifest import write_manifest
-from boneage.predictions_table import for_storage, model_columns, read_predictions, write_predictions
-from boneage.predictor import load_predictor
-from boneage.tables import read_cases
+from boneage.store.manifest import write_manifest
+from boneage.evaluation.predictions_table import for_storage, model_columns, read_predictions, write_predictions
+from boneage.inference.predictor import load_predictor
+from boneage.io.tables import read_cases
+from boneage.settings import add_path_flags
 
 PARTS = ("predictions", "embeddings", "calibration", "fairness", "errors", "atlas", "explanations")
 EARLY_LAYERS = ("stage3", "stage5", "head")
@@ -151,7 +152,7 @@ TSNE3_MAX_CASES = 5000
 def _layer_describer(model_dir: Path):
     """name -> 'stage 3 (40 channels, 1/8 resolution)' for the model's own backbone (architecture only)."""
     from boneage.config import model_config_from_dict
-    from boneage.model import BoneAgeNet
+    from boneage.nn.model import BoneAgeNet
 
     cfg = model_config_from_dict(json.loads((model_dir / "config.json").read_text())["model"])
     net = BoneAgeNet(cfg, pretrained=False)
@@ -205,7 +206,7 @@ def part_embeddings(art: Path, log, seed: int = 0, subsample: int = 3000) -> Non
 
 
 def part_calibration(art: Path, log) -> None:
-    from boneage.calibration import stage_calibration_report
+    from boneage.evaluation.calibration import stage_calibration_report
     from boneage.config import model_config_from_dict
 
     cfg = model_config_from_dict(json.loads((art / "model" / "config.json").read_text())["model"])
@@ -219,7 +220,7 @@ def part_calibration(art: Path, log) -> None:
 
 
 def part_fairness(art: Path, log) -> None:
-    from boneage.fairness import audit
+    from boneage.evidence.fairness import audit
 
     df = read_predictions(art / "predictions.parquet")
     out_dir = art / "fairness"
@@ -231,7 +232,7 @@ def part_fairness(art: Path, log) -> None:
 
 
 def part_errors(art: Path, log) -> None:
-    from boneage.error_analysis import bland_altman, flag_effectiveness, worst_cases
+    from boneage.evidence.error_analysis import bland_altman, flag_effectiveness, worst_cases
 
     df = read_predictions(art / "predictions.parquet")
     out = {}
@@ -249,11 +250,11 @@ def part_errors(art: Path, log) -> None:
 
 
 def part_atlas(art: Path, data_dir: Path, log) -> None:
-    from boneage.atlas import ATLAS_FILE, compute_atlas
-    from boneage.data import load_case_image
-    from boneage.imaging import ImageLoadError
-    from boneage.manifest import sha256_file
-    from boneage.preprocess import to_uint8
+    from boneage.evidence.atlas import ATLAS_FILE, compute_atlas
+    from boneage.training.image_cache import load_case_image
+    from boneage.io.imaging import ImageLoadError
+    from boneage.store.manifest import sha256_file
+    from boneage.geometry.preprocess import to_uint8
 
     predictor = load_predictor(art / "model")
     df = read_predictions(art / "predictions.parquet")
@@ -275,8 +276,9 @@ def part_atlas(art: Path, data_dir: Path, log) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir")
-    ap.add_argument("--artifacts", default=str(ARTIFACTS_DIR), help="artifact folder (holds model/ and splits.csv)")
+    add_path_flags(ap)
+    ap.add_argument("--artifacts-dir", "--artifacts", dest="artifacts", default=str(ARTIFACTS_DIR),
+                    help="artifact folder, holding model/ and splits.csv (default: $BONEAGE_ARTIFACTS or artifacts/)")
     ap.add_argument("--only", nargs="+", choices=(*PARTS, "intervals", "manifest"),
                     help="redo only these parts ('manifest' alone: just rewrite the manifest, e.g. after the model "
                          "card or benchmark changed)")

@@ -4,12 +4,12 @@ One file:     python -m pipelines.predict IMAGE --sex F [--age MONTHS] [--output
 Many cases:   python -m pipelines.predict --image-dir DIR --cases CASES.csv --output OUT.csv
 
 CASES.csv needs ``id`` and ``male`` (True/False, 1/0) or ``sex`` (M/F); the image is DIR/<id>.png (or .jpg,
-.jpeg, .dcm). OUT.csv has one row per case in the schema every door shares (boneage.assess.row_columns): id,
+.jpeg, .dcm). OUT.csv has one row per case in the schema every door shares (boneage.inference.assess.row_columns): id,
 male, boneage_pred (months), uncertainty, stage_pred, stage probabilities, conformal interval bounds
 (lower_80 ... upper_95, empty when not calibrated), ``outlier_score`` and ``unlike_training_data`` (the shipped
 model only), framing, mirrored, inverted_negative, chronological_age_months / difference_months / maturity
 (from --age, or a DICOM header's age), site, notes and ``error`` (empty on success, else why). Images that
-cannot be a hand radiograph are refused by the input gate (boneage.input_gate) with the reason in ``error``.
+cannot be a hand radiograph are refused by the input gate (boneage.io.input_gate) with the reason in ``error``.
 For a DICOM, a missing --sex is read from its PatientSex. Exit status 0 when at least one case was predicted,
 1 when none was, 2 when the input or output cannot be used (nothing is written then).
 
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from boneage.assess import AssessmentInputError, assess, assess_cases
+from boneage.inference.assess import AssessmentInputError, assess, assess_cases
 from boneage.config import write_atomic
-from boneage.csv_safety import to_csv_safe
-from boneage.imaging import ImageLoadError
-from boneage.predictor import ModelNotFoundError, load_predictor
-from boneage.site_calibration import SiteProfileError
-from boneage.tables import CasesFileError, parse_male, read_cases
+from boneage.io.csv_safety import to_csv_safe
+from boneage.io.imaging import ImageLoadError
+from boneage.inference.predictor import ModelNotFoundError, load_predictor
+from boneage.evaluation.site_calibration import SiteProfileError
+from boneage.io.tables import CasesFileError, parse_male, read_cases
 
 
 def check_output_path(output: str, cases: str | None = None) -> str:
@@ -57,7 +57,7 @@ def check_output_path(output: str, cases: str | None = None) -> str:
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     """Write the table next to ``path`` under a temporary name, then rename it over ``path`` (a crash never
-    leaves half a file); formula-like text cells are neutralised (boneage.csv_safety)."""
+    leaves half a file); formula-like text cells are neutralised (boneage.io.csv_safety)."""
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             to_csv_safe(df, fh)
@@ -78,8 +78,8 @@ def check_report_dir(folder: str) -> str:
 
 def write_case_report(a, predictor, folder: Path) -> Path:
     """The one-page PDF of an assessment (with its Grad-CAM map) as ``folder/<id>.pdf``; returns the path."""
-    from boneage.assess import gradcam
-    from boneage.report import report_name, write_report
+    from boneage.clinic.report import gradcam
+    from boneage.clinic.report import report_name, write_report
 
     path = folder / report_name(a.id)
     write_report(path, a, gradcam(a, predictor))
@@ -151,8 +151,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.outlier_check and args.model_dir is None:
-        from boneage.artifacts import ArtifactMissingError
-        from boneage.unlike_training import fit_training_outlier_check
+        from boneage.store.artifacts import ArtifactMissingError
+        from boneage.inference.unlike_training import fit_training_outlier_check
 
         try:
             predictor.outlier_check = fit_training_outlier_check()

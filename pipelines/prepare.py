@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 from boneage.config import ARTIFACTS_DIR, write_atomic, write_json_atomic
-from boneage.splits import SplitConfig, make_splits
-from boneage.tables import read_cases
+from boneage.training.splits import SplitConfig, make_splits
+from boneage.io.tables import read_cases
 from pipelines.cli import data_dir_or_report
+from boneage.settings import add_path_flags
 
 
 def prepare_splits(data_dir: Path, out: Path, cfg: SplitConfig = SplitConfig()) -> Path:
@@ -27,7 +28,7 @@ def prepare_splits(data_dir: Path, out: Path, cfg: SplitConfig = SplitConfig()) 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    add_path_flags(ap)
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Serve bone-age assessments over HTTP (FastAPI + uvicorn): see boneage.service for the API.
+"""Serve bone-age assessments over HTTP (FastAPI + uvicorn): see boneage.clinic.service for the API.
 
     python -m pipelines.serve --host 127.0.0.1 --port 8000
     curl -F image=@hand.png -F sex=F -F chronological_age_months=130 http://127.0.0.1:8000/v1/assessments
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from boneage.service import DEFAULT_MAX_UPLOAD_MB, ServiceSettings
+from boneage.clinic.service import DEFAULT_MAX_UPLOAD_MB, ServiceSettings
 
 
 def main(argv=None) -> int:
@@ -35,10 +35,10 @@ def main(argv=None) -> int:
         settings = ServiceSettings(int(args.max_upload_mb * 2**20), args.workers, args.max_pending, args.model_dir)
     except ValueError as exc:
         ap.error(str(exc))
-    from boneage.predictor import ModelNotFoundError
+    from boneage.inference.predictor import ModelNotFoundError
 
     try:  # load before listening, so that a missing model is a message, not a failed start-up traceback
-        from boneage.service import service_predictor
+        from boneage.clinic.service import service_predictor
 
         service_predictor(settings)
     except (ModelNotFoundError, ValueError) as exc:
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         return 2
     import uvicorn
 
-    from boneage.service import create_app
+    from boneage.clinic.service import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0

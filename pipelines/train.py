@@ -21,16 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from boneage import distributed
-from boneage.acquisition import KNOWN
+from boneage.training import distributed
+from boneage.geometry.acquisition import KNOWN
 from boneage.config import (ANTIALIAS_SIZES, ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, TTA_VIEW_SETS, ModelConfig,
                             TrainConfig)
-from boneage.data import load_images
-from boneage.geometry import FITS, GeometryError
-from boneage.manifest import sha256_file
-from boneage.training import ResumeCheckpointError, train_model
+from boneage.training.image_cache import load_images
+from boneage.geometry.framing import FITS, GeometryError
+from boneage.store.manifest import sha256_file
+from boneage.training.loop import ResumeCheckpointError, train_model
 from pipelines.cli import data_dir_or_report
 from pipelines.prepare import prepare_splits
+from boneage.settings import add_path_flags
 
 
 def _dropout(text: str) -> float:
@@ -47,7 +48,7 @@ def _dropout(text: str) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", help="RSNA data folder (default: $BONEAGE_DATA)")
+    add_path_flags(ap)
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--out", default=str(MODEL_DIR))
     ap.add_argument("--cache-dir", help="folder of the prepared-image cache (default runs/cache; with "
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
                          "view, so training itself is unchanged)")
     ap.add_argument("--laterality", choices=("as-is", "left"), default=ModelConfig.laterality,
                     help="left: films the learned check takes for right hands are mirrored first, for training "
-                         "and every input (boneage.laterality)")
+                         "and every input (boneage.geometry.laterality)")
     ap.add_argument("--mirror-invariant", action="store_true",
                     help="train with mirrored copies and average every prediction with its mirror image")
     ap.add_argument("--antialias", type=int, choices=ANTIALIAS_SIZES, default=ModelConfig.antialias,

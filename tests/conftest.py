@@ -71,7 +71,7 @@ def make_dicom():
     """``make_dicom(png_path, **tags) -> bytes``: a real radiograph wrapped into an uncompressed DX DICOM file
     (8-bit MONOCHROME2, body part HAND) with the given header tags (e.g. PatientSex="F",
     PatientBirthDate="20100115", StudyDate="20201120")."""
-    from boneage.dicom_wrap import dx_bytes
+    from boneage.io.dicom_wrap import dx_bytes
 
     def make(png_path, **tags) -> bytes:
         return dx_bytes(png_path, **tags)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from boneage.acquisition import FAMILIES, KNOWN, RANGES, acquired, acquired_batch
-from boneage.imaging import read_radiograph
-from boneage.precision import jpeg, rotate
-from boneage.preprocess import preprocess_array
-from boneage.training import consistency_loss
+from boneage.geometry.acquisition import FAMILIES, KNOWN, RANGES, acquired, acquired_batch
+from boneage.io.imaging import read_radiograph
+from boneage.evidence.precision import jpeg, rotate
+from boneage.geometry.preprocess import preprocess_array
+from boneage.training.loop import consistency_loss
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +104,9 @@ def test_training_with_consistency_reads_every_image_twice(data_dir, tmp_path, m
     import pandas as pd
 
     from boneage.config import ModelConfig, TrainConfig
-    from boneage.data import load_images
-    from boneage.model import BoneAgeNet
-    from boneage.training import train_model
+    from boneage.training.image_cache import load_images
+    from boneage.nn.model import BoneAgeNet
+    from boneage.training.loop import train_model
 
     cases = pd.read_csv(data_dir / "train.csv", dtype={"id": str}).head(24).reset_index(drop=True)
     loaded = load_images(cases, data_dir / "train", progress=False)
@@ -139,9 +139,9 @@ def test_training_with_consistency_reads_every_image_twice(data_dir, tmp_path, m
 def test_shared_affine_gives_both_readings_of_a_hand_the_same_turn(data_dir, tmp_path, monkeypatch, shared):
     import pandas as pd
 
-    import boneage.training as training
+    import boneage.training.loop as training
     from boneage.config import ModelConfig, TrainConfig
-    from boneage.data import load_images
+    from boneage.training.image_cache import load_images
 
     cases = pd.read_csv(data_dir / "train.csv", dtype={"id": str}).head(12).reset_index(drop=True)
     loaded = load_images(cases, data_dir / "train", progress=False)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from boneage.config import ANTIALIAS_SIZES, ModelConfig, model_config_from_dict
-from boneage.model import BLUR_TAPS, AntiAliasedConv2d, BoneAgeNet, fold_batchnorm
+from boneage.nn.model import BLUR_TAPS, AntiAliasedConv2d, BoneAgeNet, fold_batchnorm
 
 
 def test_layer_is_a_stride_one_convolution_blurred_then_subsampled():
@@ -57,8 +57,8 @@ def test_same_parameters_both_ways_and_checkpoint_keys_unchanged():
 
 
 def test_fold_batchnorm_keeps_antialiased_outputs(train_image_path):
-    from boneage.imaging import read_radiograph
-    from boneage.preprocess import preprocess_array, to_model_input
+    from boneage.io.imaging import read_radiograph
+    from boneage.geometry.preprocess import preprocess_array, to_model_input
 
     torch.manual_seed(0)
     ref = BoneAgeNet(ModelConfig(input_size=160, antialias=3), pretrained=True).eval()
@@ -82,8 +82,8 @@ def test_fold_batchnorm_keeps_antialiased_outputs(train_image_path):
 def test_features_move_less_when_the_hand_moves_one_pixel(data_dir):
     """The ImageNet backbone's pooled features of 12 real radiographs, and of the same films moved by one
     input pixel: the anti-aliased strides change them by much less than the plain ones."""
-    from boneage.imaging import read_radiograph
-    from boneage.preprocess import preprocess_array, to_model_input
+    from boneage.io.imaging import read_radiograph
+    from boneage.geometry.preprocess import preprocess_array, to_model_input
 
     ids = ["1377", "1378", "1379", "1380", "1381", "1382", "1383", "1384", "1385", "1387", "1388", "1389"]
     imgs = np.stack([preprocess_array(read_radiograph(data_dir / "train" / f"{i}.png"), 100) for i in ids])

@@ -1,4 +1,4 @@
-"""boneage.assess: one assessment for every door. The same numbers as the predictor, one row schema for the
+"""boneage.inference.assess: one assessment for every door. The same numbers as the predictor, one row schema for the
 library, the CLI (single image and batch) and the dashboard, sex and age read from a DICOM header when not
 given, and each input problem named."""
 from __future__ import annotations
@@ -12,16 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.assess import AssessmentInputError, assess, assess_cases, row_columns
-from boneage.dicom_patient import parse_patient_age, patient_info
-from boneage.imaging import ImageLoadError
+from boneage.inference.assess import AssessmentInputError, assess, assess_cases, row_columns
+from boneage.io.dicom_patient import parse_patient_age, patient_info
+from boneage.io.imaging import ImageLoadError
 
 CASE = "4361"  # official test radiograph, male, reference 169.65 months
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    from boneage.assess import shipped_predictor
+    from boneage.inference.assess import shipped_predictor
 
     return shipped_predictor()
 

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from boneage import explain
+from boneage.evidence import explain
 from boneage.config import ModelConfig, TrainConfig
-from boneage.data import load_images
-from boneage.embeddings import extract_features, layer_description, layer_path
-from boneage.imaging import read_radiograph
-from boneage.model import BoneAgeNet
-from boneage.predictor import load_predictor
-from boneage.training import train_model
+from boneage.training.image_cache import load_images
+from boneage.evaluation.embeddings import extract_features, layer_description, layer_path
+from boneage.io.imaging import read_radiograph
+from boneage.nn.model import BoneAgeNet
+from boneage.inference.predictor import load_predictor
+from boneage.training.loop import train_model
 
 
 def test_lite0_layer_names_resolve_to_the_modules_the_shipped_artifacts_used():

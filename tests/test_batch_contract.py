@@ -1,4 +1,4 @@
-"""The batch contract of pipelines.predict and BoneAgePredictor.predict_cases: one output row per input row,
+"""The batch contract of pipelines.predict and boneage.inference.assess.assess_cases: one output row per input row,
 every failure with its reason, truthful counts, a non-zero exit when nothing succeeded, the output path
 checked before any work, and no spreadsheet formulas in any CSV the product writes."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.csv_safety import neutralise_frame, to_csv_safe
+from boneage.io.csv_safety import neutralise_frame, to_csv_safe
+from boneage.inference.assess import assess_cases
 
 IDS = ["1377", "1378"]  # real training radiographs
 
@@ -96,7 +97,7 @@ def test_csv_safety_helper():
 
 
 def test_every_csv_written_for_people_goes_through_the_helper(repo_root):
-    """Pages and the prediction CLI write CSV only through boneage.csv_safety (a plain .to_csv there would be
+    """Pages and the prediction CLI write CSV only through boneage.io.csv_safety (a plain .to_csv there would be
     a formula-injection hole)."""
     files = [*(repo_root / "dashboard").rglob("*.py"), repo_root / "pipelines" / "predict.py"]
     offenders = [f"{f.name}:{i}" for f in files for i, line in enumerate(f.read_text().splitlines(), 1)
@@ -108,7 +109,7 @@ def test_predict_cases_keeps_rows_with_bad_sex(data_dir, image_dir):
     from boneage import load_predictor
 
     p = load_predictor()
-    out = p.predict_cases(pd.DataFrame({"id": ["1377", "1378", "1377"], "male": [True, None, "x"]}), image_dir)
+    out = assess_cases(pd.DataFrame({"id": ["1377", "1378", "1377"], "male": [True, None, "x"]}), image_dir, predictor=p)
     assert out["id"].tolist() == ["1377", "1378", "1377"]
     assert out["error"].iloc[0] == "" and np.isfinite(out["boneage_pred"].iloc[0])
     assert "sex missing or not understood" in out["error"].iloc[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.benchmark import ACCURACY_TAGS, model_fingerprint
+from pipelines.benchmarks.inference import ACCURACY_TAGS, model_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 PRIMARY_SHA = hashlib.sha256((REPO / "artifacts" / "model" / "model.pt").read_bytes()).hexdigest()
@@ -28,7 +28,7 @@ def test_skip_accuracy_keeps_mae_only_for_the_same_weights(data_dir, tmp_path, s
     out = tmp_path / "benchmark.json"
     out.write_text(json.dumps({"model_sha256": SHA if same_model else "0" * 64, "official_test_mae_plain": 7.5,
                                "internal_test_mae_tta": 8.4, "latency_ms_median": 999.0}))
-    r = subprocess.run([sys.executable, "-m", "pipelines.benchmark", "--data-dir", str(data_dir), "--skip-accuracy",
+    r = subprocess.run([sys.executable, "-m", "pipelines.benchmarks.inference", "--data-dir", str(data_dir), "--skip-accuracy",
                         "--repeats", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.manifest import model_fingerprint
-from boneage.site_calibration import SITES_DIR, SiteProfile, SiteProfileError
+from boneage.store.manifest import model_fingerprint
+from boneage.evaluation.site_calibration import SITES_DIR, SiteProfile, SiteProfileError
+from boneage.inference.assess import assess_cases
 
 N_CASES = 24
 PREDICT_IDS = ["4361", "4362", "4365"]
@@ -140,7 +141,7 @@ def predicted(tmp_path_factory, calibrated, data_dir, subprocess_env, repo_root)
 def test_predict_with_site_applies_the_correction_and_its_intervals(predicted, calibrated):
     default, site = predicted
     profile = SiteProfile.load(calibrated[1])
-    assert list(site.columns) == list(default.columns)  # one row schema (boneage.assess.row_columns)
+    assert list(site.columns) == list(default.columns)  # one row schema (boneage.inference.assess.row_columns)
     assert (site["site"] == "clinic").all() and (site["error"] == "").all() and (default["site"] == "").all()
     male = default["male"].astype(str).eq("True").to_numpy()
     raw, scale = default["boneage_pred"].astype(float).to_numpy(), default["uncertainty"].astype(float).to_numpy()
@@ -164,7 +165,7 @@ def test_default_prediction_is_unchanged_without_a_site(predicted, data_dir):
 
     p = load_predictor()
     assert p.site is None and p.with_site(None).site is None
-    ref = p.predict_cases(pd.DataFrame({"id": PREDICT_IDS, "male": [True, True, False]}), data_dir / "test")
+    ref = assess_cases(pd.DataFrame({"id": PREDICT_IDS, "male": [True, True, False]}), data_dir / "test", predictor=p)
     assert np.allclose(ref["boneage_pred"], default["boneage_pred"].astype(float))
     assert np.allclose(ref["lower_90"], default["lower_90"].astype(float))
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.calibration import calibration_curve
 
-from boneage import calibration as C
+from boneage.evaluation import calibration as C
 from boneage.config import StageConfig
 
 

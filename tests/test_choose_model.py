@@ -107,7 +107,7 @@ def test_native_cases_need_their_folder(repo_root, subprocess_env, tmp_path):
 def test_a_change_of_phases_is_a_native_blind_spot_too_but_trimming_is_not():
     from types import SimpleNamespace
 
-    from boneage.geometry import Geometry
+    from boneage.geometry.framing import Geometry
     from pipelines.choose_model import native_blind_spot
 
     def model(**kw):

@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from boneage.predictor import load_predictor
+from boneage.inference.predictor import load_predictor
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 
-from boneage.artifacts import ArtifactStore
+from boneage.store.artifacts import ArtifactStore
 from dashboard.common import PAGES
 from dashboard_app import open_page
 

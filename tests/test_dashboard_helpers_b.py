@@ -3,10 +3,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.atlas import AtlasHeatmaps, band_samples, typical_cases
-from boneage.conformal import coverage_frame
-from boneage.embeddings import layer_quality_table, map_columns, maps_with_cases, most_unusual
-from boneage.uncertainty import error_by_uncertainty, least_certain, rank_correlation, stage_outcome
+from boneage.evidence.atlas import AtlasHeatmaps, band_samples, typical_cases
+from boneage.evaluation.conformal import coverage_frame
+from boneage.evaluation.embeddings import layer_quality_table, map_columns, maps_with_cases, most_unusual
+from boneage.evaluation.uncertainty import error_by_uncertainty, least_certain, rank_correlation, stage_outcome
 
 
 def _cases(n=400, seed=0):

@@ -18,7 +18,7 @@ import pytest
 import streamlit as st  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from boneage.artifacts import ArtifactStore  # noqa: E402
+from boneage.store.artifacts import ArtifactStore  # noqa: E402
 
 import dashboard_app  # noqa: E402  (tests/dashboard_app.py)
 

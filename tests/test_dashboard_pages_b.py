@@ -17,7 +17,7 @@ import pytest
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from boneage.artifacts import ArtifactStore  # noqa: E402
+from boneage.store.artifacts import ArtifactStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 from dashboard import common  # noqa: E402

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from boneage.maturity import ADVANCED, DELAYED, NORMAL, maturity_status
-from boneage.imaging import ImageLoadError, colorfulness, looks_like_radiograph, read_upload
-from boneage.metrics import bootstrap_ci, mae_ci_table
+from boneage.growth.maturity import ADVANCED, DELAYED, NORMAL, maturity_status
+from boneage.io.imaging import ImageLoadError, colorfulness, looks_like_radiograph, read_upload
+from boneage.evaluation.metrics import bootstrap_ci, mae_ci_table
 
 
 def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -22,8 +22,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from boneage.imaging import MAX_PIXELS, UPLOAD_MAX_PIXELS, ImageLoadError, TooManyPixelsError, decode_image_bytes, decode_upload
-from pipelines.decode_memory_benchmark import build_deflated_bomb
+from boneage.io.imaging import MAX_PIXELS, UPLOAD_MAX_PIXELS, ImageLoadError, TooManyPixelsError, decode_image_bytes, decode_upload
+from pipelines.benchmarks.decode_memory import build_deflated_bomb
 
 
 def _sample(name: str) -> bytes:
@@ -79,7 +79,7 @@ def test_undecodable_jpeg_gets_a_clear_message():
 @pytest.fixture(scope="module")
 def real_dx(data_dir) -> tuple[np.ndarray, Dataset]:
     """Official test radiograph 4361 (native size, 8-bit) as an uncompressed DX dataset."""
-    from boneage.dicom_wrap import dx_dataset
+    from boneage.io.dicom_wrap import dx_dataset
 
     ds = dx_dataset(data_dir / "test" / "4361.png")
     return ds.pixel_array.copy(), ds
@@ -165,12 +165,12 @@ def test_animated_png_gives_its_first_frame_and_says_so(train_image_path):
 
 
 def test_dicom_wrap_stores_the_pixels_and_tags_it_is_given(data_dir):
-    """boneage.dicom_wrap (the benchmarks' and tests' one way to make a DX file from a PNG)."""
+    """boneage.io.dicom_wrap (the benchmarks' and tests' one way to make a DX file from a PNG)."""
     import io
 
     import pydicom
 
-    from boneage.dicom_wrap import dx_bytes
+    from boneage.io.dicom_wrap import dx_bytes
 
     png = data_dir / "test" / "4361.png"
     grey = np.asarray(Image.open(png).convert("L"))

@@ -22,7 +22,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from boneage import dicom_results
+from boneage.clinic import dicom_results
 from pipelines.cli import free_loopback_port, stop_process
 
 ORTHANC_AET, NODE_AET = "ORTHANC", "BONEAGE"
@@ -185,7 +185,7 @@ def test_rejected_images_get_a_failure_status_and_the_node_keeps_serving(node, n
 
 def test_orthanc_sends_a_radiograph_and_gets_back_sc_and_sr_with_the_library_bone_age(orthanc, node, hand_dx,
                                                                                        data_dir):
-    from boneage.assess import assess
+    from boneage.inference.assess import assess
 
     png = data_dir / "test" / f"{CASE}.png"
     male = bool(pd.read_csv(data_dir / "test.csv", dtype={"id": str}).set_index("id").loc[CASE, "male"])

@@ -1,4 +1,4 @@
-"""The DICOM results of a reading (Secondary Capture and SR, boneage.dicom_results) and the node's checks of
+"""The DICOM results of a reading (Secondary Capture and SR, boneage.clinic.dicom_results) and the node's checks of
 what it receives (pipelines.dicom_node), without a network or a model."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from boneage import dicom_results as dr
-from boneage.assess import Assessment
-from pipelines.dicom_node import BoneAgeNode, Destination, NodeConfig, Refused
+from boneage.clinic import dicom_results as dr
+from boneage.inference.assess import Assessment
+from boneage.clinic.dicom_node import BoneAgeNode, Destination, NodeConfig, Refused
 
 CASE = "4361"
 
@@ -24,7 +24,7 @@ def source(hand_dx, data_dir) -> tuple[Dataset, np.ndarray]:
 
 
 def reading(age: float | None = 167.85, **kw) -> Assessment:
-    """An assessment as boneage.assess makes it (numbers chosen here, so that the test knows them)."""
+    """An assessment as boneage.inference.assess makes it (numbers chosen here, so that the test knows them)."""
     base = dict(id="x", male=True, boneage_months=150.25, scale_months=7.5, stage="Adolescent",
                 stage_probs={"Child": 0.05, "Adolescent": 0.9, "Adult": 0.05},
                 intervals={"80": (141.0, 160.5), "90": (138.2, 163.9), "95": (135.0, 166.0)},
@@ -176,7 +176,7 @@ def test_configured_sex_is_used_only_when_the_header_has_none(hand_dx, data_dir)
 def test_sending_to_a_destination_that_is_down_names_it(source):
     import socket
 
-    from pipelines.dicom_node import send
+    from boneage.clinic.dicom_node import send
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -244,8 +244,8 @@ def test_results_for_a_sparse_header_leave_unknowns_empty(make_dicom, data_dir):
 
 def test_whole_image_models_get_their_map_on_the_radiograph_itself(source):
     """The shipped model reads the whole film squeezed to 100x100: its map stretched back lies on the radiograph."""
-    from boneage.render import overlay
-    from boneage.predictor import load_predictor
+    from boneage.evidence.render import overlay
+    from boneage.inference.predictor import load_predictor
 
     assert dr.covers_whole_image(load_predictor().cfg.geometry)
     _, pixels = source

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from boneage import distributed as D
+from boneage.training import distributed as D
 from boneage.config import model_config_from_dict
-from boneage.imaging import read_radiograph
-from boneage.model import BoneAgeNet
+from boneage.io.imaging import read_radiograph
+from boneage.nn.model import BoneAgeNet
 
 
 def _torchrun(out, env, repo_root, *extra: str) -> str:
@@ -77,9 +77,9 @@ def test_model_of_another_base_size_predicts_through_the_cli(ddp_run, native_ima
 
 
 def test_model_of_another_base_size_reads_its_own_geometry_and_explains_on_it(ddp_run, native_image, monkeypatch):
-    import boneage.inference as inference
-    from boneage import explain
-    from boneage.predictor import load_predictor
+    import boneage.nn.forward as inference
+    from boneage.evidence import explain
+    from boneage.inference.predictor import load_predictor
 
     out, _ = ddp_run
     path, male = native_image

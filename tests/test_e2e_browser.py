@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from boneage.artifacts import ArtifactStore
+from boneage.store.artifacts import ArtifactStore
 from pipelines.cli import free_loopback_port, stop_process
 
 from playwright import sync_api  # noqa: E402  (requirements-dev.txt)

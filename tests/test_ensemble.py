@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from boneage.config import MODEL_DIR, ModelConfig, to_jsonable
-from boneage.data import load_images
-from boneage.inference import Member, run_network
-from boneage.model import BoneAgeNet
-from boneage.predictor import BoneAgePredictor, ModelNotFoundError, member_dirs
-from boneage.tables import read_cases
+from boneage.training.image_cache import load_images
+from boneage.nn.forward import Member, run_network
+from boneage.nn.model import BoneAgeNet
+from boneage.inference.predictor import BoneAgePredictor, ModelNotFoundError
+from boneage.store.manifest import member_dirs
+from boneage.io.tables import read_cases
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage import error_analysis as E
-from boneage.splits import age_band
+from boneage.evidence import error_analysis as E
+from boneage.training.splits import age_band
 
 
 def _table(n=300, seed=0):

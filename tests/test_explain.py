@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from boneage import explain as E
-from boneage import render
+from boneage.evidence import explain as E
+from boneage.evidence import render
 from boneage.config import MODEL_DIR, ModelConfig
-from boneage.data import load_case_image
-from boneage.hand import hand_mask
-from boneage.model import BoneAgeNet
-from boneage.preprocess import to_uint8
+from boneage.training.image_cache import load_case_image
+from boneage.geometry.hand import hand_mask
+from boneage.nn.model import BoneAgeNet
+from boneage.geometry.preprocess import to_uint8
 
 N_IMAGES = 5
 LIGHT = {  # cheap settings for the shape / range checks (defaults are exercised further down)
@@ -227,8 +227,8 @@ def test_sex_flip_is_the_reading_every_door_gives(data_dir):
     """The page's "as given" is the prediction shown beside it: official film 4360 (nine phase views) and 4388
     (the laterality check unsure, both sides blended) read through the predictor, views and blend included,
     and with test-time augmentation when it is on. The first view alone reads differently."""
-    from boneage.imaging import read_radiograph
-    from boneage.predictor import load_predictor
+    from boneage.io.imaging import read_radiograph
+    from boneage.inference.predictor import load_predictor
 
     for tta in (False, True):
         p = load_predictor(tta=tta)

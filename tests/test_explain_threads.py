@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from boneage import explain
-
+from boneage.evidence import explain
 ROUNDS = 25
 
 

@@ -1,4 +1,4 @@
-"""The explanation audit (boneage/explanation_audit.py): shares on the hand, deletion / insertion curves against
+"""The explanation audit (boneage/evidence/explanation_audit.py): shares on the hand, deletion / insertion curves against
 random, the cascading randomisation on a copy, the precompute option, and the dashboard page."""
 from __future__ import annotations
 
@@ -11,25 +11,25 @@ import pandas as pd
 import pytest
 import torch
 
-from boneage import explain
-from boneage.hand import hand_mask
-from boneage import explanation_audit as ea
-from boneage.artifacts import ArtifactStore
+from boneage.evidence import explain
+from boneage.geometry.hand import hand_mask
+from boneage.evidence import explanation_audit as ea
+from boneage.store.artifacts import ArtifactStore
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def model():
-    from boneage.predictor import load_predictor
+    from boneage.inference.predictor import load_predictor
 
     return load_predictor(REPO / "artifacts" / "model").model
 
 
 @pytest.fixture(scope="module")
 def radiograph(data_dir):
-    from boneage.data import load_case_image
-    from boneage.preprocess import to_uint8
+    from boneage.training.image_cache import load_case_image
+    from boneage.geometry.preprocess import to_uint8
 
     return to_uint8(load_case_image(data_dir / "train", "1378"))
 
@@ -246,9 +246,9 @@ def test_error_browser_and_explain_state_the_share_on_the_hand_of_the_shown_map(
 
 def test_audit_images_are_prepared_in_the_audited_models_geometry(data_dir):
     """A framing model is audited on the framed images its network reads, not on the whole film."""
-    from boneage.geometry import Geometry
-    from boneage.imaging import read_radiograph
-    from boneage.preprocess import prepare, to_uint8
+    from boneage.geometry.framing import Geometry
+    from boneage.io.imaging import read_radiograph
+    from boneage.geometry.preprocess import prepare, to_uint8
     from pipelines.explanation_audit import load_audit_cases
 
     internal = pd.DataFrame({"id": ["1377"], "male": [True], "boneage": [120.0]})

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage import fairness as F
-from boneage.metrics import stages_from_months
-from boneage.splits import AGE_BAND_LABELS, age_band
+from boneage.evidence import fairness as F
+from boneage.evaluation.metrics import stages_from_months
+from boneage.training.splits import AGE_BAND_LABELS, age_band
 
 
 def _table(ref, pred, male, seed=0, split="test"):

@@ -1,4 +1,4 @@
-"""The input geometry (boneage.geometry): fit, framing, trimming, mirror invariance, on real radiographs."""
+"""The input geometry (boneage.geometry.framing): fit, framing, trimming, mirror invariance, on real radiographs."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from boneage.config import ModelConfig
-from boneage.geometry import (Geometry, GeometryError, area_squeeze, letterbox, locate_hand, squeeze,
+from boneage.geometry.framing import (Geometry, GeometryError, area_squeeze, letterbox, locate_hand, squeeze,
                               trim_uniform_border)
-from boneage.hand import hand_mask
-from boneage.imaging import read_radiograph
-from boneage.inference import View, run_network, views
-from boneage.model import BoneAgeNet
-from boneage.precision import border, mirror, rotate
-from boneage.preprocess import prepare, preprocess_array
+from boneage.geometry.hand import hand_mask
+from boneage.io.imaging import read_radiograph
+from boneage.nn.forward import View, run_network, views
+from boneage.nn.model import BoneAgeNet
+from boneage.evidence.precision import border, mirror, rotate
+from boneage.geometry.preprocess import prepare, preprocess_array
 
 UPRIGHT = Geometry(framing="hand-upright")
 OFFICIAL = ("4360", "4365", "4380", "4400")  # native official test radiographs (different sizes and backgrounds)
@@ -127,7 +127,7 @@ def test_trim_removes_uniform_bars_but_at_most_a_quarter(official):
 
 
 def test_trim_is_indifferent_to_exposure_and_peels_nested_bars(official):
-    from boneage.precision import gamma
+    from boneage.evidence.precision import gamma
 
     raw = official[1]
     rng = np.random.default_rng(0)
@@ -172,7 +172,7 @@ def test_a_mirror_invariant_model_reads_a_mirrored_image_the_same(official):
 
 
 def test_degradation_augmentation_keeps_range_and_changes_pixels():
-    from boneage.training import _augment_degradation
+    from boneage.training.loop import _augment_degradation
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(8, 50, 50)
@@ -187,7 +187,7 @@ def test_jpeg_augmentation_is_a_real_jpeg_round_trip_on_the_picked_images(train_
 
     from PIL import Image
 
-    from boneage.training import _augment_jpeg
+    from boneage.training.loop import _augment_jpeg
 
     img = torch.from_numpy(preprocess_array(read_radiograph(train_image_path)))
     x = torch.stack([img] * 16)
@@ -210,7 +210,7 @@ def test_jpeg_augmentation_is_a_real_jpeg_round_trip_on_the_picked_images(train_
 def test_image_cache_is_keyed_by_geometry(data_dir, tmp_path):
     import pandas as pd
 
-    from boneage.data import load_images
+    from boneage.training.image_cache import load_images
 
     cases = pd.DataFrame({"id": ["1377", "1378"], "boneage": [100.0, 120.0], "male": [True, False]})
     a = load_images(cases, data_dir / "train", Geometry(), cache_dir=tmp_path, progress=False)

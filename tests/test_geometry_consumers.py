@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from boneage.geometry import Geometry, fit_to_base
-from boneage.imaging import read_radiograph
-from boneage.polarity import REFERENCE_SIZE, at_reference_size, default_check
-from boneage.preprocess import prepare
+from boneage.geometry.framing import Geometry, fit_to_base
+from boneage.io.imaging import read_radiograph
+from boneage.geometry.polarity import REFERENCE_SIZE, at_reference_size, default_check
+from boneage.geometry.preprocess import prepare
 
 
 def test_negative_image_check_reads_every_base_size_at_its_own_reference_size(data_dir):

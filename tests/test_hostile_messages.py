@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import boneage
-from boneage.predictor import ModelDamagedError
+from boneage.inference.predictor import ModelDamagedError
 
 MODEL = Path(__file__).resolve().parent.parent / "artifacts" / "model"
 
@@ -173,10 +173,10 @@ def test_planted_last_pt_is_not_unpickled(tmp_path, data_dir, repo_root, subproc
 # -- uploads and the dashboard ---------------------------------------------------------------------------------
 
 def test_huge_png_upload_refused_for_its_pixels():
-    from pipelines.decode_memory_benchmark import build_png
+    from pipelines.benchmarks.decode_memory import build_png
 
-    from boneage.imaging import TooManyPixelsError, read_upload
-    from boneage.input_gate import load_radiograph_bytes
+    from boneage.io.imaging import TooManyPixelsError, read_upload
+    from boneage.io.input_gate import load_radiograph_bytes
 
     data = build_png(20000, 20000)
     assert len(data) < 1_000_000

@@ -1,4 +1,4 @@
-"""The on-disk image cache (boneage.image_cache): built by worker processes, reread without decoding, never
+"""The on-disk image cache (boneage.training.image_cache): built by worker processes, reread without decoding, never
 taken for complete after an interrupted build; and the training dataset that reads batches from it."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import boneage.image_cache as IC
-from boneage.batches import CaseBatches
-from boneage.geometry import Geometry
-from boneage.preprocess import to_uint8
+import boneage.training.image_cache as IC
+from boneage.training.batches import CaseBatches
+from boneage.geometry.framing import Geometry
+from boneage.geometry.preprocess import to_uint8
 
 GEO = Geometry(160, "letterbox")  # another base size than the files' 100 px, aspect kept
 
@@ -90,8 +90,8 @@ def test_build_that_raises_midway_leaves_nothing_taken_for_complete(cases, data_
 _KILLED_BUILD = """
 import sys, time
 import pandas as pd
-import boneage.image_cache as IC
-from boneage.geometry import Geometry
+import boneage.training.image_cache as IC
+from boneage.geometry.framing import Geometry
 real = IC.load_case_image
 def slow(*a, **k):
     time.sleep(0.1)
@@ -144,7 +144,7 @@ def test_workers_prepare_with_every_field_of_the_geometry(data_dir, tmp_path):
     filled a cache whose key promised them with images made without them."""
     from PIL import Image
 
-    from boneage.imaging import read_radiograph
+    from boneage.io.imaging import read_radiograph
 
     folder = tmp_path / "films"
     folder.mkdir()

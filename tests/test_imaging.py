@@ -12,8 +12,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from boneage.imaging import MAX_PIXELS, ImageLoadError, read_radiograph, read_radiograph_bytes, safe_image_path
-from boneage.preprocess import preprocess_array
+from boneage.io.imaging import MAX_PIXELS, ImageLoadError, read_radiograph, read_radiograph_bytes, safe_image_path
+from boneage.geometry.preprocess import preprocess_array
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 
-import boneage.predictor as predictor_module
+import boneage.inference.predictor as predictor_module
 from boneage.config import MODEL_DIR
-from boneage.data import load_images
-from boneage.embeddings import extract_features
-from boneage.inference import TTA_ZOOMS, run_network
-from boneage.predictor import default_tta, load_predictor
-from boneage.tables import read_cases
+from boneage.training.image_cache import load_images
+from boneage.evaluation.embeddings import extract_features
+from boneage.nn.forward import TTA_ZOOMS, run_network
+from boneage.inference.predictor import default_tta, load_predictor
+from boneage.io.tables import read_cases
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_tta_predictions_are_accurate_on_real_images(shipped, images):
 def test_fast_network_matches_the_eager_network(shipped, images):
     """The traced network (used for every prediction) agrees with the eager one that the explanations
     use, for any batch size, with and without TTA."""
-    from boneage.inference import fast_network_for
+    from boneage.nn.forward import fast_network_for
 
     imgs, male, _ = images
     fast = fast_network_for(shipped.model)
@@ -113,9 +113,9 @@ def test_traced_layer_features_match_eager_hooks_and_leave_no_hooks(shipped, ima
     the explanations) must not keep any hook."""
     import torch
 
-    from boneage.embeddings import layer_path
-    from boneage.inference import FastNetwork
-    from boneage.preprocess import to_model_input
+    from boneage.evaluation.embeddings import layer_path
+    from boneage.nn.forward import FastNetwork
+    from boneage.geometry.preprocess import to_model_input
 
     imgs, male, _ = images
     paths = [layer_path(shipped.model, n) for n in ("stage3", "stage5", "head")]

@@ -1,5 +1,5 @@
-"""The input gate (boneage.input_gate): what cannot be a hand radiograph is refused at every door, with a
-reason; real radiographs pass. (All 12,611 training and 200 official test images: pipelines.gate_benchmark.)"""
+"""The input gate (boneage.io.input_gate): what cannot be a hand radiograph is refused at every door, with a
+reason; real radiographs pass. (All 12,611 training and 200 official test images: pipelines.benchmarks.gate.)"""
 from __future__ import annotations
 
 import io
@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from boneage.imaging import ImageLoadError, decode_image_bytes, read_radiograph
-from boneage.input_gate import NotARadiographError, check_radiograph, load_radiograph_bytes
-from pipelines.gate_benchmark import hostile_inputs
+from boneage.io.imaging import ImageLoadError, decode_image_bytes, read_radiograph
+from boneage.io.input_gate import NotARadiographError, check_radiograph, load_radiograph_bytes
+from boneage.inference.assess import assess_cases
+from pipelines.benchmarks.gate import hostile_inputs
 
 EXPECTED_FLAG = {"black.png": "blank", "white.png": "blank", "one_pixel.png": "too_small", "rgb_noise.png": "colour",
                  "gray_noise.png": "noise", "sliver_5x5000.png": "too_small", "ct.dcm": "modality",
@@ -106,7 +107,7 @@ def test_library_doors_refuse(predictor, hostile, tmp_path, train_image_path):
     # the batch door: one error row for the refused image, the real radiograph still predicted
     (tmp_path / "black.png").write_bytes(hostile["black.png"])
     (tmp_path / "real.png").write_bytes(train_image_path.read_bytes())
-    out = predictor.predict_cases(pd.DataFrame({"id": ["black", "real", "ct"], "male": [True, False, True]}), tmp_path)
+    out = assess_cases(pd.DataFrame({"id": ["black", "real", "ct"], "male": [True, False, True]}), tmp_path, predictor=predictor)
     assert out["id"].tolist() == ["black", "real", "ct"]
     assert "blank" in out.loc[0, "error"] and "CT scan" in out.loc[2, "error"]
     assert out.loc[1, "error"] == "" and np.isfinite(out.loc[1, "boneage_pred"])
@@ -129,7 +130,7 @@ def test_cli_refuses_a_black_image(tmp_path, hostile, repo_root, subprocess_env)
 def test_unlike_training_data_is_marked_at_the_library_and_cli_doors(predictor, data_dir, tmp_path, repo_root,
                                                                      subprocess_env):
     """What passes the gate but lies outside the training features is marked, not refused (LOF check)."""
-    from boneage.unlike_training import fit_training_outlier_check
+    from boneage.inference.unlike_training import fit_training_outlier_check
 
     p = predictor.with_options()
     p.outlier_check = fit_training_outlier_check()

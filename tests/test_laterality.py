@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from boneage.config import ModelConfig
-from boneage.geometry import Geometry, GeometryError
-from boneage.imaging import read_radiograph
-from boneage.laterality import N_FEATURES, LateralityCheck, default_check, fit_laterality_check, mirror_contrast
-from boneage.predictor import mirrored_text
-from boneage.preprocess import prepare, preprocess_array
+from boneage.geometry.framing import Geometry, GeometryError
+from boneage.io.imaging import read_radiograph
+from boneage.geometry.laterality import N_FEATURES, LateralityCheck, default_check, fit_laterality_check, mirror_contrast
+from boneage.inference.predictor import mirrored_text
+from boneage.geometry.preprocess import prepare, preprocess_array
 
 REPO = Path(__file__).resolve().parent.parent
 LEFT = Geometry(laterality="left")
@@ -114,7 +114,7 @@ def test_fit_laterality_cli_writes_a_check_with_its_counts(tmp_path, subprocess_
 
 
 def test_blend_readings_replaces_only_the_given_rows():
-    from boneage.inference import RawPredictions, blend_readings
+    from boneage.nn.forward import RawPredictions, blend_readings
 
     first = RawPredictions(np.array([100.0, 50.0, 80.0]), np.array([5.0, 6.0, 7.0]),
                            np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]), np.ones((3, 4)))
@@ -132,7 +132,7 @@ def left_predictor(tmp_path_factory):
     """The shipped weights with a config that reads left hands only."""
     import shutil
 
-    from boneage.predictor import load_predictor
+    from boneage.inference.predictor import load_predictor
 
     d = tmp_path_factory.mktemp("left_model")
     for name in ("model.pt", "conformal.json"):
@@ -144,8 +144,8 @@ def left_predictor(tmp_path_factory):
 
 
 def test_an_unsure_check_blends_the_two_sides(left_predictor, data_dir, monkeypatch):
-    import boneage.predictor as P
-    from boneage.laterality import other_side_weight
+    import boneage.inference.predictor as P
+    from boneage.geometry.laterality import other_side_weight
 
     img = (prepare(read_radiograph(data_dir / "train" / "1380.png"), LEFT).image * 255).astype(np.uint8)[None]
     male = np.array([True])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from boneage.config import StageConfig
-from boneage.metrics import all_metrics, grouped_metrics, regression_metrics, stage_metrics, stages_from_months
+from boneage.evaluation.metrics import all_metrics, grouped_metrics, regression_metrics, stage_metrics, stages_from_months
 
 
 def test_regression_metrics_known_answer():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from boneage.config import ModelConfig
-from boneage.model import BoneAgeNet, EfficientNetLite, imagenet_checkpoint_path, laplace_nll
+from boneage.nn.model import BoneAgeNet, EfficientNetLite, imagenet_checkpoint_path, laplace_nll
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +109,9 @@ def test_fold_batchnorm_keeps_outputs_and_hook_points(train_image_path):
 
     import numpy as np
 
-    from boneage.imaging import read_radiograph
-    from boneage.model import fold_batchnorm
-    from boneage.preprocess import preprocess_array, to_model_input
+    from boneage.io.imaging import read_radiograph
+    from boneage.nn.model import fold_batchnorm
+    from boneage.geometry.preprocess import preprocess_array, to_model_input
 
     torch.manual_seed(0)
     ref = BoneAgeNet(ModelConfig(input_size=128), pretrained=True).eval()

@@ -1,6 +1,6 @@
 """Phase views: a native film read at several sub-pixel offsets of the nearest-neighbour squeeze grid.
 
-The reading of a film larger than the base size averages the views (boneage.geometry.phase_views); each view
+The reading of a film larger than the base size averages the views (boneage.geometry.framing.phase_views); each view
 is a plain nearest-neighbour squeeze, the first one the usual squeeze, so films at the base size (the
 training and validation files) read exactly as before. Every door reads through
 ``BoneAgePredictor.read``; the precompute path (the image cache) must give the same numbers.
@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.data import load_images
-from boneage.geometry import Geometry, GeometryError, fit_views, phase_views, squeeze
-from boneage.imaging import read_radiograph
-from boneage.inference import RawPredictions, average_views
-from boneage.precision import crop, rotate
-from boneage.predictor import load_predictor
-from boneage.preprocess import prepare
+from boneage.training.image_cache import load_images
+from boneage.geometry.framing import Geometry, GeometryError, fit_views, phase_views, squeeze
+from boneage.io.imaging import read_radiograph
+from boneage.nn.forward import RawPredictions, average_views
+from boneage.evidence.precision import crop, rotate
+from boneage.inference.predictor import load_predictor
+from boneage.geometry.preprocess import prepare
 
 OFFICIAL = ("4360", "4365", "4372", "4400", "4411", "4420")
 

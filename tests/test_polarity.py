@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.imaging import read_radiograph
-from boneage.polarity import N_FEATURES, PolarityCheck, default_check, polarity_features
-from boneage.preprocess import is_negative, preprocess_array, squeeze_to_base
+from boneage.io.imaging import read_radiograph
+from boneage.geometry.polarity import N_FEATURES, PolarityCheck, default_check, polarity_features
+from boneage.geometry.preprocess import is_negative, preprocess_array, squeeze_to_base
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,7 @@ def test_shipped_coefficients_record_their_held_out_counts():
 
 
 def test_a_brightened_film_is_not_taken_for_a_negative(data_dir):
-    from boneage.polarity import exposed
+    from boneage.geometry.polarity import exposed
 
     film = squeeze_to_base(read_radiograph(data_dir / "test" / "4444.png"))
     bright = exposed(film, 0.7)

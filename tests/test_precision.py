@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from boneage.imaging import read_radiograph
-from boneage.precision import (DIAGNOSTICS, PERTURBATIONS, PerturbationStats, border, crop, downscale, gamma, jpeg,
+from boneage.io.imaging import read_radiograph
+from boneage.evidence.precision import (DIAGNOSTICS, PERTURBATIONS, PerturbationStats, border, crop, downscale, gamma, jpeg,
                                mirror, perturbation, reading_changes, rotate, summarise)
 
 
@@ -115,7 +115,7 @@ def test_precision_cli_refuses_an_empty_sample(subprocess_env, tmp_path):
 
 
 def test_nothing_measured_is_not_every_target_met():
-    from boneage.precision import PrecisionReport
+    from boneage.evidence.precision import PrecisionReport
 
     assert reading_changes(lambda arrays, male: np.zeros(len(arrays)), [], np.zeros(0, bool)) == {
         n: pytest.approx(np.zeros(0)) for n in PERTURBATIONS}

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.conformal import (ConformalCalibrator, band_offsets, merge_small_bands, min_group_size,
+from boneage.evaluation.conformal import (ConformalCalibrator, band_offsets, merge_small_bands, min_group_size,
                                mondrian_bins)
-from boneage.embeddings import OutlierDetector
-from boneage.manifest import check_manifest, write_manifest
+from boneage.evaluation.embeddings import OutlierDetector
+from boneage.store.manifest import check_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 LEVELS = ("80", "90", "95")

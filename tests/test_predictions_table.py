@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.artifacts import ArtifactStore
+from boneage.store.artifacts import ArtifactStore
 from boneage.config import StageConfig, to_jsonable
-from boneage.conformal import add_intervals, coverage_report
-from boneage.predictions_table import (COLUMNS, for_storage, from_storage, model_columns, read_predictions,
+from boneage.evaluation.conformal import add_intervals, coverage_report
+from boneage.evaluation.predictions_table import (COLUMNS, for_storage, from_storage, model_columns, read_predictions,
                                        with_reference, write_predictions)
-from boneage.splits import AGE_BAND, AGE_BAND_LABELS, age_band
+from boneage.training.splits import AGE_BAND, AGE_BAND_LABELS, age_band
 
 STORE = ArtifactStore.default()
 STAGE_COLUMNS = [f"p_{n.lower()}" for n in StageConfig().names]

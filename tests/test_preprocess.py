@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from boneage.imaging import read_radiograph
-from boneage.preprocess import (BASE_SIZE, normalize_intensity, preprocess_array, random_affine, squeeze_to_base,
+from boneage.io.imaging import read_radiograph
+from boneage.geometry.preprocess import (BASE_SIZE, normalize_intensity, preprocess_array, random_affine, squeeze_to_base,
                                 to_model_input, to_uint8)
 
 

@@ -1,4 +1,4 @@
-"""The printable report (boneage.report): one page per radiograph holding the bone age, its 90 % interval,
+"""The printable report (boneage.clinic.report): one page per radiograph holding the bone age, its 90 % interval,
 the maturity status, the patient facts from a DICOM header and the disclaimer; written by the CLI's
 --report-dir for a single image and for a batch. Checked by rendering the PDF with poppler (text and PNG)."""
 from __future__ import annotations
@@ -9,8 +9,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from boneage.assess import DECISION_SUPPORT, assess, gradcam
-from boneage.report import render_report, report_name
+from boneage.clinic.report import gradcam
+from boneage.inference.assess import DECISION_SUPPORT, assess
+from boneage.clinic.report import render_report, report_name
 
 CASE = "4361"
 

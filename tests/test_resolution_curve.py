@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from boneage.config import ModelConfig, TrainConfig
-from boneage.data import load_images
-from boneage.training import train_model
-from pipelines import model_card, resolution_curve
+from boneage.training.image_cache import load_images
+from boneage.training.loop import train_model
+from pipelines import model_card
+from pipelines.experiments import resolution_curve
 
 
 def test_runs_at_two_base_sizes_become_a_curve_in_the_model_card(data_dir, tmp_path):

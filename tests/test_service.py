@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from boneage.assess import assess, row_columns
+from boneage.inference.assess import assess, row_columns
 from pipelines.cli import free_loopback_port, stop_process
 
 MAX_UPLOAD_MB = 8
@@ -194,11 +194,11 @@ def test_serve_refuses_bad_options(repo_root, subprocess_env):
 
 
 def test_a_full_queue_answers_503_before_reading_the_body():
-    """The admission limit itself (boneage.service.UploadGuard), driven as ASGI: with max_pending requests in
+    """The admission limit itself (boneage.clinic.service.UploadGuard), driven as ASGI: with max_pending requests in
     flight the next one gets 503 with Retry-After, and its body is never asked for."""
     import asyncio
 
-    from boneage.service import UploadGuard
+    from boneage.clinic.service import UploadGuard
 
     async def app(scope, receive, send):  # pragma: no cover - must not be reached
         raise AssertionError("the request was admitted")

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 import boneage
-import boneage.predictor as predictor_module
+import boneage.inference.predictor as predictor_module
 from boneage.config import MODEL_DIR
-from boneage.tables import read_cases
+from boneage.io.tables import read_cases
+from boneage.inference.assess import assess_cases
 
 N_CASES = 12
 
@@ -50,7 +51,7 @@ def test_shipped_model_is_a_full_training_run(shipped):
 
 
 def test_shipped_model_accuracy_on_official_test_images(shipped, labelled_cases, data_dir):
-    out = shipped.predict_cases(labelled_cases, data_dir / "test")
+    out = assess_cases(labelled_cases, data_dir / "test", predictor=shipped)
     assert (out["error"] == "").all(), out.loc[out["error"] != "", ["id", "error"]]
     assert out["id"].tolist() == labelled_cases["id"].tolist()
     err = out["boneage_pred"].to_numpy(float) - labelled_cases["boneage"].to_numpy(float)
@@ -89,7 +90,7 @@ def test_shipped_model_loads_in_a_fresh_process_without_data_dir(tmp_path, repo_
 def test_library_call_reproduces_the_precomputed_predictions_and_intervals(shipped, labelled_cases, data_dir):
     """What `boneage.load_predictor()` returns for an official test image is what the dashboard shows for it
     (artifacts/predictions.parquet): same age and the same conformal intervals, band offsets included."""
-    out = shipped.predict_cases(labelled_cases, data_dir / "test").set_index("id")
+    out = assess_cases(labelled_cases, data_dir / "test", predictor=shipped).set_index("id")
     stored = pd.read_parquet(MODEL_DIR.parent / "predictions.parquet")
     stored = stored[stored["split"] == "official_test"].set_index("id").loc[out.index]
     np.testing.assert_allclose(out["boneage_pred"], stored["boneage_pred"], atol=0.05)
@@ -98,9 +99,9 @@ def test_library_call_reproduces_the_precomputed_predictions_and_intervals(shipp
 
 
 def test_shipped_model_reads_a_right_hand_as_the_left(shipped, data_dir):
-    """The shipped geometry reads left hands only (boneage.laterality): a 100 px film and its mirror image get
+    """The shipped geometry reads left hands only (boneage.geometry.laterality): a 100 px film and its mirror image get
     the same reading, and the output says which one was mirrored."""
-    from boneage.imaging import read_radiograph
+    from boneage.io.imaging import read_radiograph
 
     assert shipped.cfg.geometry.laterality == "left"
     raw = read_radiograph(data_dir / "train" / "1380.png")

@@ -1,4 +1,4 @@
-"""Site calibration statistics on synthetic sites with a known shift and scale (boneage.site_calibration)."""
+"""Site calibration statistics on synthetic sites with a known shift and scale (boneage.evaluation.site_calibration)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from boneage.site_calibration import (CaseResults, SiteConformal, SiteProfile, SiteProfileError, compare,
+from boneage.evaluation.site_calibration import (CaseResults, SiteConformal, SiteProfile, SiteProfileError, compare,
                                       conformal_quantile, cross_validate, fit_correction, fit_profile, fit_site,
                                       load_site, min_cases, min_cases_all)
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from dashboard_app import open_page
 
-from boneage.artifacts import ArtifactStore
+from boneage.store.artifacts import ArtifactStore
 
 PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 FIRST = 120
@@ -51,12 +51,12 @@ def test_predict_page_site_selector_changes_the_prediction(data_dir, monkeypatch
     at.run(timeout=FIRST)
     assert not at.exception, [e.message for e in at.exception]
     plain = at.dataframe[-1].value.iloc[0]
-    assert pd.isna(plain["site"])  # the shared row schema (boneage.assess.row_columns) always has the column
+    assert pd.isna(plain["site"])  # the shared row schema (boneage.inference.assess.row_columns) always has the column
     at.selectbox(key="pr_site").set_value("rsna-official").run(timeout=FIRST)
     assert not at.exception, [e.message for e in at.exception]
     res = at.dataframe[-1].value.iloc[0]
     assert res["site"] == "rsna-official"
-    from boneage.site_calibration import load_site
+    from boneage.evaluation.site_calibration import load_site
 
     profile = load_site(STORE.root / "sites" / "rsna-official.json")
     age, ivs = profile.apply([plain["boneage_pred"]], [plain["uncertainty"]], [True])

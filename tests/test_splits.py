@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.splits import SPLIT_NAMES, SplitConfig, age_band, make_splits
-from boneage.tables import read_cases
+from boneage.training.splits import SPLIT_NAMES, SplitConfig, age_band, make_splits
+from boneage.io.tables import read_cases
 
 
 @pytest.fixture(scope="module")

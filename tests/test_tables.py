@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.tables import normalize_id, parse_cases, parse_male, read_cases
+from boneage.io.tables import normalize_id, parse_cases, parse_male, read_cases
 
 
 def _write(tmp_path, text: str, name: str = "cases.csv"):

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 import boneage
-from boneage.imaging import ImageLoadError
+from boneage.io.imaging import ImageLoadError
+from boneage.inference.assess import assess_cases
 
 STAGES = {"Child", "Adolescent", "Adult"}
 TEST_IDS = ["4361", "4362", "4365"]  # real native-size official test images
@@ -164,7 +165,7 @@ def test_library_predictor(trained, image_dir, test_sex, data_dir):
     same = predictor.predict_bytes(path.read_bytes(), male=male, name="upload.png")
     assert same.boneage_months == pytest.approx(pred.boneage_months, abs=1e-4)
     # a table of cases gives the same answer as one file at a time
-    table = predictor.predict_cases(pd.DataFrame({"id": [TEST_IDS[0], "nope"], "male": [male, True]}), image_dir)
+    table = assess_cases(pd.DataFrame({"id": [TEST_IDS[0], "nope"], "male": [male, True]}), image_dir, predictor=predictor)
     assert table["boneage_pred"].iloc[0] == pytest.approx(pred.boneage_months, abs=0.01)
     assert table["error"].iloc[0] == "" and "not found" in table["error"].iloc[1]
     row = pred.as_row()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from boneage.config import ModelConfig, TrainConfig
-from boneage.data import load_images
-from boneage.training import train_model
+from boneage.training.image_cache import load_images
+from boneage.training.loop import train_model
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,9 @@ def test_training_without_ema_has_no_ema_column(small_data, tmp_path):
 
 def test_group_balanced_sampling_weights_on_the_real_table(data_dir):
     """--balance-power: each sex x age-band group is drawn in proportion to n ** (1 - power)."""
-    from boneage.splits import age_band
-    from boneage.training import group_sampling_weights
-    from boneage.tables import read_cases
+    from boneage.training.splits import age_band
+    from boneage.training.loop import group_sampling_weights
+    from boneage.io.tables import read_cases
 
     cases = read_cases(data_dir / "train.csv").cases
     assert group_sampling_weights(cases, 0.0) is None

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from boneage.config import ModelConfig, model_config_from_dict
-from boneage.imaging import read_radiograph
-from boneage.inference import (OUTPUT_STRIDE, TTA_ZOOMS, View, describe_tta, pass_inputs, run_network, shares_passes,
+from boneage.io.imaging import read_radiograph
+from boneage.nn.forward import (OUTPUT_STRIDE, TTA_ZOOMS, View, describe_tta, pass_inputs, run_network, shares_passes,
                                tta_views, view_ranks, view_theta, views)
-from boneage.model import BoneAgeNet
-from boneage.predictor import load_predictor
-from boneage.preprocess import to_model_input
+from boneage.nn.model import BoneAgeNet
+from boneage.inference.predictor import load_predictor
+from boneage.geometry.preprocess import to_model_input
 
 
 def test_the_sets_hold_the_plain_image_first_and_unknown_names_are_refused():

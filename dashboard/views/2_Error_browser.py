@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from boneage.render import overlay
+from boneage.evidence.render import overlay
 from dashboard import common
 
 df = common.artifact_or_stop(common.predictions)
@@ -117,4 +117,4 @@ else:
                 note, off_hand = common.attention_note(img, heat, "Grad-CAM")
                 (st.warning if off_hand else st.caption)(note)
             except ImportError:
-                st.info("Grad-CAM needs boneage/explain.py, which is not available.")
+                st.info("Grad-CAM needs boneage/evidence/explain.py, which is not available.")

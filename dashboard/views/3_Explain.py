@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from boneage import explain
-from boneage.render import activation_mosaic, overlay
+from boneage.evidence import explain
+from boneage.evidence.render import activation_mosaic, overlay
 from dashboard import common
 
 

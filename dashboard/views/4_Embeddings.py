@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from boneage.embeddings import MAP_METHODS, layer_quality_table, map_columns, most_unusual
+from boneage.evaluation.embeddings import MAP_METHODS, layer_quality_table, map_columns, most_unusual
 from dashboard import common
 
 st.markdown(

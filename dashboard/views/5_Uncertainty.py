@@ -9,9 +9,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from boneage.conformal import LEVELS, coverage_frame
-from boneage.site_calibration import EVALUATION_METRICS, evaluation_frame
-from boneage.uncertainty import (UNCERTAINTY_MEASURES, error_by_uncertainty, least_certain,
+from boneage.evaluation.conformal import LEVELS, coverage_frame
+from boneage.evaluation.site_calibration import EVALUATION_METRICS, evaluation_frame
+from boneage.evaluation.uncertainty import (UNCERTAINTY_MEASURES, error_by_uncertainty, least_certain,
                                  rank_correlation, stage_outcome, with_measures)
 from dashboard import common
 

@@ -6,8 +6,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from boneage.csv_safety import to_csv_safe
-from boneage.splits import AGE_BAND_LABELS
+from boneage.io.csv_safety import to_csv_safe
+from boneage.training.splits import AGE_BAND_LABELS
 from dashboard import common
 
 # metric -> (label, unit/format, what "better" means)
@@ -54,7 +54,7 @@ def error_bars(table: pd.DataFrame, metric: str) -> dict:
 
 @st.cache_data(show_spinner=False)
 def html_report(split: str) -> str:
-    from boneage.fairness import audit_html
+    from boneage.evidence.fairness import audit_html
 
     tables = common.fairness_tables(split)
     n = int(tables["overall"]["n"].iloc[0]) if "overall" in tables and len(tables["overall"]) else 0

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from boneage.assess import error_row, row_columns
-from boneage.csv_safety import to_csv_safe
-from boneage.render import overlay
-from boneage.report import render_report, report_name
-from boneage.site_calibration import SiteProfileError
+from boneage.inference.assess import error_row, row_columns
+from boneage.io.csv_safety import to_csv_safe
+from boneage.evidence.render import overlay
+from boneage.clinic.report import render_report, report_name
+from boneage.evaluation.site_calibration import SiteProfileError
 from dashboard import common
 
 st.markdown("Upload one or more left-hand radiographs (PNG, JPEG or DICOM). Each gets a bone-age estimate with "

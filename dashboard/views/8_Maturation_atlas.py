@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from boneage import explain
-from boneage.atlas import AGE_GRID_YEARS, N_PER_BAND, N_TYPICAL, band_samples, typical_cases
+from boneage.evidence import explain
+from boneage.evidence.atlas import AGE_GRID_YEARS, N_PER_BAND, N_TYPICAL, band_samples, typical_cases
 from boneage.config import StageConfig, model_config_from_dict
-from boneage.render import overlay
+from boneage.evidence.render import overlay
 from dashboard import common
 
 st.markdown(

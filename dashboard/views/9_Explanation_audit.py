@@ -1,14 +1,14 @@
 """Explanation audit: do the heatmaps tell the truth? Attention on the hand, faithfulness against random,
-and the randomisation sanity check, from ``artifacts/explanation_audit.json`` (rules: boneage/explanation_audit.py)."""
+and the randomisation sanity check, from ``artifacts/explanation_audit.json`` (rules: boneage/evidence/explanation_audit.py)."""
 from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from boneage.explanation_audit import (AUDIT_COMMAND, AUDIT_FILE, CASES_FILE, REGION_LABELS,
+from boneage.evidence.explanation_audit import (AUDIT_COMMAND, AUDIT_FILE, CASES_FILE, REGION_LABELS,
                                        SANITY_THRESHOLD)
-from boneage.splits import AGE_BAND_LABELS
+from boneage.training.splits import AGE_BAND_LABELS
 from dashboard import common
 
 

@@ -1,0 +1,1 @@
+"""How good and how sure: metrics, prediction tables, stage calibration, conformal intervals, uncertainty, site profiles, embeddings."""

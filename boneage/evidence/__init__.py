@@ -1,0 +1,1 @@
+"""Why to trust a reading: explanations and their audit, heatmap rendering, atlas, error analysis, fairness, precision."""

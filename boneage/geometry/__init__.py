@@ -1,0 +1,1 @@
+"""Where the hand is and how the film lies: framing, hand mask, polarity, laterality, preparation, perturbations."""

@@ -1,0 +1,1 @@
+"""Clinical rules against growth references: maturity status (delayed / normal / advanced)."""

@@ -1,0 +1,1 @@
+"""Experiments: one-off studies whose results are recorded in artifacts/experiments.json and docs/."""

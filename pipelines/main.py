@@ -1,0 +1,72 @@
+"""The ``boneage`` console command: one entry point for every pipeline, ``boneage SUBCOMMAND [options]``.
+
+Each subcommand runs the same ``main(argv)`` as ``python -m pipelines.<module>``, so both forms take the same
+options and exit with the same status; ``boneage SUBCOMMAND --help`` says what it reads and writes.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+from pathlib import Path
+
+# subcommand -> module under pipelines/ (benchmarks and experiments stay `python -m pipelines.benchmarks.X`)
+COMMANDS: dict[str, str] = {
+    "predict": "predict",
+    "serve": "serve",
+    "dicom-node": "dicom_node",
+    "calibrate-site": "calibrate_site",
+    "prepare": "prepare",
+    "train": "train",
+    "evaluate": "evaluate",
+    "choose-model": "choose_model",
+    "choose-ensemble": "choose_ensemble",
+    "precompute": "precompute",
+    "precision": "precision",
+    "model-card": "model_card",
+    "fit-polarity": "fit_polarity",
+    "fit-laterality": "fit_laterality",
+}
+
+
+def summary(module: str) -> str:
+    """The first sentence of a pipeline's docstring, read from its source (importing it would load torch)."""
+    source = (Path(__file__).with_name(f"{module}.py")).read_text(encoding="utf-8")
+    paragraph = " ".join((ast.get_docstring(ast.parse(source)) or "").strip().split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".") + "." if paragraph else ""
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: boneage SUBCOMMAND [options]   (boneage SUBCOMMAND --help for its options)", "",
+             "Pediatric bone-age assessment from left-hand radiographs.", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {summary(module)}" for name, module in COMMANDS.items()]
+    lines += ["", "Paths: --data-dir / $BONEAGE_DATA, --artifacts-dir / $BONEAGE_ARTIFACTS, --model-dir / $BONEAGE_MODEL",
+              "where a subcommand reads them (boneage.settings)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to its subcommand's ``main``; 2 for an unknown one."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"boneage: unknown subcommand {name!r}; one of {', '.join(COMMANDS)} (boneage --help)",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"pipelines.{COMMANDS[name]}")
+    prog = sys.argv[0]
+    sys.argv[0] = f"boneage {name}"  # argparse names the program after argv[0]: "usage: boneage predict ..."
+    try:
+        return int(module.main(rest) or 0)
+    except SystemExit as exc:  # argparse's --help and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        sys.argv[0] = prog
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
