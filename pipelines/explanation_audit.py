@@ -1,6 +1,8 @@
 """The explanation audit on a fixed seeded sample: artifacts/explanation_audit.json (+ per-case parquet).
 
-    python -m pipelines.precompute --only explanations [--max-cases N] [--data-dir DIR] [--artifacts DIR]
+    boneage explanation-audit [--max-cases N] [--data-dir DIR] [--artifacts-dir DIR]
+
+the same as ``boneage precompute --only explanations`` (which this command runs).
 
 (``--max-cases N``: N cases per set instead of 60, for smoke tests; the manifest is rewritten afterwards.)
 
@@ -11,6 +13,7 @@ the dashboard can tell when it is stale.
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -85,3 +88,14 @@ def run(art: Path, data_dir: Path, n_cases: int = DEFAULT_CASES, log=print, cfg:
     log(f"explanation audit: {summary['runtime_seconds']:.0f}s; default method {d['method']}; "
         f"{summary['verdict']['text']}")
     return summary
+
+
+def main(argv=None) -> int:
+    """``precompute --only explanations`` with these arguments: the audit, then the manifest rewritten."""
+    from pipelines import precompute
+
+    return precompute.main(["--only", "explanations", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

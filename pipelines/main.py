@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "choose-ensemble": "choose_ensemble",
     "precompute": "precompute",
     "precision": "precision",
+    "explanation-audit": "explanation_audit",
     "model-card": "model_card",
     "fit-polarity": "fit_polarity",
     "fit-laterality": "fit_laterality",
@@ -33,7 +34,8 @@ def summary(module: str) -> str:
     """The first sentence of a pipeline's docstring, read from its source (importing it would load torch)."""
     source = (Path(__file__).with_name(f"{module}.py")).read_text(encoding="utf-8")
     paragraph = " ".join((ast.get_docstring(ast.parse(source)) or "").strip().split("\n\n")[0].split())
-    return paragraph.split(". ")[0].rstrip(".") + "." if paragraph else ""
+    first = paragraph.split(". ")[0]
+    return first if first.endswith((".", "?", "!")) else first + "."
 
 
 def usage() -> str:

@@ -11,9 +11,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "rsna-bone-age"
 
-if str(REPO_ROOT) not in sys.path:  # `pytest` run from elsewhere still imports boneage/ and pipelines/
-    sys.path.insert(0, str(REPO_ROOT))
-
 
 def _resolve_data_dir() -> Path:
     return Path(os.environ.get("BONEAGE_DATA") or DEFAULT_DATA_DIR).expanduser().resolve()
@@ -46,10 +43,10 @@ def train_image_path(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def subprocess_env(data_dir: Path) -> dict[str, str]:
-    """Environment for CLI subprocesses: the data folder, the repo on the path, few threads."""
+    """Environment for CLI subprocesses: the data folder and few threads (the project is installed, editable, in the
+    environment ./test.sh builds, so no path is needed)."""
     env = dict(os.environ)
     env["BONEAGE_DATA"] = str(data_dir)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
 

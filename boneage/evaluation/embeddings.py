@@ -113,7 +113,8 @@ def embed_maps(features: np.ndarray, seed: int = 0, methods=("tsne", "umap"), di
                 coords[rows] = TSNE(n_components=d, perplexity=perplexity, init="pca", random_state=seed,
                                     max_iter=750).fit_transform(x[rows])
             else:
-                import umap  # imported lazily: numba compilation costs seconds
+                # deferred: umap imports numba, whose compilation costs seconds; only the precompute maps need it
+                import umap
 
                 coords = umap.UMAP(n_components=d, n_neighbors=min(15, len(x) - 1), random_state=seed,
                                    n_jobs=1).fit_transform(x)

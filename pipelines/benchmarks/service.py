@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     port = free_loopback_port()
     server = subprocess.Popen([sys.executable, "-m", "pipelines.serve", "--port", str(port), "--workers",
                                str(args.workers), "--max-pending", str(args.max_pending), "--log-level", "warning"],
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     try:
         deadline = time.time() + 300
         while True:

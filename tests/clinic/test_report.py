@@ -1,0 +1,95 @@
+"""The printable report (boneage.clinic.report): one page per radiograph holding the bone age, its 90 % interval,
+the maturity status, the patient facts from a DICOM header and the disclaimer; written by the CLI's
+--report-dir for a single image and for a batch. Checked by rendering the PDF with poppler (text and PNG)."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+
+from boneage.clinic.report import gradcam
+from boneage.inference.assess import DECISION_SUPPORT, assess
+from boneage.clinic.report import render_report, report_name
+
+pytestmark = pytest.mark.integration
+
+CASE = "4361"
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_one_page_with_the_numbers_and_the_disclaimer(data_dir, make_dicom, poppler):
+    pdf_text, pdf_pages = poppler
+    data = make_dicom(data_dir / "test" / f"{CASE}.png", PatientID="P-0042", PatientSex="M",
+                      PatientBirthDate="20080305", StudyDate="20210611")
+    a = assess(data, name="hand.dcm")
+    pdf = render_report(a, gradcam(a))
+    assert pdf.startswith(b"%PDF")
+    text = _flat(pdf_text(pdf))
+    lo, hi = a.intervals["90"]
+    assert f"Bone age: {a.boneage_months:.1f} months" in text
+    assert f"{lo:.1f} - {hi:.1f} months" in text
+    assert _flat(DECISION_SUPPORT) in text
+    assert "P-0042" in text and "2021-06-11" in text and "2008-03-05" in text and "male (from the DICOM PatientSex)" in text
+    assert f"{a.chronological_age_months:.1f} months" in text and a.maturity.rule in text
+    assert a.model_sha256 in text and "Within the training data" in text and f"{a.stage} (probability" in text
+    assert len(pdf_pages(pdf)) == 1
+    # several radiographs: one page each; a name outside Latin-1 is printed, not a crash
+    b = assess(data_dir / "test" / "4365.png", "F", name="main_\u624b.png")
+    two = render_report([a, b], [None, None])
+    assert len(pdf_pages(two)) == 2 and "main_?.png" in pdf_text(two)
+
+
+def test_report_name_is_a_safe_file_name():
+    assert report_name("/x/y/4361.png") == "4361.pdf"
+    assert report_name("../../etc/passwd") == "passwd.pdf"
+    assert report_name("a b:c.dcm") == "a_b_c.pdf" and report_name("...") == "report.pdf"
+
+
+def test_cli_writes_reports_for_a_single_image_and_a_batch(data_dir, tmp_path, predict_cli, poppler):
+    pdf_text, pdf_pages = poppler
+    single = tmp_path / "single"
+    proc = predict_cli([str(data_dir / "test" / f"{CASE}.png"), "--sex", "M", "--age", "150", "--report-dir",
+                        str(single)])
+    assert proc.returncode == 0, proc.stderr
+    pdf = (single / f"{CASE}.pdf").read_bytes()
+    text = _flat(pdf_text(pdf))
+    age = proc.stdout.split("bone age ")[1].split(" months")[0]
+    assert f"Bone age: {age} months" in text and "Advanced" in text and len(pdf_pages(pdf)) == 1
+    images = tmp_path / "images"
+    images.mkdir()
+    for cid in (CASE, "4365"):
+        shutil.copy(data_dir / "test" / f"{cid}.png", images / f"{cid}.png")
+    cases = tmp_path / "cases.csv"
+    pd.DataFrame({"id": [CASE, "4365", "missing"], "sex": ["M", "M", "F"]}).to_csv(cases, index=False)
+    batch = tmp_path / "batch"
+    proc = predict_cli(["--image-dir", str(images), "--cases", str(cases), "--output", str(tmp_path / "o.csv"),
+                        "--report-dir", str(batch)])
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in batch.iterdir()) == [f"{CASE}.pdf", "4365.pdf"]  # none for the failed row
+    out = pd.read_csv(tmp_path / "o.csv", dtype={"id": str}).set_index("id")
+    shown = re.search(r"Bone age: ([\d.]+) months", pdf_text((batch / "4365.pdf").read_bytes()))
+    assert shown and abs(float(shown.group(1)) - out.loc["4365", "boneage_pred"]) <= 0.051
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    bad = predict_cli([str(data_dir / "test" / f"{CASE}.png"), "--sex", "M", "--report-dir", str(not_a_dir)])
+    assert bad.returncode == 2 and "is a file; give a folder" in bad.stderr
+
+
+@pytest.mark.parametrize("months", [None, 100.0])
+def test_report_without_intervals_or_age_still_says_so(data_dir, poppler, months):
+    import dataclasses
+
+    pdf_text, _ = poppler
+    a = assess(data_dir / "test" / f"{CASE}.png", "M", chronological_age=months)
+    bare = dataclasses.replace(a, intervals={}, interval_problem="no conformal.json in the model folder")
+    text = _flat(pdf_text(render_report(bare)))
+    assert "not available (no conformal.json in the model folder)" in text
+    assert ("not given (no maturity status)" in text) == (months is None)
+    # an assessment of a file path names the file, never the server's folders
+    assert a.id == str(data_dir / "test" / f"{CASE}.png")
+    assert f"Radiograph: {CASE}.png" in text and str(data_dir) not in _flat(pdf_text(render_report(a)))
