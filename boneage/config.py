@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 # Where things are is named once, in boneage.settings (environment variables and flags); re-exported here.
-from boneage.settings import DATA_ENV, REPO_ROOT, SETTINGS, DataDirError, resolve_data_dir  # noqa: E402,F401
+from boneage.settings import DATA_ENV, REPO_ROOT, SETTINGS, DataDirError, resolve_data_dir  # noqa: F401
 
 ARTIFACTS_DIR = SETTINGS.artifacts_dir
 MODEL_DIR = SETTINGS.model_dir

@@ -3,8 +3,9 @@
 One :class:`Settings` object holds the three paths. The environment variables (``BONEAGE_DATA``,
 ``BONEAGE_ARTIFACTS``, ``BONEAGE_MODEL``) are read in :meth:`Settings.from_env` and the command-line flags
 (``--data-dir``, ``--artifacts-dir``, ``--model-dir``) are added by :func:`add_path_flags` and mapped by
-:meth:`Settings.from_args`; nothing else in the project reads those variables or defines those flags. A flag
-wins over its variable, a variable over the default (the repository's ``artifacts/`` and ``artifacts/model``;
+:meth:`Settings.from_args`; the library's default folders (``boneage.config.ARTIFACTS_DIR``, ``MODEL_DIR``, the
+artifact store, :func:`resolve_data_dir`) all come from here. A flag wins over its variable, a variable over
+the default (the repository's ``artifacts/`` and ``artifacts/model``;
 no default data folder: radiographs are never part of the repository).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ DEFAULT_ARTIFACTS_DIR = REPO_ROOT / "artifacts"
 
 
 class DataDirError(RuntimeError):
-    """The RSNA data directory is not configured or does not look like one."""
+    """The RSNA data directory is not configured or does not exist."""
 
 
 def _path(value: str | os.PathLike) -> Path:

@@ -29,6 +29,7 @@ from boneage.evaluation.site_calibration import (K_FOLDS, LEVELS, REFERENCE_RANG
                                       min_cases_all)
 from boneage.io.tables import read_cases
 from boneage.inference.assess import assess_cases
+from boneage.settings import add_path_flags
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CHUNK = 32  # cases per progress-bar step
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", required=True, help="CSV with id, male/sex and boneage (the site's reference, months)")
     ap.add_argument("--name", required=True, help="site name: letters, digits, '_', '-', '.'")
     ap.add_argument("--out-dir", default=str(SITES_DIR), help="where SITE.json goes (default: artifacts/sites)")
-    ap.add_argument("--model-dir", help="model folder (default: artifacts/model)")
+    add_path_flags(ap, data=False, model=True)
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"),
                     help="the model's splits.csv, to refuse training cases (default: artifacts/splits.csv)")
     ap.add_argument("--folds", type=int, default=K_FOLDS, help=f"cross-validation folds (default {K_FOLDS})")

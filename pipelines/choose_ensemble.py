@@ -39,7 +39,7 @@ def compare(predictor: BoneAgePredictor, candidate, images: np.ndarray, male: np
 
     The ensemble's age is derived rather than run again: :func:`boneage.nn.forward.forward_batch` weighs
     every network equally over the same passes, so adding one network to ``n`` gives
-    ``(n * shipped + candidate) / (n + 1)`` (tests/test_ensemble.py checks that identity).
+    ``(n * shipped + candidate) / (n + 1)`` (tests/inference/test_ensemble.py checks that identity).
     """
     res: dict = {}
     n = 1 + len(predictor.members)

@@ -25,6 +25,7 @@ import sys
 import threading
 
 from boneage.clinic.dicom_node import BoneAgeNode, Destination, NodeConfig, load_node_predictor, log, port_problem
+from boneage.settings import add_path_flags
 
 
 def _destination(args) -> Destination:
@@ -40,8 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dest-host", required=True, help="host of the destination AE")
     ap.add_argument("--dest-port", type=int, required=True, help="port of the destination AE")
     ap.add_argument("--default-sex", choices=["M", "F"], help="sex for images whose header has none (default: refuse them)")
-    ap.add_argument("--site", help="site profile: a name in artifacts/sites or a path (pipelines.calibrate_site)")
-    ap.add_argument("--model-dir", help="model folder (default: artifacts/model)")
+    ap.add_argument("--site", help="site profile: a name in artifacts/sites or a path (boneage calibrate-site)")
+    add_path_flags(ap, data=False, model=True)
     ap.add_argument("--outlier-check", action=argparse.BooleanOptionalAction, default=True,
                     help="mark images unlike the training radiographs (shipped model only; default on)")
     ap.add_argument("--queue-size", type=int, default=8, help="images waiting for assessment before the node "

@@ -46,7 +46,7 @@ def evaluate(predictor: BoneAgePredictor, data_dir: Path, splits_path: Path, max
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_path_flags(ap)
-    ap.add_argument("--model-dir")
+    add_path_flags(ap, data=False, model=True)
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "metrics.json"))
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

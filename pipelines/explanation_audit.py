@@ -6,14 +6,13 @@ the same as ``boneage precompute --only explanations`` (which this command runs)
 
 (``--max-cases N``: N cases per set instead of 60, for smoke tests; the manifest is rewritten afterwards.)
 
-The sample: ``--cases`` cases drawn with a fixed seed from the internal test split (``artifacts/splits.csv``,
+The sample: 60 cases (``DEFAULT_CASES``) drawn with a fixed seed from the internal test split (``artifacts/splits.csv``,
 split == test) and as many from the 200 official test radiographs (no labels needed). The rules of every
 number are in :mod:`boneage.evidence.explanation_audit`. The JSON also stores the sha256 of the model it explained, so
 the dashboard can tell when it is stale.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import write_atomic, write_json_atomic
+from boneage.settings import add_path_flags
 from boneage.training.image_cache import load_case_image
 from boneage.evidence.explanation_audit import AUDIT_FILE, CASES_FILE, AuditCase, AuditConfig, run_audit
 from boneage.geometry.framing import Geometry
@@ -91,10 +91,23 @@ def run(art: Path, data_dir: Path, n_cases: int = DEFAULT_CASES, log=print, cfg:
 
 
 def main(argv=None) -> int:
-    """``precompute --only explanations`` with these arguments: the audit, then the manifest rewritten."""
+    """``precompute --only explanations`` with these options: the audit, then the manifest rewritten."""
+    import argparse
+
     from pipelines import precompute
 
-    return precompute.main(["--only", "explanations", *(sys.argv[1:] if argv is None else argv)])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_path_flags(ap)
+    ap.add_argument("--artifacts-dir", "--artifacts", dest="artifacts", default=None,
+                    help="artifact folder, holding model/ and splits.csv (default: $BONEAGE_ARTIFACTS or artifacts/)")
+    ap.add_argument("--max-cases", type=int, default=None, help=f"cases per set (default {DEFAULT_CASES})")
+    args = ap.parse_args(argv)
+    forward = ["--only", "explanations"]
+    for flag, value in (("--data-dir", args.data_dir), ("--artifacts-dir", args.artifacts),
+                        ("--max-cases", args.max_cases)):
+        if value is not None:
+            forward += [flag, str(value)]
+    return precompute.main(forward)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Fit the learned laterality check (is this a right hand?) and measure it on held-out images.
 
-    python -m pipelines.fit_laterality [--data-dir DIR] [--out boneage/laterality.json] [--max-cases N]
+    python -m pipelines.fit_laterality [--data-dir DIR] [--out boneage/geometry/laterality.json] [--max-cases N]
 
 Fits on the training split's prepared images (background 0, bone 1, at the 100 px reference size) and on one
 acquisition change of each (a turn of up to 15 degrees, an exposure, a JPEG, a lower resolution, a crop or a

@@ -1,6 +1,6 @@
 """Fit the learned polarity check (is a radiograph a negative?) and measure it on held-out images.
 
-    python -m pipelines.fit_polarity [--data-dir DIR] [--out boneage/polarity.json] [--max-cases N]
+    python -m pipelines.fit_polarity [--data-dir DIR] [--out boneage/geometry/polarity.json] [--max-cases N]
 
 Fits on the training split's images and their negatives, at several exposures (see :mod:`boneage.geometry.polarity`),
 then counts, on the validation and internal test splits and on the official test images, how many normal

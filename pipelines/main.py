@@ -43,17 +43,25 @@ def usage() -> str:
     lines = ["usage: boneage SUBCOMMAND [options]   (boneage SUBCOMMAND --help for its options)", "",
              "Pediatric bone-age assessment from left-hand radiographs.", "", "subcommands:"]
     lines += [f"  {name:<{width}}  {summary(module)}" for name, module in COMMANDS.items()]
-    lines += ["", "Paths: --data-dir / $BONEAGE_DATA, --artifacts-dir / $BONEAGE_ARTIFACTS, --model-dir / $BONEAGE_MODEL",
-              "where a subcommand reads them (boneage.settings)."]
+    lines += ["", "Folders: $BONEAGE_DATA, $BONEAGE_ARTIFACTS, $BONEAGE_MODEL (boneage.settings); the subcommands that",
+              "read one also take --data-dir, --artifacts-dir or --model-dir (see their --help)."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``argv`` (default ``sys.argv[1:]``) to its subcommand's ``main``; 2 for an unknown one."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:
+        print(usage(), file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
         print(usage())
-        return 0 if args else 2
+        return 0
+    if args[0] == "help":  # "boneage help predict" is "boneage predict --help"
+        args = [args[1], "--help"] if len(args) > 1 else ["--help"]
+        if args == ["--help"]:
+            print(usage())
+            return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"boneage: unknown subcommand {name!r}; one of {', '.join(COMMANDS)} (boneage --help)",
@@ -64,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv[0] = f"boneage {name}"  # argparse names the program after argv[0]: "usage: boneage predict ..."
     try:
         return int(module.main(rest) or 0)
-    except SystemExit as exc:  # argparse's --help and usage errors
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except SystemExit as exc:  # argparse's --help and usage errors, or a command's own exit message
+        if isinstance(exc.code, int) or exc.code is None:
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 2
     finally:
         sys.argv[0] = prog
 

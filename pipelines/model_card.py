@@ -28,7 +28,7 @@ def _polarity_lines() -> list[str]:
     from boneage.geometry.polarity import COEF_PATH, PolarityCheck
 
     if not COEF_PATH.is_file():
-        return ["Negative-image check: `boneage/polarity.json` missing (`python -m pipelines.fit_polarity`).", ""]
+        return ["Negative-image check: `boneage/geometry/polarity.json` missing (`python -m pipelines.fit_polarity`).", ""]
     check = PolarityCheck.load(COEF_PATH)
     parts = [f"{name} {c['normal_flipped']} of {c['n']} normal images flipped, {c['negatives_caught']} of "
              f"{c['n']} negatives caught" for name, c in (check.evaluation or {}).items()]
@@ -45,7 +45,7 @@ def _laterality_lines(cfg: dict) -> list[str]:
     if cfg.get("model", {}).get("laterality", "as-is") != "left":
         return ["Laterality: films are read as they come (a right hand is not mirrored).", ""]
     if not COEF_PATH.is_file():
-        return ["Laterality check: `boneage/laterality.json` missing (`python -m pipelines.fit_laterality`).", ""]
+        return ["Laterality check: `boneage/geometry/laterality.json` missing (`python -m pipelines.fit_laterality`).", ""]
     ev = LateralityCheck.load(COEF_PATH).evaluation or {}
     parts = []
     for name, c in ev.items():

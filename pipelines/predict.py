@@ -32,6 +32,7 @@ from boneage.io.imaging import ImageLoadError
 from boneage.inference.predictor import ModelNotFoundError, load_predictor
 from boneage.evaluation.site_calibration import SiteProfileError
 from boneage.io.tables import CasesFileError, parse_male, read_cases
+from boneage.settings import add_path_flags
 
 
 def check_output_path(output: str, cases: str | None = None) -> str:
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-dir", help="folder with <id>.png/.jpg/.dcm files")
     ap.add_argument("--cases", help="CSV with id and male/sex columns")
     ap.add_argument("--output", help="output CSV (default: print to stdout)")
-    ap.add_argument("--model-dir", help="model folder (default: artifacts/model)")
+    add_path_flags(ap, data=False, model=True)
     ap.add_argument("--outlier-check", action=argparse.BooleanOptionalAction, default=True,
                     help="mark images unlike the training radiographs (LOF on the shipped model's training features; "
                          "default on with the shipped model)")

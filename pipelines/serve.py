@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from boneage.clinic.service import DEFAULT_MAX_UPLOAD_MB, ServiceSettings
+from boneage.settings import add_path_flags
 
 
 def main(argv=None) -> int:
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
                     help="threads doing the CPU work (default 2); further requests queue")
     ap.add_argument("--max-pending", type=int, default=32,
                     help="assessments admitted at once, running or queued (default 32); more get 503 Retry-After")
-    ap.add_argument("--model-dir", help="model folder (default: the shipped model, with its outlier check)")
+    add_path_flags(ap, data=False, model=True)
     ap.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = ap.parse_args(argv)
     if not 0 < args.port < 65536:

@@ -1,8 +1,6 @@
 """The DICOM node's logic: a Storage SCP that reads every hand radiograph it receives and sends the reading
 back to the PACS as a Secondary Capture and a Structured Report (the command is ``boneage dicom-node``).
 
-    boneage dicom-node --port 11112 --dest-ae PACS --dest-host pacs.example --dest-port 104
-
 It accepts CR, DX and secondary-capture images (C-STORE; C-ECHO answers too). Each received image is checked
 at once (readable pixels, a hand radiograph by the input gate and its header, a sex in the header or
 ``--default-sex``): what cannot be assessed gets a failure status (0xC000, "cannot understand", the reason in
@@ -14,10 +12,11 @@ interval bounds and stage as coded measurements (see :mod:`boneage.clinic.dicom_
 or sending is logged with the image's SOP Instance UID.
 
 The chronological age (for delayed / normal / advanced) comes from PatientAge or PatientBirthDate and the
-study date; without it the reading has no maturity call. Stop with Ctrl-C or SIGTERM.
+study date; without it the reading has no maturity call.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import socket
@@ -41,18 +40,16 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from boneage.clinic.dicom_results import MANUFACTURER, display_radiograph
-from boneage.clinic.dicom_results import covers_whole_image, secondary_capture, structured_report
+from pynetdicom import AE, evt
+
+from boneage.clinic.dicom_results import (MANUFACTURER, covers_whole_image, display_radiograph, secondary_capture,
+                                          structured_report)
 from boneage.clinic.report import gradcam
-from boneage.inference.assess import assess
-from boneage.inference.assess import outlier_check_problem, shipped_predictor, with_site
+from boneage.inference.assess import assess, outlier_check_problem, shipped_predictor, with_site
 from boneage.inference.predictor import load_predictor
 from boneage.io.dicom_patient import patient_info
 from boneage.io.imaging import ImageLoadError, decode_image_bytes
 from boneage.io.input_gate import gate_decoded
-from pynetdicom import AE
-from pynetdicom import AE, evt
-import dataclasses
 
 log = logging.getLogger("boneage.dicom_node")
 

@@ -44,7 +44,6 @@ from crepes import ConformalPredictiveSystem
 
 from boneage.config import write_json_atomic
 from boneage.training.splits import AGE_BAND_EDGES, AGE_BAND_LABELS
-from boneage.training.splits import AGE_BAND_LABELS
 
 LEVELS = ("80", "90", "95")
 Y_MIN, Y_MAX = 0.0, 300.0  # months: the widest interval ever given

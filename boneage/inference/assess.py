@@ -25,6 +25,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -41,8 +42,8 @@ from boneage.evaluation.site_calibration import SiteProfile, site_path
 from boneage.inference.unlike_training import fit_training_outlier_check
 from boneage.inference.unlike_training import outlier_scores
 from boneage.io.tables import parse_male
-from boneage.store.artifacts import ArtifactMissingError
-from boneage.store.manifest import model_fingerprint
+from boneage.store.artifacts import ArtifactMissingError, default_artifacts_dir
+from boneage.store.manifest import model_fingerprint, sha256_file
 
 MAX_CHRONOLOGICAL_AGE = 300.0  # months; the dashboard's input allows the same range
 DECISION_SUPPORT = ("Decision support only: this estimate does not replace a radiologist's reading of the "
@@ -219,7 +220,15 @@ def shipped_predictor() -> BoneAgePredictor:
     with _LOCK:
         if "predictor" not in _SHIPPED_CHECK:
             p = base.with_options()
+            expected = default_artifacts_dir() / "model"
             try:
+                if (base.model_dir is not None and (expected / "model.pt").exists()
+                        and Path(base.model_dir).resolve() != expected.resolve()
+                        and sha256_file(Path(base.model_dir) / "model.pt") != sha256_file(expected / "model.pt")):
+                    # $BONEAGE_MODEL names another network than the artifact set's: its training features
+                    # (what the check is fitted on) belong to the artifact set's network, not to this one
+                    raise ValueError(f"the model {base.model_dir} is not the artifact set's model ({expected}), "
+                                     "whose training features the check is fitted on")
                 p.outlier_check = fit_training_outlier_check()
                 _SHIPPED_CHECK["problem"] = ""
             except (ArtifactMissingError, ValueError) as exc:

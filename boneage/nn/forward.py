@@ -243,7 +243,7 @@ class FastNetwork:
 
     Why: on the 2-core CPU it runs a 160 px image in about 6-7 ms against 11-15 ms for the eager network
     (oneDNN convolutions with pre-packed weights). Predictions match the eager network to float rounding
-    (tests/test_inference.py). It cannot run hooks or gradients, so explanations use the eager network and
+    (tests/inference/test_inference.py). It cannot run hooks or gradients, so explanations use the eager network and
     the weights must not change after tracing. ``layer_paths`` (module names) are traced in as extra
     outputs, each globally average-pooled: the layer-wise features of the precompute without a slow eager
     pass.

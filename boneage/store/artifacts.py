@@ -5,18 +5,16 @@ The dashboard reads everything through :class:`ArtifactStore`; nothing here comp
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from boneage.config import ARTIFACTS_DIR
+from boneage.settings import Settings
 from boneage.store.manifest import ManifestProblem, check_manifest
 from boneage.evaluation.predictions_table import from_storage
 
-ARTIFACTS_ENV = "BONEAGE_ARTIFACTS"
 
 # relative path -> the pipeline command that produces it
 PRODUCERS = {
@@ -45,7 +43,9 @@ class ArtifactMissingError(FileNotFoundError):
 
 
 def default_artifacts_dir() -> Path:
-    return Path(os.environ.get(ARTIFACTS_ENV) or ARTIFACTS_DIR)
+    """The artifact set in use: ``$BONEAGE_ARTIFACTS`` as it is now (:class:`boneage.settings.Settings`), else
+    the repository's ``artifacts/``."""
+    return Settings.from_env().artifacts_dir
 
 
 @dataclass

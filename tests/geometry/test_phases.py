@@ -35,7 +35,7 @@ def films(data_dir):
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory, repo_root):
     """The shipped network in two folders: read with one phase and with 3 x 3 phases, without test-time
-    augmentation (its passes are shared out between the views, tests/test_tta_shifts.py)."""
+    augmentation (its passes are shared out between the views, tests/nn/test_tta_shifts.py)."""
     out = {}
     for phases in (1, 3):
         d = tmp_path_factory.mktemp(f"phases{phases}")

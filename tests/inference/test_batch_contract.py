@@ -107,7 +107,7 @@ def test_every_csv_written_for_people_goes_through_the_helper(repo_root):
     assert not offenders, offenders
 
 
-def test_predict_cases_keeps_rows_with_bad_sex(data_dir, image_dir):
+def test_assess_cases_keeps_rows_with_bad_sex(data_dir, image_dir):
     from boneage import load_predictor
 
     p = load_predictor()
