@@ -1,20 +1,10 @@
 """The DICOM node: a Storage SCP that reads the bone age of every hand radiograph it receives and sends the
 reading back to the PACS as a Secondary Capture and a Structured Report in the same study.
 
-    python -m pipelines.dicom_node --port 11112 --dest-ae PACS --dest-host pacs.example --dest-port 104
+    boneage dicom-node --port 11112 --dest-ae PACS --dest-host pacs.example --dest-port 104
 
-It accepts CR, DX and secondary-capture images (C-STORE; C-ECHO answers too). Each received image is checked
-at once (readable pixels, a hand radiograph by the input gate and its header, a sex in the header or
-``--default-sex``): what cannot be assessed gets a failure status (0xC000, "cannot understand", the reason in
-the status's ErrorComment and in full in the log) and the node keeps serving. Accepted images are assessed in
-one worker thread (the queue holds ``--queue-size`` images; a full queue answers 0xA700 "out of resources",
-which PACS retry) and the results are sent with C-STORE to the destination AE: a Secondary Capture with the
-reading and the Grad-CAM map burnt in under a "decision support" banner, and a TID 1500 SR with the bone age,
-interval bounds and stage as coded measurements (see :mod:`boneage.clinic.dicom_results`). A failure while assessing
-or sending is logged with the image's SOP Instance UID.
-
-The chronological age (for delayed / normal / advanced) comes from PatientAge or PatientBirthDate and the
-study date; without it the reading has no maturity call. Stop with Ctrl-C or SIGTERM.
+(``python -m pipelines.dicom_node`` is the same command.) Stop with Ctrl-C or SIGTERM. What the node accepts,
+refuses and sends is described by :mod:`boneage.clinic.dicom_node`, whose text ``--help`` prints below this.
 """
 from __future__ import annotations
 
@@ -24,6 +14,7 @@ import signal
 import sys
 import threading
 
+import boneage.clinic.dicom_node as node_logic
 from boneage.clinic.dicom_node import BoneAgeNode, Destination, NodeConfig, load_node_predictor, log, port_problem
 from boneage.settings import add_path_flags
 
@@ -33,7 +24,7 @@ def _destination(args) -> Destination:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__ + "\n" + node_logic.__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ae-title", default="BONEAGE", help="this node's AE title (default BONEAGE)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     ap.add_argument("--port", type=int, default=11112, help="port to listen on (default 11112)")
