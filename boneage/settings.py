@@ -88,7 +88,9 @@ def add_path_flags(parser: argparse.ArgumentParser, data: bool = True, artifacts
     if data:
         parser.add_argument("--data-dir", help=f"RSNA data folder (default: ${DATA_ENV})")
     if artifacts:
-        parser.add_argument("--artifacts-dir", help=f"artifacts folder (default: ${ARTIFACTS_ENV} or artifacts/)")
+        parser.add_argument("--artifacts-dir", "--artifacts", dest="artifacts_dir",  # --artifacts: its first name
+                            help=f"artifacts folder, holding model/ and splits.csv (default: ${ARTIFACTS_ENV} or "
+                                 "artifacts/)")
     if model:
         parser.add_argument("--model-dir", help=f"model folder (default: ${MODEL_ENV} or artifacts/model)")
     return parser

@@ -97,13 +97,11 @@ def main(argv=None) -> int:
     from pipelines import precompute
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_path_flags(ap)
-    ap.add_argument("--artifacts-dir", "--artifacts", dest="artifacts", default=None,
-                    help="artifact folder, holding model/ and splits.csv (default: $BONEAGE_ARTIFACTS or artifacts/)")
+    add_path_flags(ap, artifacts=True)
     ap.add_argument("--max-cases", type=int, default=None, help=f"cases per set (default {DEFAULT_CASES})")
     args = ap.parse_args(argv)
     forward = ["--only", "explanations"]
-    for flag, value in (("--data-dir", args.data_dir), ("--artifacts-dir", args.artifacts),
+    for flag, value in (("--data-dir", args.data_dir), ("--artifacts-dir", args.artifacts_dir),
                         ("--max-cases", args.max_cases)):
         if value is not None:
             forward += [flag, str(value)]

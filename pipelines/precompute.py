@@ -41,7 +41,7 @@ from boneage.store.manifest import write_manifest
 from boneage.evaluation.predictions_table import for_storage, model_columns, read_predictions, write_predictions
 from boneage.inference.predictor import load_predictor
 from boneage.io.tables import read_cases
-from boneage.settings import add_path_flags
+from boneage.settings import Settings, add_path_flags
 
 PARTS = ("predictions", "embeddings", "calibration", "fairness", "errors", "atlas", "explanations")
 EARLY_LAYERS = ("stage3", "stage5", "head")
@@ -276,16 +276,14 @@ def part_atlas(art: Path, data_dir: Path, log) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_path_flags(ap)
-    ap.add_argument("--artifacts-dir", "--artifacts", dest="artifacts", default=str(ARTIFACTS_DIR),
-                    help="artifact folder, holding model/ and splits.csv (default: $BONEAGE_ARTIFACTS or artifacts/)")
+    add_path_flags(ap, artifacts=True)
     ap.add_argument("--only", nargs="+", choices=(*PARTS, "intervals", "manifest"),
                     help="redo only these parts ('manifest' alone: just rewrite the manifest, e.g. after the model "
                          "card or benchmark changed)")
     ap.add_argument("--max-cases", type=int, help="at most N cases per split (smoke tests)")
     ap.add_argument("--subsample", type=int, default=3000, help="cases in the earlier-layer maps")
     args = ap.parse_args(argv)
-    art = Path(args.artifacts)
+    art = Settings.from_args(args).artifacts_dir
     parts = args.only or PARTS
     t_start = time.time()
 

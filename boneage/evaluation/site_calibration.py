@@ -323,11 +323,12 @@ class SiteProfile:
                     laterality: str | None = None) -> None:
         """Refuse a profile made for other networks, or on predictions made otherwise (test-time
         augmentation switched, native films read at another number of phase views)."""
+        refit = (f"Refit it with `python -m pipelines.calibrate_site --name {self.name} ...` (docs/operations.md, "
+                 "Site calibration).")
         if fingerprint != self.model_sha256:
             raise SiteProfileError(
                 f"site profile '{self.name}' was fitted for another model (sha256 {self.model_sha256[:12]}..., this "
-                f"model {fingerprint[:12]}...): its correction and intervals do not apply. Refit it on this model "
-                f"with `python -m pipelines.calibrate_site --name {self.name} ...` (see README, Site calibration).")
+                f"model {fingerprint[:12]}...): its correction and intervals do not apply. {refit}")
         if tta is not None and tta != self.tta:
             raise SiteProfileError(
                 f"site profile '{self.name}' was fitted on predictions {'with' if self.tta else 'without'} test-time "
@@ -335,14 +336,12 @@ class SiteProfile:
         if phases is not None and phases != self.phases:
             raise SiteProfileError(
                 f"site profile '{self.name}' was fitted on readings of {self.phases}x{self.phases} phase view(s) per "
-                f"native film, this model reads {phases}x{phases}: its correction does not apply. Refit it with "
-                f"`python -m pipelines.calibrate_site --name {self.name} ...` (see README, Site calibration).")
+                f"native film, this model reads {phases}x{phases}: its correction does not apply. {refit}")
         if laterality is not None and laterality != self.laterality:
             raise SiteProfileError(
                 f"site profile '{self.name}' was fitted on readings with laterality {self.laterality!r}, this model "
                 f"reads with {laterality!r} (right hands {'mirrored' if laterality == 'left' else 'as they are'}): "
-                f"its correction does not apply. Refit it with `python -m pipelines.calibrate_site --name "
-                f"{self.name} ...` (see README, Site calibration).")
+                f"its correction does not apply. {refit}")
 
     def to_dict(self) -> dict:
         conf = {"method": "split-conformal, score |y - corrected| / model scale, cross-fitted over the local "

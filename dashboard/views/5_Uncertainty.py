@@ -182,7 +182,7 @@ st.header("Site calibration")
 sites = common.site_names()
 if not sites:
     st.info("No site profile in this artifact set. A hospital makes one from its own labelled radiographs with "
-            "`python -m pipelines.calibrate_site` (README, *Site calibration*).")
+            "`python -m pipelines.calibrate_site` (docs/operations.md, *Site calibration*).")
 else:
     site = st.selectbox("Site profile", sites, key="unc_site")
     prof = common.artifact_or_none(common.artifact_json, f"sites/{site}.json")
@@ -190,7 +190,7 @@ else:
         ev = prof.get("evaluation", {})
         if prof.get("model_sha256") != common.model_fingerprint():
             st.warning(f"Profile {site} was fitted for other model weights: predictions refuse it. Refit it with "
-                       "`python -m pipelines.calibrate_site` (README, Site calibration).", icon=":material/warning:")
+                       "`python -m pipelines.calibrate_site` (docs/operations.md, Site calibration).", icon=":material/warning:")
         st.markdown(f"**{prof['n_cases']}** labelled cases of the site ({prof['n_male']} boys), fitted "
                     f"{prof['created'][:10]}. Numbers are **{ev.get('k_folds')}-fold cross-validated**: in each fold the "
                     "correction and the intervals are fitted on the other folds and judged on the held-out one; "

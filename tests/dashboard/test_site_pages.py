@@ -21,7 +21,7 @@ STORE = ArtifactStore.default()
 @pytest.fixture(autouse=True)
 def _profile_present():
     if not STORE.exists("sites/rsna-official.json"):
-        pytest.fail(f"{STORE.root}/sites/rsna-official.json missing: see README, Site calibration", pytrace=False)
+        pytest.fail(f"{STORE.root}/sites/rsna-official.json missing: see docs/operations.md, Site calibration", pytrace=False)
 
 
 def _texts(at) -> str:

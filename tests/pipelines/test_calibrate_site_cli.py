@@ -173,7 +173,7 @@ def test_default_prediction_is_unchanged_without_a_site(predicted, data_dir):
 
 
 def test_shipped_profile_matches_the_shipped_model():
-    """artifacts/sites/rsna-official.json must be refitted whenever the model changes (README, Site calibration)."""
+    """artifacts/sites/rsna-official.json must be refitted whenever the model changes (docs/operations.md, Site calibration)."""
     from boneage import load_predictor
 
     profile = SiteProfile.load(SITES_DIR / "rsna-official.json")
