@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from boneage.config import StageConfig, stages_from_months
+from boneage.config import StageConfig, stages_from_months, write_atomic
 from boneage.training.splits import AGE_BAND, age_band
-from boneage.config import write_atomic
 
 COLUMNS: dict[str, str] = {
     "id": "case id (text)",

@@ -37,10 +37,8 @@ from boneage.io.input_gate import GatedImage, GateResult, gate_array, load_radio
 from boneage.growth.maturity import MaturityAssessment, maturity_status
 from boneage.inference.predictor import BoneAgePredictor, Prediction, load_predictor
 from boneage.geometry.preprocess import Prepared
-from boneage.evaluation.site_calibration import LEVELS
-from boneage.evaluation.site_calibration import SiteProfile, site_path
-from boneage.inference.unlike_training import fit_training_outlier_check
-from boneage.inference.unlike_training import outlier_scores
+from boneage.evaluation.site_calibration import LEVELS, SiteProfile, site_path
+from boneage.inference.unlike_training import fit_training_outlier_check, outlier_scores
 from boneage.io.tables import parse_male
 from boneage.store.artifacts import ArtifactMissingError, default_artifacts_dir
 from boneage.store.manifest import model_fingerprint, sha256_file

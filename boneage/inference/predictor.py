@@ -25,8 +25,7 @@ from boneage.nn.forward import (FastNetwork, Member, RawPredictions, average_vie
                         fast_network_for, fill_rows, run_network, shares_passes, take_rows,
                         view_ranks)
 from boneage.nn.model import BoneAgeNet, fold_batchnorm
-from boneage.geometry.laterality import MIN_OTHER_WEIGHT, other_side_weight
-from boneage.geometry.laterality import default_check as laterality_check
+from boneage.geometry.laterality import MIN_OTHER_WEIGHT, default_check as laterality_check, other_side_weight
 from boneage.geometry.preprocess import Prepared, prepare, to_uint8
 from boneage.evaluation.conformal import ConformalCalibrator
 from boneage.evaluation.site_calibration import SiteProfileError, load_site
