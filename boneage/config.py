@@ -26,6 +26,7 @@ MODEL_DIR = SETTINGS.model_dir
 FITS = ("squeeze", "area", "letterbox")
 FRAMINGS = ("none", "hand", "hand-upright")
 LATERALITIES = ("as-is", "left")
+MASKS = ("none", "hand")  # Geometry.mask: the whole film, or the hand alone (boneage.geometry.masking)
 
 MAX_PHASES = 5  # 3 x 3 views already took most of the benefit (docs/decisions.md)
 
@@ -45,6 +46,10 @@ class Geometry:
     trim_bars: bool = False  # remove uniform bars around the film first (always with ``area`` or framing)
     phases: int = 1  # sub-pixel offsets per axis of the squeeze grid whose readings are averaged
     laterality: str = "as-is"  # "left": films taken for right hands are mirrored first
+    # "hand": everything outside the hand mask, dilated by ``mask_dilation`` base pixels, is set to the
+    # background and the hand's intensities are stretched (boneage.geometry.masking); "none": the whole film.
+    mask: str = "none"
+    mask_dilation: int = 2
 
     def __post_init__(self):
         if self.fit not in FITS:
@@ -59,6 +64,10 @@ class Geometry:
             raise GeometryError(f"phases {self.phases} must lie in 1-{MAX_PHASES}")
         if self.laterality not in LATERALITIES:
             raise GeometryError(f"unknown laterality {self.laterality!r}; one of {', '.join(LATERALITIES)}")
+        if self.mask not in MASKS:
+            raise GeometryError(f"unknown mask {self.mask!r}; one of {', '.join(MASKS)}")
+        if not 0 <= int(self.mask_dilation) <= 16:
+            raise GeometryError(f"mask dilation {self.mask_dilation} px must lie in 0-16")
         if self.phases > 1 and self.fit != "squeeze":
             raise GeometryError(f"phases > 1 needs the squeeze fit (the {self.fit} fit does not pick pixels)")
 
@@ -67,7 +76,8 @@ class Geometry:
         """The geometry of a :class:`boneage.config.ModelConfig` (or anything with the same fields)."""
         return cls(int(cfg.base_size), getattr(cfg, "fit", "squeeze"), getattr(cfg, "framing", "none"),
                    float(getattr(cfg, "framing_margin", 0.06)), bool(getattr(cfg, "trim_bars", False)),
-                   int(getattr(cfg, "phases", 1)), str(getattr(cfg, "laterality", "as-is")))
+                   int(getattr(cfg, "phases", 1)), str(getattr(cfg, "laterality", "as-is")),
+                   str(getattr(cfg, "hand_mask", "none")), int(getattr(cfg, "mask_dilation", 2)))
 
     @property
     def trims(self) -> bool:
@@ -79,7 +89,8 @@ class Geometry:
         it: the first view, the one a cache holds, is the plain squeeze whatever the phases."""
         key = f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
         key = key + "-trim" if self.trim_bars else key
-        return key + "-left" if self.laterality == "left" else key
+        key = key + "-left" if self.laterality == "left" else key
+        return key + f"-mask{self.mask_dilation}" if self.mask == "hand" else key
 
 
 def as_geometry(geometry: Geometry | int) -> Geometry:
@@ -140,6 +151,11 @@ class ModelConfig:
     # "left": every film the learned check takes for a right hand is mirrored first, so the network reads
     # left hands only (boneage.geometry.laterality); "as-is": films are read as they come.
     laterality: str = "as-is"
+    # "hand": the network reads the hand alone, the background outside the mask dilated by ``mask_dilation``
+    # base pixels set to 0 (boneage.geometry.masking); "none": the whole film. Configs without the field
+    # mean "none", as they were trained.
+    hand_mask: str = "none"
+    mask_dilation: int = 2
     # The passes test-time augmentation averages when it is on (boneage.nn.forward.views): "zooms" (the image
     # at 1, 0.95 and 1.05) or "shifts" (the image moved on a 3x3 grid by a third of the network's output stride
     # each way). Configs without the field mean "zooms", the only set there was.
@@ -221,6 +237,11 @@ class TrainConfig:
     # True: both readings of a hand get the same random rotation, zoom and shift, so they differ by the
     # acquisition change alone; False: each reading draws its own.
     consistency_shared_affine: bool = False
+    # Mask noise for a model that reads the hand alone (ModelConfig.hand_mask "hand"): each training image's
+    # dilation is drawn from mask_dilation - mask_noise .. mask_dilation + mask_noise (at least 0), and with
+    # probability mask_tight it uses the segmentation's tight mask (boneage.training.hand_masks).
+    mask_noise: int = 2
+    mask_tight: float = 0.5
     ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights; 0 turns it off
     # Sampling weight of a training case ~ (training cases of its sex x age band) ** -balance_power, drawn
     # with replacement: 0 shows every case once per epoch; 0.5 shows the rare extremes (girls of 17 and

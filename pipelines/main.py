@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "choose-ensemble": "choose_ensemble",
     "precompute": "precompute",
     "precision": "precision",
+    "context": "context",
     "explanation-audit": "explanation_audit",
     "model-card": "model_card",
     "fit-polarity": "fit_polarity",

@@ -14,6 +14,7 @@ process, so the global batch is N times it):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -23,8 +24,10 @@ import pandas as pd
 
 from boneage.training import distributed
 from boneage.geometry.acquisition import KNOWN
-from boneage.config import (ANTIALIAS_SIZES, ARTIFACTS_DIR, MODEL_DIR, REPO_ROOT, TTA_VIEW_SETS, ModelConfig,
-                            TrainConfig)
+from boneage.config import (ANTIALIAS_SIZES, ARTIFACTS_DIR, MASKS, MODEL_DIR, REPO_ROOT, TTA_VIEW_SETS,
+                            ModelConfig, TrainConfig)
+from boneage.geometry.hand import SEGMENTATION_VERSION
+from boneage.training.hand_masks import load_hand_masks
 from boneage.training.image_cache import load_images
 from boneage.geometry.framing import FITS, GeometryError
 from boneage.store.manifest import sha256_file
@@ -76,6 +79,15 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", choices=FITS, default=ModelConfig.fit,
                     help="squeeze the film to a square as the 100 px files were (nearest neighbour, or 'area': "
                          "box-filtered, bars trimmed) or keep its aspect ratio (letterbox)")
+    ap.add_argument("--hand-mask", choices=MASKS, default=ModelConfig.hand_mask,
+                    help="'hand': the network reads the hand alone, the film outside the dilated hand mask set to "
+                         "the background (boneage.geometry.masking); 'none': the whole film")
+    ap.add_argument("--mask-dilation", type=int, default=ModelConfig.mask_dilation,
+                    help="base pixels the hand mask is grown by before the background is removed")
+    ap.add_argument("--mask-noise", type=int, default=TrainConfig.mask_noise,
+                    help="training: each image's dilation is drawn within this many pixels of --mask-dilation")
+    ap.add_argument("--mask-tight", type=float, default=TrainConfig.mask_tight,
+                    help="training: probability that an image uses the segmentation's tight mask")
     ap.add_argument("--framing", choices=("none", "hand", "hand-upright"), default=ModelConfig.framing,
                     help="read the whole film, or a square around the hand (optionally turned upright)")
     ap.add_argument("--trim-bars", action="store_true",
@@ -153,7 +165,8 @@ def _run(args, info: distributed.DistInfo) -> int:
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, base_size=args.base_size,
                             fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant,
                             trim_bars=args.trim_bars, laterality=args.laterality, phases=args.phases or (3 if args.fit == "squeeze" else 1),
-                            antialias=args.antialias, tta_views=args.tta_views, dropout=args.dropout)
+                            antialias=args.antialias, tta_views=args.tta_views, dropout=args.dropout,
+                            hand_mask=args.hand_mask, mask_dilation=args.mask_dilation)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
@@ -166,7 +179,8 @@ def _run(args, info: distributed.DistInfo) -> int:
                             consistency_families=tuple(f.strip() for f in args.consistency_families.split(",")
                                                        if f.strip()),
                             consistency_shared_affine=args.consistency_shared_affine,
-                            num_threads=args.threads, loader_workers=args.loader_workers)
+                            num_threads=args.threads, loader_workers=args.loader_workers,
+                            mask_noise=args.mask_noise, mask_tight=args.mask_tight)
     unknown = [f for f in train_cfg.consistency_families if f not in KNOWN]
     if unknown or not train_cfg.consistency_families:
         print(f"error: --consistency-families {args.consistency_families!r}: unknown {unknown or 'empty list'}; "
@@ -180,9 +194,13 @@ def _run(args, info: distributed.DistInfo) -> int:
         return 2
     show = not args.quiet and info.is_main
 
+    # a model that reads the hand alone trains on unmasked images and their masks (mask noise per batch,
+    # boneage.training.hand_masks) and validates on images masked as every door masks them
+    train_geometry = dataclasses.replace(geometry, mask="none")
+
     def load_both():
-        return tuple(load_images(c, data_dir / "train", geometry, cache_dir=cache, progress=show,
-                                 workers=args.decode_workers) for c in (tr, va))
+        return tuple(load_images(c, data_dir / "train", g, cache_dir=cache, progress=show,
+                                 workers=args.decode_workers) for c, g in ((tr, train_geometry), (va, geometry)))
 
     if cache is not None and info.distributed:
         # rank 0 builds the cache (its decode workers use the machine); the others then open it
@@ -198,13 +216,16 @@ def _run(args, info: distributed.DistInfo) -> int:
             print(f"skipped {cid}: {reason}", file=sys.stderr)
     split_sha = sha256_file(splits_path)
     extra = {"splits_file": splits_path.name, "splits_sha256": split_sha, "data": f"RSNA Pediatric Bone Age 2017, train/ prepared as {geometry.key()}"}
+    if geometry.mask == "hand":
+        extra["hand_segmentation_version"] = SEGMENTATION_VERSION
     if args.init_from:
         init_cfg = Path(args.init_from) / "config.json"
         extra["init_from"] = json.loads(init_cfg.read_text()) if init_cfg.is_file() else str(args.init_from)
+    masks = load_hand_masks(tr_img.images, cache, progress=show) if geometry.mask == "hand" else None
     try:
         res = train_model(tr_img.images, tr_img.cases, va_img.images, va_img.cases, args.out, model_cfg, train_cfg,
                           extra_config=extra, resume=not args.no_resume, progress=not args.quiet,
-                          init_from=args.init_from)
+                          init_from=args.init_from, train_masks=masks)
     except ResumeCheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,8 +13,12 @@ Why this order:
    :mod:`boneage.geometry.laterality` takes for a right hand is mirrored: the film itself, fitted again, so its views
    are exactly those of the mirror image come in as a left hand, in the same order (a native film's views
    each take their own test-time pass, :meth:`boneage.inference.predictor.BoneAgePredictor.read`).
-4. Framing last (:mod:`boneage.geometry.framing`), on the normalised image, when the model's geometry asks for it.
-5. When the geometry reads a film at several phases of the squeeze grid, each view is normalised and framed
+4. The hand alone, when the geometry's ``mask`` is ``hand``: the hand is segmented
+   (:func:`boneage.geometry.hand.segment_hand`) and everything outside its slightly dilated mask set to 0, the
+   hand's intensities stretched (:mod:`boneage.geometry.masking`), so the film around the hand cannot move the
+   reading. :attr:`Prepared.hand` keeps the segmentation (its outline, and whether it can be trusted).
+5. Framing last (:mod:`boneage.geometry.framing`), on the normalised image, when the model's geometry asks for it.
+6. When the geometry reads a film at several phases of the squeeze grid, each view is normalised and framed
    the same way (the first view's negative and laterality decisions hold for all), and the reading averages
    them.
 
@@ -30,6 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from boneage.geometry.framing import Framing, Geometry, as_geometry, background_level, fit_to_base, fit_views, frame
+from boneage.geometry.hand import HandSegmentation, segment_hand
+from boneage.geometry.masking import isolate_hand
 from boneage.geometry.laterality import default_check as laterality_check
 from boneage.geometry.polarity import default_check
 
@@ -80,6 +86,9 @@ class Prepared:
     # not larger than the base size.
     extra_views: np.ndarray | None = None
     mirrored: bool = False  # taken for a right hand and mirrored (geometry laterality "left")
+    # The hand's segmentation in the (unframed) base image when the geometry masks the hand, else None;
+    # ``hand.ok`` False: the outline is doubtful and the reading says so (``hand.reason``).
+    hand: HandSegmentation | None = None
 
     @property
     def n_views(self) -> int:
@@ -100,9 +109,18 @@ def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
     if mirrored:  # the mirror image, fitted as a film that came in that way: the same views in the same order
         first, *others = fit_views(np.ascontiguousarray(arr[:, ::-1]), geometry)
         img = normalize_intensity_checked(first, negative)[0]
+    hand = None
+    if geometry.mask == "hand":  # one segmentation for all views: they differ by a sub-pixel shift
+        hand = segment_hand(img)
+        img = isolate_hand(img, hand.mask, geometry.mask_dilation)
     img, framing = frame(img, geometry)
-    extra = [frame(normalize_intensity_checked(v, negative)[0], geometry)[0] for v in others]
-    return Prepared(img, negative, framing, np.stack(extra) if extra else None, mirrored)
+    extra = []
+    for view in others:
+        v = normalize_intensity_checked(view, negative)[0]
+        if hand is not None:
+            v = isolate_hand(v, hand.mask, geometry.mask_dilation)
+        extra.append(frame(v, geometry)[0])
+    return Prepared(img, negative, framing, np.stack(extra) if extra else None, mirrored, hand)
 
 
 def preprocess_array(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> np.ndarray:

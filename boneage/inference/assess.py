@@ -35,7 +35,7 @@ from boneage.io.dicom_patient import PatientInfo, patient_info
 from boneage.io.imaging import ImageLoadError, safe_image_path
 from boneage.io.input_gate import GatedImage, GateResult, gate_array, load_radiograph, load_radiograph_bytes
 from boneage.growth.maturity import MaturityAssessment, maturity_status
-from boneage.inference.predictor import BoneAgePredictor, Prediction, load_predictor
+from boneage.inference.predictor import BoneAgePredictor, Prediction, hand_notes, load_predictor
 from boneage.geometry.preprocess import Prepared
 from boneage.evaluation.site_calibration import LEVELS, SiteProfile, site_path
 from boneage.inference.unlike_training import fit_training_outlier_check, outlier_scores
@@ -317,7 +317,8 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
                    mirrored=pred.mirrored, read_mirrored=bool(prepared.mirrored), outlier_score=score, unlike_training_data=flag, outlier_threshold=threshold,
                    sex_source=sex_source, site=predictor.site.name if predictor.site is not None else None,
                    site_note=_site_note(predictor), model_sha256=model_sha256(predictor),
-                   notes=tuple(notes) + tuple(patient.notes) + tuple(extra_notes), patient=patient,
+                   notes=tuple(notes) + hand_notes(prepared) + tuple(patient.notes) + tuple(extra_notes),
+                   patient=patient,
                    image=np.asarray(prepared.image), extra_views=prepared.extra_views, feature=feature)
     return a
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from boneage.config import MODEL_DIR, ModelConfig, model_config_from_dict
+from boneage.io.imaging import ImageLoadError
 from boneage.io.input_gate import gate_array, load_radiograph, load_radiograph_bytes
 from boneage.nn.forward import (FastNetwork, Member, RawPredictions, average_views, blend_readings, empty_like_rows,
                         fast_network_for, fill_rows, run_network, shares_passes, take_rows,
@@ -80,6 +81,16 @@ def framing_text(framing) -> str:
         turn = f", turned {framing.angle_deg:+.0f} deg" if framing.angle_deg else ""
         return f"hand{turn}"
     return f"whole image: {framing.reason}"
+
+
+def hand_notes(prepared: Prepared) -> tuple[str, ...]:
+    """The note a reading gets when the model reads the hand alone and the hand's outline is doubtful
+    (:class:`boneage.geometry.hand.HandSegmentation`): the reader is told, never left with a silent reading."""
+    hand = prepared.hand
+    if hand is None or hand.ok:
+        return ()
+    return (f"hand outline doubtful: {hand.reason}; the model reads only what lies inside the outline, so check "
+            "it over the heatmap on the Explain page before trusting the reading",)
 
 
 def mirrored_text(cfg: ModelConfig, mirrored: bool = False, other_weight: float = 0.0) -> str:
@@ -240,8 +251,11 @@ class BoneAgePredictor:
     def prepare(self, arr: np.ndarray) -> Prepared:
         """As :meth:`preprocess`, with everything done to get there (negative, framing); image as uint8."""
         p = prepare(arr, self.cfg.geometry)
+        if p.hand is not None and p.hand.failure == "no-hand":
+            raise ImageLoadError(f"{p.hand.reason}; this model reads the hand alone, so there is nothing to read: "
+                                 "check that the file is a radiograph of a hand")
         extra = None if p.extra_views is None else to_uint8(p.extra_views)
-        return Prepared(to_uint8(p.image), p.negative, p.framing, extra, p.mirrored)
+        return Prepared(to_uint8(p.image), p.negative, p.framing, extra, p.mirrored, p.hand)
 
     def _describe_input(self, pred: Prediction, prepared: Prepared, other_weight: float = 0.0) -> Prediction:
         """Fill the ``framing`` and ``mirrored`` cells; ``other_weight`` is the share of the reading that is the

@@ -21,13 +21,15 @@ from torch.utils.data import Dataset, DistributedSampler
 
 
 class CaseBatches(Dataset):
-    """Item ``idx`` (a 1-D tensor of row numbers) -> (uint8 images (B, H, W), ages (B,), male (B,)).
+    """Item ``idx`` (a 1-D tensor of row numbers) -> (uint8 images (B, H, W), ages (B,), male (B,)), and the
+    packed hand masks (B, H, W) uint8 when ``masks`` is given.
 
     ``images`` may be a ``np.memmap`` (read-only cache): only the requested rows are read. A memory map
     is reopened by file name in each worker process rather than pickled (pickling one copies it)."""
 
-    def __init__(self, images: np.ndarray, age: np.ndarray, male: np.ndarray):
+    def __init__(self, images: np.ndarray, age: np.ndarray, male: np.ndarray, masks: np.ndarray | None = None):
         self._images = images
+        self.masks = masks  # packed hand masks (boneage.training.hand_masks) or None: then items have no 4th part
         self._mmap = None
         if isinstance(images, np.memmap) and images.filename:
             self._mmap = (str(images.filename), int(images.offset), images.dtype.str, tuple(images.shape))
@@ -54,7 +56,9 @@ class CaseBatches(Dataset):
         rows = np.asarray(idx, dtype=np.int64)
         x = torch.from_numpy(np.ascontiguousarray(self.images[rows]))
         t = torch.from_numpy(rows)
-        return x, self.age[t], self.male[t]
+        if self.masks is None:
+            return x, self.age[t], self.male[t]
+        return x, self.age[t], self.male[t], torch.from_numpy(np.ascontiguousarray(self.masks[rows]))
 
 
 def single_process_order(n: int, weights: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:

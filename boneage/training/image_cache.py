@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from boneage.config import write_json_atomic
 from boneage.geometry.framing import Geometry, as_geometry
+from boneage.geometry.hand import SEGMENTATION_VERSION
 from boneage.io.imaging import ImageLoadError, read_radiograph, safe_image_path
 from boneage.geometry.preprocess import BASE_SIZE, prepare, preprocess_array, to_uint8
 
@@ -68,6 +69,8 @@ def load_case_image(image_dir: str | os.PathLike, case_id: str, geometry: Geomet
 def cache_key(image_dir: str | os.PathLike, ids: list[str], geometry: Geometry) -> str:
     """16 hex digits naming the cache of these ids (in this order) from this folder in this geometry."""
     text = "|".join(ids) + f"|{Path(image_dir).resolve()}|{geometry.key()}|{CACHE_VERSION}"
+    if geometry.mask == "hand":  # the masked pixels depend on the segmentation too
+        text += f"|segmentation-v{SEGMENTATION_VERSION}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -34,6 +34,7 @@ from boneage.geometry.acquisition import acquired_batch
 from boneage.nn.forward import INFERENCE_BATCH, run_network
 from boneage.nn.model import BoneAgeNet, laplace_nll
 from boneage.geometry.perturb import jpeg
+from boneage.geometry.masking import isolate_hand_batch
 from boneage.geometry.preprocess import random_affine, to_model_input
 from boneage.training.splits import age_band
 
@@ -133,6 +134,18 @@ def _augment_degradation(x: torch.Tensor, resolution: float, noise: float, gen: 
     return x.clamp(0, 1)
 
 
+def masked_batch(x: torch.Tensor, packed: torch.Tensor, dilation: int, train_cfg: TrainConfig,
+                 gen: torch.Generator) -> torch.Tensor:
+    """The hand alone in each image of a training batch, with mask noise (TrainConfig.mask_noise, mask_tight):
+    :func:`boneage.geometry.masking.isolate_hand_batch` with a dilation and a mask (the segmentation's or its
+    tight one) drawn per image."""
+    n = len(x)
+    tight = torch.rand(n, generator=gen) < train_cfg.mask_tight
+    masks = torch.where(tight[:, None, None], (packed & 2) > 0, (packed & 1) > 0)
+    noise = torch.randint(-train_cfg.mask_noise, train_cfg.mask_noise + 1, (n,), generator=gen)
+    return isolate_hand_batch(x, masks, (dilation + noise).clamp(min=0))
+
+
 def consistency_loss(age: torch.Tensor, scale: torch.Tensor, anchored: bool = False) -> torch.Tensor:
     """Mean disagreement between the two readings of each hand, ``age[:n]`` and ``age[n:]`` of a doubled
     batch, in units of their mean predicted scale (held fixed), the unit in which the Laplace NLL charges
@@ -163,8 +176,14 @@ def group_sampling_weights(cases: pd.DataFrame, power: float) -> torch.Tensor | 
 def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images: np.ndarray,
                 val_cases: pd.DataFrame, out_dir: str | Path, model_cfg: ModelConfig = ModelConfig(),
                 train_cfg: TrainConfig = TrainConfig(), extra_config: dict | None = None,
-                resume: bool = True, progress: bool = True, init_from: str | Path | None = None) -> TrainResult:
+                resume: bool = True, progress: bool = True, init_from: str | Path | None = None,
+                train_masks: np.ndarray | None = None) -> TrainResult:
     """Train (or resume) into ``out_dir``.
+
+    A model that reads the hand alone (``model_cfg.hand_mask == "hand"``) needs ``train_masks``: the packed
+    masks of the unmasked ``train_images`` (:func:`boneage.training.hand_masks.load_hand_masks`); each batch is
+    masked with its own noise (:func:`masked_batch`). ``val_images`` are then already masked, as every
+    door prepares them (:func:`boneage.geometry.preprocess.prepare`).
 
     ``init_from`` warm-starts from an earlier run's folder (its ``model.pt``) with a fresh optimiser and
     schedule: a second cosine cycle is how a CPU-only project extends training without starting over. The
@@ -246,8 +265,12 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
     if info.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    masking = model_cfg.hand_mask == "hand"
+    if masking and train_masks is None:
+        raise ValueError("a model that reads the hand alone is trained with the hand masks of its training images "
+                         "(train_masks, from boneage.training.hand_masks.load_hand_masks)")
     dataset = CaseBatches(train_images, train_cases["boneage"].to_numpy(np.float32),
-                          train_cases["male"].to_numpy())
+                          train_cases["male"].to_numpy(), train_masks if masking else None)
     n_workers = loader_workers(train_cfg, device, info.world_size)
     sample_w = group_sampling_weights(train_cases, train_cfg.balance_power)
     amp_dtype = torch.bfloat16
@@ -287,11 +310,14 @@ def train_model(train_images: np.ndarray, train_cases: pd.DataFrame, val_images:
         apart_sum = 0.0  # |plain reading - other acquisition's reading|, months (with consistency)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
                    disable=not progress, mininterval=5)
-        for xb, yb, mb in bar:
+        for item in bar:
+            xb, yb, mb = item[:3]
             n = len(yb)
             if n < 2:  # every rank has equal-sized batches, so all skip together
                 continue
             xb = xb.float() / 255.0
+            if masking:
+                xb = masked_batch(xb, item[3], model_cfg.mask_dilation, train_cfg, aug_gen)
             if train_cfg.consistency > 0:  # the same hands, acquired differently, in the same batch
                 xb = torch.cat([xb, acquired_batch(xb, aug_gen, tuple(train_cfg.consistency_families))])
                 yb, mb = torch.cat([yb, yb]), torch.cat([mb, mb])
