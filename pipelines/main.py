@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "precompute": "precompute",
     "precision": "precision",
     "context": "context",
+    "mask-quality": "mask_quality",
     "explanation-audit": "explanation_audit",
     "model-card": "model_card",
     "fit-polarity": "fit_polarity",

@@ -14,8 +14,10 @@ connected component is kept with its holes filled, and the candidate is scored f
   the forearm leaving at the bottom is expected. A candidate that does is tried once more with a band of
   :data:`EDGE_BAND` px cleared at every edge, which cuts a frame along the film's edges off the hand.
 
-The lowest threshold whose candidate passes is the hand (it keeps the most soft tissue); the next passing
-threshold up is a second, tighter mask (:attr:`HandSegmentation.tight`), which training uses as the
+The image is median-filtered (3x3) first, so detector noise in the background does not pass a low
+threshold. Of the passing candidates, the hand is the one whose area changes least at the next threshold
+up (the hand's edge is a plateau of the ladder, a noisy background joined to it is not; ties go to the
+lower threshold, which keeps more soft tissue); the next passing threshold up is a second, tighter mask (:attr:`HandSegmentation.tight`), which training uses as the
 "other segmenter" so the network does not learn one mask's quirks. When no threshold passes, the best
 candidate is returned with ``ok`` False and the reason (:attr:`HandSegmentation.failure`), so callers can
 say so instead of silently reading the background.
@@ -34,7 +36,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 # Bump when the segmentation changes: caches of masked images and of training masks are keyed by it, and a
 # model that reads the hand alone was trained with the masks of one version (its config records it).
-SEGMENTATION_VERSION = 2
+SEGMENTATION_VERSION = 3
 # Thresholds tried, in the [0, 1] units of the normalised base image, lowest first.
 THRESHOLDS = (0.03, 0.05, 0.07, 0.09, 0.12, 0.15, 0.19, 0.24, 0.30, 0.37, 0.45, 0.55)
 # Measured on 200 official and 600 training base images with a single Otsu mask: hands cover a median
@@ -72,6 +74,7 @@ def segment_hand(image: np.ndarray) -> HandSegmentation:
     img = np.asarray(image, np.float32)
     if np.asarray(image).dtype == np.uint8:
         img = img / 255.0
+    img = ndimage.median_filter(img, size=3)  # detector noise of the background must not pass a low threshold
     seg = _sweep(img)
     if seg.failure == "plate":
         plate = seg.mask
@@ -92,12 +95,14 @@ def _mode(values: np.ndarray, bins: int = 64) -> float:
 
 def _sweep(img: np.ndarray) -> HandSegmentation:
     """One pass of the threshold ladder over ``img`` (module docstring)."""
-    passing: list[tuple[float, np.ndarray, float, float]] = []
+    passing: list[tuple[int, float, np.ndarray, float, float]] = []  # (ladder step, t, mask, area, solidity)
     best: tuple[float, float, np.ndarray, float, float, str] | None = None  # (badness, t, mask, area, sol, why)
-    for t in THRESHOLDS:
+    areas = []
+    for k, t in enumerate(THRESHOLDS):
         fg = img > t
         mask = _largest_component(fg)
         area = float(mask.mean())
+        areas.append(area)
         if area == 0:
             continue
         sol = _solidity(mask) if MIN_AREA <= area <= MAX_AREA else 1.0
@@ -109,15 +114,21 @@ def _sweep(img: np.ndarray) -> HandSegmentation:
             cut_sol = _solidity(cut) if MIN_AREA <= cut_area <= MAX_AREA else 1.0
             if not _judge(cut, cut_area, cut_sol, edge=EDGE_BAND)[0]:
                 mask, area, sol, failure = cut, cut_area, cut_sol, ""
+                areas[-1] = area
         if not failure:
-            passing.append((t, mask, area, sol))
-            if len(passing) == 2:
-                break
+            passing.append((k, t, mask, area, sol))
         elif best is None or badness < best[0]:
             best = (badness, t, mask, area, sol, failure)
     if passing:
-        t, mask, area, sol = passing[0]
-        tight = passing[1][1] if len(passing) > 1 else mask
+        # the hand's edge is a plateau of the ladder: its outline hardly moves between neighbouring thresholds,
+        # where a film's or plate's noisy background joined to it does
+        def change(entry) -> float:
+            k, _, _, area, _ = entry
+            nxt = areas[k + 1] if k + 1 < len(areas) else 0.0
+            return abs(area - nxt) / area
+        pick = min(range(len(passing)), key=lambda i: (round(change(passing[i]), 2), passing[i][0]))
+        _, t, mask, area, sol = passing[pick]
+        tight = passing[pick + 1][2] if pick + 1 < len(passing) else mask
         return HandSegmentation(mask, tight, True, t, area, sol)
     if best is None:
         empty = np.zeros(img.shape, bool)

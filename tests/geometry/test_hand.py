@@ -29,11 +29,15 @@ def _hand(shape=(100, 100), level=0.6) -> tuple[np.ndarray, np.ndarray]:
     return img, img > 0
 
 
-def test_a_plain_synthetic_hand_is_found_exactly():
+def _iou(a, b) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_a_plain_synthetic_hand_is_found():
     img, truth = _hand()
     seg = segment_hand(img)
     assert seg.ok and not seg.failure
-    np.testing.assert_array_equal(seg.mask, truth)
+    assert _iou(seg.mask, truth) > 0.97  # the 3x3 median filter rounds the fingertips' corners
 
 
 def test_a_frame_along_the_edges_joined_to_the_hand_is_cut_off():
@@ -53,7 +57,7 @@ def test_a_letter_brighter_than_a_faint_hand_is_not_taken_for_it():
     img[5:15, 80:90] = 1.0  # a burnt-in "L", far brighter than the hand
     seg = segment_hand(img)
     assert seg.ok
-    np.testing.assert_array_equal(seg.mask, truth)
+    assert _iou(seg.mask, truth) > 0.97 and not seg.mask[5:15, 80:90].any()
 
 
 def test_a_hand_on_a_plate_is_found_inside_the_plate():
