@@ -16,6 +16,7 @@ import streamlit as st
 
 from boneage.store.artifacts import ArtifactMissingError, ArtifactStore
 from boneage.config import DATA_ENV, DataDirError, resolve_data_dir
+from boneage.geometry.hand import hand_mask
 from boneage.io.imaging import ImageLoadError
 
 SPLIT_LABELS = {"test": "Internal test", "official_test": "Official test (RSNA)", "val": "Validation",
@@ -593,6 +594,12 @@ def model_sha256() -> str | None:
 
     weights = store().root / "model" / "model.pt"
     return sha256_file(weights) if weights.is_file() else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def hand_outline(image: np.ndarray) -> np.ndarray:
+    """The hand mask of a model input (:func:`boneage.geometry.hand.hand_mask`), drawn over every heatmap."""
+    return hand_mask(image)
 
 
 def attention_note(image: np.ndarray, heatmap: np.ndarray, label: str) -> tuple[str, bool]:

@@ -65,3 +65,23 @@ def activation_mosaic(maps: np.ndarray, cols: int = 8, cell: int = 56, gap: int 
     rgb = colormap_lut(cmap)[np.round(np.clip(np.nan_to_num(out), 0, 1) * 255).astype(np.intp)]
     rgb[np.isnan(out)] = 255
     return rgb
+
+
+def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 with the outline of ``mask`` drawn in ``colour``: the mask is brought to the
+    image's size (nearest) and its boundary pixels, one display pixel wide, are painted. Used to show the
+    hand's outline over every heatmap, so a reader sees which part of a map lies on the hand."""
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    m = np.asarray(mask, bool)
+    h, w = out.shape[:2]
+    if m.shape != (h, w):
+        rows = np.minimum((np.arange(h) * m.shape[0]) // h, m.shape[0] - 1)
+        cols = np.minimum((np.arange(w) * m.shape[1]) // w, m.shape[1] - 1)
+        m = m[np.ix_(rows, cols)]
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    out[m & ~inner] = colour
+    return out

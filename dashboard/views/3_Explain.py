@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from boneage.evidence import explain
-from boneage.evidence.render import activation_mosaic, overlay
+from boneage.evidence.render import activation_mosaic, draw_outline, overlay
 from dashboard import common
 
 
@@ -96,6 +96,7 @@ with st.container(border=True):
     alpha = c[3].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="ex_alpha")
     cmap = c[4].selectbox("Colour map", ["jet", "inferno", "gray"], key="ex_cmap")
 
+hand = common.hand_outline(img)  # the outline the shares on the hand are measured with
 cols = st.columns(3)
 with cols[0]:
     st.image(enlarge(img), caption=f"Model input ({common.base_label()} pixels)", width="stretch")
@@ -110,8 +111,8 @@ for col, method in zip(cols[1:], (m_a, m_b)):
         else:
             with st.spinner(f"Computing {methods[method]}...", show_time=method == "smoothgrad"):
                 h = heatmap(method, lay)
-        st.image(enlarge(overlay(img, h, alpha, cmap)), width="stretch",
-                 caption=methods[method] + (f" ({layer})" if lay else ""))
+        st.image(draw_outline(enlarge(overlay(img, h, alpha, cmap)), hand), width="stretch",
+                 caption=methods[method] + (f" ({layer})" if lay else "") + "; green: the hand's outline")
         note, off_hand = common.attention_note(img, h, methods[method])
         (st.warning if off_hand else st.caption)(note + common.audit_method_note(method))
 st.caption("Grad-CAM: regions whose features push the predicted age **up**. Saliency / SmoothGrad / integrated "

@@ -155,6 +155,10 @@ def test_explain_with_data_dir(with_data):
     assert at.text_input[0].value == TEST_CASE
     captions = [c for im in at.image for c in im.captions]
     assert any(c.startswith("Grad-CAM") for c in captions) and any(c.startswith("Saliency") for c in captions)
+    # every heatmap carries the hand's outline and states the share of its mass on the hand
+    assert sum("green: the hand's outline" in c for c in captions) == 2
+    notes = [e.value for e in [*at.caption, *at.warning]]
+    assert sum("of the map's mass lies on the hand" in n for n in notes) == 2, notes
     labels = [m.label for m in at.metric]
     assert any(lab.startswith("As given") for lab in labels) and any(lab.startswith("As ") for lab in labels)
     # "as given" is the prediction of the table (nine phase views of the official film averaged), not the first view's
