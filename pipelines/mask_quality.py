@@ -1,6 +1,6 @@
 """Mask-quality report: how often the hand segmentation fails, per split, and how stable it is under re-acquisition.
 
-    python -m pipelines.mask_quality [--data-dir DIR] [--n-internal 500] [--n-stability 100]
+    python -m pipelines.mask_quality [--data-dir DIR] [--n-internal 500] [--n-official 200] [--n-stability 100]
                                      [--out artifacts/mask_quality.json] [--sheet docs/images/mask_quality_worst.png]
                                      [--films-sheet runs/mask_quality_films.png]
 
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir", default=str(MODEL_DIR), help="the model whose geometry prepares the films")
     ap.add_argument("--splits", default=str(ARTIFACTS_DIR / "splits.csv"))
     ap.add_argument("--n-internal", type=int, default=500, help="seeded sample of each internal split")
+    ap.add_argument("--n-official", type=int, default=200, help="official test films (first N)")
     ap.add_argument("--n-stability", type=int, default=100, help="films per set measured under re-acquisition")
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "mask_quality.json"))
     ap.add_argument("--sheet", default=str(REPO_ROOT / "docs" / "images" / "mask_quality_worst.png"),
@@ -87,8 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--films-sheet", help="the same cases with their films (for looking at; never commit it)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    if args.n_internal < 1 or args.n_stability < 0:
-        ap.error("--n-internal must be at least 1 and --n-stability at least 0")
+    if args.n_internal < 1 or args.n_official < 1 or args.n_stability < 0:
+        ap.error("--n-internal and --n-official must be at least 1, --n-stability at least 0")
     data_dir = data_dir_or_report(args.data_dir)
     if data_dir is None:
         return 2
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     sets = {f"internal_{s}": (splits[splits["split"] == s].sample(min(args.n_internal, int((splits["split"] == s).sum())),
                                                                   random_state=SAMPLE_SEED), data_dir / "train")
             for s in ("train", "val", "test")}
-    sets["official_test"] = (read_cases(data_dir / "test.csv").cases, data_dir / "test")
+    sets["official_test"] = (read_cases(data_dir / "test.csv").cases.head(args.n_official), data_dir / "test")
     report, worst_tiles, film_tiles, unreadable = {}, [], [], {}
     candidates = []  # (badness, set, id, label, base image, segmentation)
     for name, (cases, folder) in sets.items():

@@ -149,6 +149,54 @@ def _precision_lines(art: Path) -> list[str]:
     return lines
 
 
+def _context_lines(art: Path) -> list[str]:
+    """The context benchmark (pipelines.context) as a table per set: does the reading move when only what lies
+    outside the hand changes?"""
+    ctx = _load(art / "context.json")
+    if not ctx:
+        return []
+    lines = ["## Context (the film around the hand changed, the hand untouched)", "",
+             f"`python -m pipelines.context`: each variant changes the film outside the hand, dilated by 2 % of the "
+             f"film's shorter side, and leaves every pixel of the hand as it was; a reader of bones should not move. "
+             f"Model input `{ctx['geometry']}`, TTA {'on' if ctx['tta'] else 'off'}. Target: mean |change| <= "
+             f"{ctx['target_mean_abs_months']:g} months per variant. The variants (seed {ctx['variant_seed']}):", ""]
+    lines += [f"- `{k}`: {v}" for k, v in ctx["variants"].items()]
+    lines.append("")
+    for name, rows in ctx["sets"].items():
+        left = ctx.get("left_out", {}).get(name, [])
+        lines += [f"{name} ({ctx['sample'][name]}; {len(left)} left out, their hand not found):", "",
+                  "| variant | mean abs | p95 abs | mean shift | target |", "|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {_fmt(r['mean_abs'])} | {_fmt(r['p95_abs'])} | {_fmt(r['mean_signed'])} | "
+                  f"{'met' if r['meets_target'] else 'missed'} |" for r in rows]
+        lines.append("")
+    return lines
+
+
+def _mask_quality_lines(art: Path) -> list[str]:
+    """The hand segmentation's failure rates and stability (pipelines.mask_quality)."""
+    mq = _load(art / "mask_quality.json")
+    if not mq:
+        return []
+    lines = ["## Hand segmentation", "",
+             f"`python -m pipelines.mask_quality` (segmentation version {mq['segmentation_version']}): how often the "
+             "hand's outline fails, per set, and how far it moves when the film is re-acquired (intersection over "
+             "union with the original outline carried through the same change). Contact sheet of the worst cases: "
+             "`docs/images/mask_quality_worst.png` ([docs/hand-segmentation.md](../docs/hand-segmentation.md)).", "",
+             "| set | films | no hand | plate | cut at frame | any failure |", "|---|---|---|---|---|---|"]
+    for name, q in mq["sets"].items():
+        r = q["failure_rates"]
+        lines.append(f"| {name} | {q['n']} | {r['no-hand']:.1%} | {r['plate']:.1%} | {r['cut-at-frame']:.1%} | "
+                     f"{r['any']:.1%} |")
+    lines.append("")
+    for name, q in mq["sets"].items():
+        if q["stability"]:
+            lines += [f"{name}, outline IoU under re-acquisition (first {mq['n_stability']} films):", "",
+                      "| change | mean IoU | 5th percentile | min |", "|---|---|---|---|"]
+            lines += [f"| {k} | {v['mean']:.3f} | {v['p05']:.3f} | {v['min']:.3f} |" for k, v in q["stability"].items()]
+            lines.append("")
+    return lines
+
+
 def _phases_words(phases: int) -> str:
     return ("native films read once (one squeeze grid)" if phases == 1 else
             f"native films read as the mean of {phases}x{phases} phase-shifted squeezes")
@@ -347,6 +395,8 @@ def build_card(art: Path = ARTIFACTS_DIR) -> str:
                       f"{bench['official_test_mae_plain_ensemble']}, internal {bench['internal_test_mae_plain_ensemble']}).",
                       ""]
     lines += _precision_lines(art)
+    lines += _context_lines(art)
+    lines += _mask_quality_lines(art)
     exps = (_load(art / "experiments.json") or {}).get("experiments", [])
     if exps:
         lines += ["## Experiments", "", "Training runs and changes of how films are read that were tried; each entry "

@@ -35,6 +35,9 @@ PRODUCERS = {
     "errors/summary.json": "python -m pipelines.precompute --only errors",
     "explanation_audit.json": "python -m pipelines.precompute --only explanations",
     "explanation_audit_cases.parquet": "python -m pipelines.precompute --only explanations",
+    "precision.json": "python -m pipelines.precision",
+    "context.json": "python -m pipelines.context",
+    "mask_quality.json": "python -m pipelines.mask_quality",
 }
 
 
