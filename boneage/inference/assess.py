@@ -143,7 +143,7 @@ class Assessment:
         out = dataclasses.replace(self, clinical=clinical,
                                   notes=self.notes + tuple(f"not used: {p}" for p in clinical.problems))
         if clinical.chronological_age_months is not None:
-            out = out.with_chronological_age(clinical.chronological_age_months, f"given ({clinical.age_source})")
+            out = out.with_chronological_age(clinical.chronological_age_months, f"{clinical.age_source} given")
         return out._with_growth()
 
     def _with_growth(self) -> "Assessment":
