@@ -14,6 +14,7 @@ pre-shrunk images.
 """
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 from dataclasses import dataclass, field
@@ -58,6 +59,42 @@ def follow_up_assessments(assessments: Sequence[Assessment], retest_sd: float) -
     return [follow_up(films, retest_sd) for films in groups.values() if len(films) >= 2]
 
 
+DEMO_NOTE = ("DEMONSTRATION: radiographs of different children from the RSNA test split, arranged as if they "
+             "were one child's visits a year apart (made-up dates; chronological age = each film's reference bone "
+             "age). Not a real follow-up.")
+
+
+def demo_series(predictions: pd.DataFrame, male: bool, start_months: float = 96.0, visits: int = 4,
+                step_months: float = 12.0, birth: dt.date = dt.date(2012, 3, 1)) -> pd.DataFrame:
+    """A demonstration series (:data:`DEMO_NOTE`) from the artifact set's predictions table: for each visit,
+    the internal-test film of this sex whose reference bone age is closest to the visit's age (lowest id on
+    ties). Columns: id, patient_id ("DEMO"), study_date, chronological_age_months, boneage_pred, lower_90,
+    upper_90, male."""
+    pool = predictions[(predictions["split"] == "test") & (predictions["male"] == male)].sort_values("id")
+    if pool.empty:
+        raise ValueError("the predictions table has no internal-test films of this sex for a demonstration")
+    rows, used = [], set()
+    for k in range(visits):
+        ca = start_months + k * step_months
+        cand = pool[~pool["id"].astype(str).isin(used)]
+        best = cand.iloc[int((cand["boneage"] - ca).abs().to_numpy().argmin())]
+        used.add(str(best["id"]))
+        rows.append({"id": str(best["id"]), "patient_id": "DEMO",
+                     "study_date": birth + dt.timedelta(days=round(float(best["boneage"]) * 365.25 / 12)),
+                     "chronological_age_months": float(best["boneage"]), "boneage_pred": float(best["boneage_pred"]),
+                     "lower_90": float(best["lower_90"]), "upper_90": float(best["upper_90"]), "male": bool(male)})
+    return pd.DataFrame(rows)
+
+
+def films_of_rows(rows: pd.DataFrame) -> list[Film]:
+    """Series entries from rows with id, patient_id, boneage_pred, chronological_age_months, male, study_date."""
+    return [Film(id=str(r["id"]), patient_id=str(r["patient_id"]), bone_age_months=float(r["boneage_pred"]),
+                 chronological_age_months=None if pd.isna(r["chronological_age_months"])
+                 else float(r["chronological_age_months"]), male=bool(r["male"]),
+                 study_date=r["study_date"] if isinstance(r["study_date"], dt.date) else None)
+            for _, r in rows.iterrows()]
+
+
 @dataclass
 class FollowUpBatch:
     """What :func:`follow_up_cases` found: each film's row, each series, and why patients got none."""
@@ -94,5 +131,5 @@ def follow_up_cases(cases: pd.DataFrame, image_dir: str | os.PathLike, retest_sd
     return FollowUpBatch(rows, series, skipped)
 
 
-__all__ = ["FollowUpBatch", "PRECISION_SET", "film_of", "follow_up_assessments", "follow_up_cases",
+__all__ = ["DEMO_NOTE", "FollowUpBatch", "PRECISION_SET", "demo_series", "film_of", "films_of_rows", "follow_up_assessments", "follow_up_cases",
            "measured_retest_sd"]
