@@ -50,6 +50,7 @@ PAGES = (
     PageSpec("views/7_Predict.py", "Predict", "Predict"),
     PageSpec("views/8_Maturation_atlas.py", "Maturation atlas", "Maturation_atlas"),
     PageSpec("views/9_Explanation_audit.py", "Explanation audit", "Explanation_audit"),
+    PageSpec("views/10_Patient.py", "Patient", "Patient"),
 )
 PAGE_ICON = ":material/radiology:"
 
@@ -628,3 +629,55 @@ def audit_method_note(method: str) -> str:
         return " Explanation audit: the default method (see the Explanation audit page)."
     return ""
 
+
+
+# -- the clinical answer: sex from a DICOM header, the reference chart, the demonstration series -------------
+@st.cache_data(show_spinner=False, max_entries=64)
+def upload_patient(data: bytes, name: str):
+    """What an upload's DICOM header says about the patient (:class:`boneage.io.dicom_patient.PatientInfo`),
+    None for a file that is not DICOM."""
+    from boneage.io.dicom_patient import read_patient_info
+
+    if not name.lower().endswith((".dcm", ".dicom")) and data[128:132] != b"DICM":
+        return None
+    try:
+        return read_patient_info(data, name)
+    except ImageLoadError:
+        return None
+
+
+def check_upload(data: bytes, name: str) -> None:
+    """The input gate alone (no reading): raises ImageLoadError with the reason for a file that cannot be a
+    hand radiograph, so a bad upload is named before its sex is chosen."""
+    from boneage.io.input_gate import load_radiograph_bytes
+
+    load_radiograph_bytes(data, name, upload=True)
+
+
+def growth_chart(male: bool, points: pd.DataFrame, title: str = ""):
+    """Plotly figure: the reference's mean bone age and +/-2 SD band over chronological age for the sex
+    (:func:`boneage.growth.reference.load_reference`), and ``points`` (chronological_age_months,
+    boneage_pred, optional lower_90 / upper_90, label) as the child's readings."""
+    import plotly.graph_objects as go
+
+    from boneage.growth.reference import load_reference
+
+    ref = load_reference()
+    band = ref.band(male)
+    x = band["chronological_age_months"] / 12
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=list(x) + list(x[::-1]), y=list(band["upper"] / 12) + list(band["lower"][::-1] / 12),
+                             fill="toself", fillcolor="rgba(120,130,170,0.2)", line=dict(width=0),
+                             name="mean +/- 2 SD", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=x, y=band["mean"] / 12, mode="lines", line=dict(color="rgb(90,90,110)"), name="mean"))
+    if len(points):
+        err = None
+        if {"lower_90", "upper_90"} <= set(points.columns):
+            err = dict(type="data", symmetric=False, array=(points["upper_90"] - points["boneage_pred"]) / 12,
+                       arrayminus=(points["boneage_pred"] - points["lower_90"]) / 12)
+        fig.add_trace(go.Scatter(x=points["chronological_age_months"] / 12, y=points["boneage_pred"] / 12,
+                                 mode="lines+markers", marker=dict(size=10, color="rgb(200,40,40)"), error_y=err,
+                                 text=points.get("label"), name="this child (90% interval)"))
+    fig.update_layout(title=title or f"{ref.name}, {'boys' if male else 'girls'}", xaxis_title="chronological age (years)",
+                      yaxis_title="bone age (years)", height=420, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

@@ -13,6 +13,7 @@ from pathlib import Path
 # subcommand -> module under pipelines/ (benchmarks and experiments stay `python -m pipelines.benchmarks.X`)
 COMMANDS: dict[str, str] = {
     "predict": "predict",
+    "followup": "followup",
     "serve": "serve",
     "dicom-node": "dicom_node",
     "calibrate-site": "calibrate_site",

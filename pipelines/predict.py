@@ -13,6 +13,16 @@ cannot be a hand radiograph are refused by the input gate (boneage.io.input_gate
 For a DICOM, a missing --sex is read from its PatientSex. Exit status 0 when at least one case was predicted,
 1 when none was, 2 when the input or output cannot be used (nothing is written then).
 
+Clinical columns (optional, in CASES.csv; for one IMAGE the flags --patient-id, --birth-date, --study-date,
+--height, --father-height, --mother-height): ``patient_id``, ``birth_date`` and ``study_date`` (ISO
+YYYY-MM-DD) or ``chronological_age_months``, ``height_cm``, ``father_height_cm``, ``mother_height_cm``. They add
+patient_id, study_date, the reference mean and SD, ``bone_age_sds`` with ``sds_status`` (delayed / normal /
+advanced / indeterminate) and ``sds_reference`` (boneage.growth.sds), ``predicted_adult_height_cm`` with
+``adult_height_lower_90`` / ``_upper_90`` and the table used (Bayley-Pinneau, boneage.growth.adult_height) and
+``target_height_cm`` (mid-parental). A value that cannot be used (a study before birth or in the future, an
+unparseable date, an implausible height, an age outside the reference) is named in ``notes``; the reading is
+kept.
+
 ``--site SITE`` applies a site profile (artifacts/sites/SITE.json or a path, from ``pipelines.calibrate_site``):
 the site's corrected age and its own intervals, and a ``site`` column.
 """
@@ -103,6 +113,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sex", help="M or F (for a single image; a DICOM's PatientSex when left out)")
     ap.add_argument("--age", type=float, help="chronological age in months (a single image): adds the maturity "
                                               "status (delayed / normal / advanced)")
+    ap.add_argument("--patient-id", help="patient id (a single image; a DICOM's PatientID when left out)")
+    ap.add_argument("--birth-date", help="birth date YYYY-MM-DD (a single image): with --study-date gives the age")
+    ap.add_argument("--study-date", help="study date YYYY-MM-DD (a single image)")
+    ap.add_argument("--height", help="the child's height in cm (a single image): adds the Bayley-Pinneau adult height")
+    ap.add_argument("--father-height", help="father's height in cm (with --mother-height: the target height)")
+    ap.add_argument("--mother-height", help="mother's height in cm")
     ap.add_argument("--image-dir", help="folder with <id>.png/.jpg/.dcm files")
     ap.add_argument("--cases", help="CSV with id and male/sex columns")
     ap.add_argument("--output", help="output CSV (default: print to stdout)")
@@ -168,8 +184,12 @@ def main(argv=None) -> int:
               "`python -m pipelines.precompute --only intervals`.", file=sys.stderr)
 
     if single:
+        clinical = {"patient_id": args.patient_id, "birth_date": args.birth_date, "study_date": args.study_date,
+                    "height_cm": args.height, "father_height_cm": args.father_height,
+                    "mother_height_cm": args.mother_height}
         try:
-            a = assess(args.image, male, chronological_age=args.age, predictor=predictor)
+            a = assess(args.image, male, chronological_age=args.age, predictor=predictor,
+                       clinical=clinical if any(v is not None for v in clinical.values()) else None)
         except ImageLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -181,6 +201,8 @@ def main(argv=None) -> int:
         print(summary_line(a))
         if a.maturity is not None:
             print(f"{a.maturity_text()} Rule: {a.maturity.rule}.")
+        for line in a.growth_text():
+            print(line)
         if args.output:
             write_csv_atomic(pd.DataFrame([a.as_row()]), Path(args.output))
             print(f"wrote 1 row to {args.output}")

@@ -12,7 +12,11 @@ Both are built with highdicom from the received radiograph's dataset, so they la
   and difference when known as coded numeric measurements (UCUM months), and the stage, the maturity
   status, the "unlike the training data" flag and the negative-image check as coded evaluations. The bone
   age is LOINC 37362-1 ("XR Bone age"); what has no standard code uses the private coding scheme
-  :data:`SCHEME` ("99BONEAGE", private schemes start with 99 by DICOM PS3.16 rules).
+  :data:`SCHEME` ("99BONEAGE", private schemes start with 99 by DICOM PS3.16 rules). When the chronological
+  age is known the group also carries the reference mean and SD at that age, the bone age SDS (UCUM
+  ``{SDS}``), its status (delayed / normal / advanced / indeterminate) and the reference's name as a coded
+  value; with the child's height, the Bayley-Pinneau adult height and its 90 % bounds (cm), and with the
+  parents' heights the mid-parental target height (:mod:`boneage.growth`).
 
 :func:`read_bone_age` reads the bone age back from an SR made here (tests, and any receiver in Python).
 
@@ -47,6 +51,17 @@ STAGE = Code("STAGE", SCHEME, "Skeletal maturity stage")
 MATURITY = Code("MATURITY", SCHEME, "Maturity compared with chronological age")
 UNLIKE_TRAINING = Code("OOD", SCHEME, "Image unlike the training radiographs")
 NEGATIVE = Code("NEGATIVE", SCHEME, "Image taken for a negative and inverted")
+CM = Code("cm", "UCUM", "centimeter")
+SDS_UNIT = Code("{SDS}", "UCUM", "standard deviation score")
+BONE_AGE_SDS = Code("BASDS", SCHEME, "Bone age SDS for chronological age")
+REFERENCE_MEAN = Code("REFMEAN", SCHEME, "Reference mean bone age at chronological age")
+REFERENCE_SD = Code("REFSD", SCHEME, "Reference SD of bone age at chronological age")
+SDS_STATUS = Code("SDSSTATUS", SCHEME, "Bone age status by SDS")
+SDS_REFERENCE = Code("SDSREF", SCHEME, "Bone age reference")
+ADULT_HEIGHT = Code("PAH", SCHEME, "Predicted adult height (Bayley-Pinneau)")
+ADULT_HEIGHT_LO = Code("PAH90LO", SCHEME, "Lower bound of 90% interval of predicted adult height")
+ADULT_HEIGHT_HI = Code("PAH90HI", SCHEME, "Upper bound of 90% interval of predicted adult height")
+TARGET_HEIGHT = Code("MPH", SCHEME, "Mid-parental target height")
 YES, NO = Code("373066001", "SCT", "Yes"), Code("373067005", "SCT", "No")
 TRACKING_ID = "bone age assessment"
 
@@ -280,6 +295,21 @@ def structured_report(source: Dataset, a: "Assessment", series_number: int = 990
     if a.maturity is not None:
         measurements.append(_measurement(AGE_DIFFERENCE, a.maturity.difference_months))
         evaluations.append(hd.sr.QualitativeEvaluation(MATURITY, value_code(a.maturity.status)))
+    sds = a.sds
+    if sds is not None and sds.sds is not None:
+        measurements += [_measurement(REFERENCE_MEAN, sds.reference_mean_months),
+                         _measurement(REFERENCE_SD, sds.reference_sd_months),
+                         hd.sr.Measurement(name=BONE_AGE_SDS, value=round(sds.sds, 4), unit=SDS_UNIT)]
+        evaluations += [hd.sr.QualitativeEvaluation(SDS_STATUS, value_code(sds.status)),
+                        hd.sr.QualitativeEvaluation(SDS_REFERENCE, value_code(sds.reference))]
+    ah = a.adult_height
+    if ah is not None and ah.adult_height_cm is not None:
+        measurements += [hd.sr.Measurement(name=code, value=round(v, 2), unit=CM) for code, v in
+                         ((ADULT_HEIGHT, ah.adult_height_cm), (ADULT_HEIGHT_LO, ah.lower_90_cm),
+                          (ADULT_HEIGHT_HI, ah.upper_90_cm))]
+    th = a.target_height
+    if th is not None and th.target_cm is not None:
+        measurements.append(hd.sr.Measurement(name=TARGET_HEIGHT, value=round(th.target_cm, 2), unit=CM))
     if a.unlike_training_data is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(UNLIKE_TRAINING, YES if a.unlike_training_data else NO))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(

@@ -43,6 +43,10 @@ from boneage.clinic.report import gradcam, render_report, report_name
 from boneage.evidence.render import overlay
 from boneage.inference.predictor import load_predictor
 from PIL import Image
+from boneage.growth.clinical import parse_date
+from boneage.growth.followup import Film, follow_up, group_films
+from boneage.inference.series import measured_retest_sd
+from boneage.io.tables import parse_male
 
 API_VERSION = "v1"
 DEFAULT_MAX_UPLOAD_MB = 64  # an uncompressed 16-bit CR/DX of 43 x 35 cm at 0.1 mm is about 30 MB
@@ -212,6 +216,12 @@ def create_app(settings: ServiceSettings = ServiceSettings()) -> FastAPI:
             chronological_age_months: Annotated[str | None, Form(
                 description="months; a DICOM's birth and study dates (or PatientAge) when left out")] = None,
             site: Annotated[str | None, Form(description="a site profile name (GET /v1/model lists them)")] = None,
+            patient_id: Annotated[str | None, Form(description="patient id; a DICOM's PatientID when left out")] = None,
+            birth_date: Annotated[str | None, Form(description="YYYY-MM-DD; with study_date gives the age")] = None,
+            study_date: Annotated[str | None, Form(description="YYYY-MM-DD")] = None,
+            height_cm: Annotated[str | None, Form(description="the child's height: Bayley-Pinneau adult height")] = None,
+            father_height_cm: Annotated[str | None, Form(description="with mother_height_cm: target height")] = None,
+            mother_height_cm: Annotated[str | None, Form(description="cm")] = None,
             heatmap: Annotated[bool, Query(description="add heatmap_png: base64 PNG of the Grad-CAM overlay")] = False,
     ):
         """Assess one radiograph: the row of ``pipelines.predict`` as JSON, or the PDF report."""
@@ -221,10 +231,13 @@ def create_app(settings: ServiceSettings = ServiceSettings()) -> FastAPI:
         want_pdf = "application/pdf" in request.headers.get("accept", "")
         chrono = chronological_age_months if chronological_age_months not in (None, "") else None
         name = image.filename or "upload"
+        clinical = {"patient_id": patient_id, "birth_date": birth_date, "study_date": study_date,
+                    "height_cm": height_cm, "father_height_cm": father_height_cm, "mother_height_cm": mother_height_cm}
+        clinical = clinical if any(v not in (None, "") for v in clinical.values()) else None
 
         def work():
             data = image.file.read()  # in the worker: the event loop never holds a whole upload
-            a = assess(data, sex, chrono, site or None, name=name, predictor=predictor, upload=True)
+            a = assess(data, sex, chrono, site or None, name=name, predictor=predictor, upload=True, clinical=clinical)
             heat = gradcam(a, predictor) if (heatmap or want_pdf) else None
             if want_pdf:
                 return render_report(a, heat)
@@ -238,6 +251,37 @@ def create_app(settings: ServiceSettings = ServiceSettings()) -> FastAPI:
             return Response(result, media_type="application/pdf",
                             headers={"content-disposition": f'inline; filename="{report_name(name)}"'})
         return JSONResponse(result)
+
+    @app.post(f"/{API_VERSION}/followups", responses={422: {"description": "Unusable input"}})
+    async def create_followup(request: Request):
+        """Follow patients across films: ``{"films": [rows of /v1/assessments]}`` (each with ``id``,
+        ``patient_id``, ``boneage_pred``, ``chronological_age_months``, ``male``, optionally ``study_date``)
+        -> ``{"followups": [one row per patient with two or more films], "retest_sd": months}``: the velocity
+        with its 90 % interval from the model's test-retest SD (boneage.growth.followup)."""
+        try:
+            body = await request.json()
+            films_in = body["films"]
+            assert isinstance(films_in, list)
+        except Exception:
+            return problem(422, 'the body must be JSON {"films": [assessment rows]}')
+        films, bad = [], []
+        for i, f in enumerate(films_in):
+            try:
+                ca = f.get("chronological_age_months")
+                films.append(Film(id=str(f.get("id", i)), patient_id=str(f.get("patient_id") or ""),
+                                  bone_age_months=float(f["boneage_pred"]),
+                                  chronological_age_months=None if ca in (None, "") else float(ca),
+                                  male=parse_male(f.get("male")), study_date=parse_date(f.get("study_date"), "")[0]))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                bad.append(f"film {i}: needs boneage_pred and a numeric chronological_age_months")
+        if bad:
+            return problem(422, "; ".join(bad))
+        try:
+            sd = measured_retest_sd()
+        except (OSError, ValueError) as exc:
+            return problem(503, f"the model's test-retest precision is unavailable: {exc}")
+        series = [follow_up(g, sd).as_row() for g in group_films(films).values() if len(g) >= 2]
+        return JSONResponse({"followups": series, "retest_sd": sd})
 
     return app
 

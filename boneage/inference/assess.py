@@ -34,7 +34,10 @@ import pandas as pd
 from boneage.io.dicom_patient import PatientInfo, patient_info
 from boneage.io.imaging import ImageLoadError, safe_image_path
 from boneage.io.input_gate import GatedImage, GateResult, gate_array, load_radiograph, load_radiograph_bytes
+from boneage.growth.adult_height import AdultHeightPrediction, TargetHeight, midparental_height, predict_adult_height
+from boneage.growth.clinical import CLINICAL_COLUMNS, ClinicalInput, parse_clinical
 from boneage.growth.maturity import MaturityAssessment, maturity_status
+from boneage.growth.sds import INTERVAL_LEVEL, BoneAgeSDS, bone_age_sds
 from boneage.inference.predictor import BoneAgePredictor, Prediction, hand_notes, load_predictor
 from boneage.geometry.preprocess import Prepared
 from boneage.evaluation.site_calibration import LEVELS, SiteProfile, site_path
@@ -90,6 +93,10 @@ class Assessment:
     model_sha256: str = ""
     notes: tuple[str, ...] = ()
     patient: PatientInfo = field(default_factory=PatientInfo)
+    clinical: ClinicalInput = field(default_factory=ClinicalInput)
+    sds: BoneAgeSDS | None = None
+    adult_height: AdultHeightPrediction | None = None
+    target_height: TargetHeight | None = None
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
     extra_views: np.ndarray | None = field(default=None, repr=False, compare=False)
     feature: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -112,7 +119,70 @@ class Assessment:
             return dataclasses.replace(self, chronological_age_months=None, chronological_age_source="", maturity=None)
         months = check_chronological_age(months)
         ma = maturity_status(self.boneage_months, months, interval=self.intervals.get("95"), scale=self.scale_months)
-        return dataclasses.replace(self, chronological_age_months=months, chronological_age_source=source, maturity=ma)
+        return dataclasses.replace(self, chronological_age_months=months, chronological_age_source=source,
+                                   maturity=ma)._with_growth()
+
+    @property
+    def patient_id(self) -> str:
+        """The patient id given with the film, else the DICOM PatientID ('' when neither)."""
+        return self.clinical.patient_id or self.patient.patient_id
+
+    @property
+    def study_date(self):
+        """The study date given with the film, else the DICOM header's (None when neither)."""
+        return self.clinical.study_date or self.patient.study_date
+
+    def with_clinical(self, clinical: ClinicalInput | dict | None) -> "Assessment":
+        """A copy with the clinical facts (:mod:`boneage.growth.clinical`: patient id, dates or age, heights):
+        a chronological age given there replaces the DICOM header's, and the SDS, adult height and target
+        height follow. Problems with the facts become notes; the reading is never refused for them."""
+        if clinical is None:
+            return self
+        if not isinstance(clinical, ClinicalInput):
+            clinical = parse_clinical(clinical)
+        out = dataclasses.replace(self, clinical=clinical,
+                                  notes=self.notes + tuple(f"not used: {p}" for p in clinical.problems))
+        if clinical.chronological_age_months is not None:
+            out = out.with_chronological_age(clinical.chronological_age_months, f"{clinical.age_source} given")
+        return out._with_growth()
+
+    def _with_growth(self) -> "Assessment":
+        """SDS against the reference, Bayley-Pinneau adult height and the target height, from the current
+        chronological age and clinical facts (None where they do not apply)."""
+        ca, c = self.chronological_age_months, self.clinical
+        iv = self.intervals.get(INTERVAL_LEVEL)
+        sds = None if ca is None else bone_age_sds(self.boneage_months, ca, self.male, interval=iv)
+        ah = None
+        if c.height_cm is not None:
+            ah = (predict_adult_height(c.height_cm, self.boneage_months, ca, self.male, interval=iv)
+                  if ca is not None else AdultHeightPrediction("Bayley-Pinneau (1952)",
+                                                               reason="the chronological age is needed"))
+        th = (midparental_height(c.father_height_cm, c.mother_height_cm, self.male)
+              if c.father_height_cm is not None or c.mother_height_cm is not None else None)
+        return dataclasses.replace(self, sds=sds, adult_height=ah, target_height=th)
+
+    def growth_text(self) -> list[str]:
+        """Sentences for people: the SDS against its reference, the adult height, the target height."""
+        out = [] if self.sds is None else [self.sds.text()]
+        if self.adult_height is not None:
+            out.append(self.adult_height.text())
+        th = self.target_height
+        if th is not None and th.target_cm is not None:
+            out.append(f"Mid-parental target height {th.target_cm:.1f} cm (range {th.lower_cm:.1f}-{th.upper_cm:.1f} cm).")
+        return out
+
+    def growth_notes(self) -> list[str]:
+        """Why an SDS, adult height or target height asked for is missing ([] when none is)."""
+        out = []
+        if self.sds is not None and self.sds.sds is None:
+            out.append(self.sds.reason)
+        if self.adult_height is not None and self.adult_height.adult_height_cm is None:
+            out.append(f"no adult height: {self.adult_height.reason}")
+        elif self.adult_height is not None and self.adult_height.note:
+            out.append(f"adult height: {self.adult_height.note}")
+        if self.target_height is not None and self.target_height.target_cm is None:
+            out.append(f"no target height: {self.target_height.reason}")
+        return out
 
     def cautions(self) -> list[str]:
         """Plain-text sentences every door shows with the estimate: what was done to the input and what to
@@ -158,9 +228,28 @@ class Assessment:
         row["difference_months"] = None if self.maturity is None else round(self.maturity.difference_months, 1)
         row["maturity"] = None if self.maturity is None else self.maturity.status
         row["site"] = self.site
-        row["notes"] = " | ".join(self.notes) or None
+        row["patient_id"] = self.patient_id or None
+        row["study_date"] = None if self.study_date is None else self.study_date.isoformat()
+        sds, ah, th = self.sds, self.adult_height, self.target_height
+        row["reference_mean_months"] = None if sds is None or sds.sds is None else round(sds.reference_mean_months, 2)
+        row["reference_sd_months"] = None if sds is None or sds.sds is None else round(sds.reference_sd_months, 2)
+        row["bone_age_sds"] = None if sds is None or sds.sds is None else round(sds.sds, 2)
+        row["sds_status"] = None if sds is None else sds.status
+        row["sds_reference"] = None if sds is None else sds.reference
+        ok = ah is not None and ah.adult_height_cm is not None
+        row["predicted_adult_height_cm"] = round(ah.adult_height_cm, 1) if ok else None
+        row["adult_height_lower_90"] = round(ah.lower_90_cm, 1) if ok else None
+        row["adult_height_upper_90"] = round(ah.upper_90_cm, 1) if ok else None
+        row["adult_height_table"] = ah.table if ok else None
+        row["target_height_cm"] = (None if th is None or th.target_cm is None else round(th.target_cm, 1))
+        row["notes"] = " | ".join([*self.notes, *self.growth_notes()]) or None
         row["error"] = ""
         return row
+
+
+GROWTH_COLUMNS = ("patient_id", "study_date", "reference_mean_months", "reference_sd_months", "bone_age_sds",
+                  "sds_status", "sds_reference", "predicted_adult_height_cm", "adult_height_lower_90",
+                  "adult_height_upper_90", "adult_height_table", "target_height_cm")
 
 
 def row_columns(stage_names: Sequence[str]) -> list[str]:
@@ -168,7 +257,7 @@ def row_columns(stage_names: Sequence[str]) -> list[str]:
     return (["id", "male", "boneage_pred", "uncertainty", "stage_pred", *(f"p_{n.lower()}" for n in stage_names)]
             + [f"{b}_{lvl}" for lvl in LEVELS for b in ("lower", "upper")]
             + ["outlier_score", "unlike_training_data", "framing", "mirrored", "inverted_negative",
-               "chronological_age_months", "difference_months", "maturity", "site", "notes", "error"])
+               "chronological_age_months", "difference_months", "maturity", "site", *GROWTH_COLUMNS, "notes", "error"])
 
 
 def error_row(case_id: str, male: bool | None, error: str, stage_names: Sequence[str]) -> dict:
@@ -334,7 +423,7 @@ def _header_age(a: Assessment) -> Assessment:
 
 def assess(image: Any, sex: Any = None, chronological_age: float | None = None, site: Any = None, *,
            name: str | None = None, predictor: BoneAgePredictor | None = None, outlier_check: Any = None,
-           upload: bool | None = None) -> Assessment:
+           upload: bool | None = None, clinical: Any = None) -> Assessment:
     """Assess one radiograph.
 
     ``image``: a path, the file's bytes, an upload object (``getvalue()``/``read()`` and ``name``) or a 2-D
@@ -345,6 +434,9 @@ def assess(image: Any, sex: Any = None, chronological_age: float | None = None, 
     ``predictor``: default the shipped model with its outlier check (:func:`shipped_predictor`);
     ``outlier_check``: a fitted :class:`boneage.evaluation.embeddings.OutlierDetector` to use instead of the
     predictor's own. ``upload``: apply the upload pixel budget to bytes (default: on for upload objects).
+    ``clinical``: a :class:`boneage.growth.clinical.ClinicalInput` or a mapping of its fields (patient_id,
+    birth_date, study_date or chronological_age_months, height_cm, father_height_cm, mother_height_cm): the SDS,
+    adult height and target height follow (:meth:`Assessment.with_clinical`); bad values become notes.
 
     Raises :class:`boneage.io.imaging.ImageLoadError` (unreadable, too large, refused by the input gate),
     :class:`AssessmentInputError` (sex or age missing or not understood) and
@@ -374,7 +466,8 @@ def assess(image: Any, sex: Any = None, chronological_age: float | None = None, 
     preds, features = predictor.predict_prepared([prepared], np.array([male]))
     a = _build(case_id, male, sex_source, preds[0], features[0], prepared, gated.notes, gated.dicom, predictor,
                outlier_check if outlier_check is not None else predictor.outlier_check, extra)
-    return a.with_chronological_age(chrono) if chrono is not None else _header_age(a)
+    a = a.with_chronological_age(chrono) if chrono is not None else _header_age(a)
+    return a.with_clinical(clinical) if clinical is not None else a
 
 
 def assess_cases(cases: pd.DataFrame, image_dir: str | os.PathLike, predictor: BoneAgePredictor | None = None,
@@ -394,6 +487,11 @@ def assess_cases(cases: pd.DataFrame, image_dir: str | os.PathLike, predictor: B
     males: list[bool | None] = [parse_male(v) for v in cases["male"]]
     ids = [str(c) for c in cases["id"]]
     rows: list[dict] = [error_row(cid, m, err, names) for cid, m, err in zip(ids, males, given_err)]
+    clinical_cols = [c for c in CLINICAL_COLUMNS if c in cases.columns]
+    raw_clinical = [dict(zip(clinical_cols, vals)) for vals in cases[clinical_cols].itertuples(index=False)]
+    for row, raw in zip(rows, raw_clinical):
+        pid = raw.get("patient_id")
+        row["patient_id"] = str(pid).strip() if isinstance(pid, str) and pid.strip() else None
     ok: list[tuple[int, Prepared, GatedImage]] = []
     for i, cid in enumerate(ids):
         if rows[i]["error"]:
@@ -417,6 +515,8 @@ def assess_cases(cases: pd.DataFrame, image_dir: str | os.PathLike, predictor: B
             a = _build(ids[i], bool(males[i]), "given", pred, feat, prep, gated.notes, gated.dicom, predictor,
                        predictor.outlier_check)
             a = _header_age(a)
+            if clinical_cols:
+                a = a.with_clinical(raw_clinical[i])
             if on_assessment is not None:
                 on_assessment(a)
             rows[i] = a.as_row()

@@ -20,6 +20,9 @@ _FALSE = {"false", "0", "no", "n", "f", "female", "0.0"}
 _ID_COLS = ("id", "case id", "case_id", "image id", "image_id")
 _AGE_COLS = ("boneage", "bone_age", "bone age", "bone age (months)", "boneage_months")
 _SEX_COLS = ("sex", "gender")
+# Optional clinical columns, passed through as text to every row (parsed by boneage.growth.clinical)
+CLINICAL_COLUMNS = ("patient_id", "birth_date", "study_date", "chronological_age_months", "height_cm",
+                    "father_height_cm", "mother_height_cm")
 
 
 class CasesFileError(ValueError):
@@ -81,12 +84,14 @@ def parse_cases(df: pd.DataFrame, require_age: bool = False) -> CaseTable:
         raise CasesFileError(f"case table needs a 'boneage' column (months); found {list(df.columns)}")
 
     rows, rejected, every, seen = [], [], [], set()
+    clinical = {c: cols[c] for c in CLINICAL_COLUMNS if c in cols}
 
     def reject(cid: str, male, reason: str) -> None:
         rejected.append((cid, reason))
-        every.append({"id": cid, "male": male, "error": reason})
+        every.append({"id": cid, "male": male, "error": reason, **extra})
 
     for i, rec in enumerate(df.to_dict("records")):
+        extra = {c: rec.get(src) for c, src in clinical.items()}
         raw_id = rec.get(id_col)
         if raw_id is None or (isinstance(raw_id, float) and np.isnan(raw_id)) or not str(raw_id).strip():
             reject(f"row {i + 2}", None, "missing id")
@@ -116,11 +121,11 @@ def parse_cases(df: pd.DataFrame, require_age: bool = False) -> CaseTable:
             continue
         seen.add(cid)
         rows.append({"id": cid, "male": male, "boneage": age})
-        every.append({"id": cid, "male": male, "error": ""})
+        every.append({"id": cid, "male": male, "error": "", **extra})
     cases = pd.DataFrame(rows, columns=["id", "male", "boneage"])
     cases["male"] = cases["male"].astype(bool)
     cases["boneage"] = cases["boneage"].astype(float)
-    return CaseTable(cases, rejected, pd.DataFrame(every, columns=["id", "male", "error"]))
+    return CaseTable(cases, rejected, pd.DataFrame(every, columns=["id", "male", "error", *clinical]))
 
 
 def read_cases(path: str | Path, require_age: bool = False) -> CaseTable:

@@ -1,6 +1,8 @@
 """Predict: bone age, intervals, stage and evidence for uploaded radiographs; results as CSV."""
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -25,8 +27,19 @@ except FileNotFoundError as exc:  # ModelNotFoundError
 c1, c2 = st.columns([3, 1])
 files = c1.file_uploader("Radiographs", type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True,
                          key="pr_files")
-default_sex = c2.radio("Sex (default for all uploads)", ["female", "male"], horizontal=True, key="pr_sex",
-                       help="Change it per file below when the uploads are of different children.")
+SEXES = ["female", "male"]
+
+
+def _set_all_sexes() -> None:
+    """The 'all uploads' choice sets every upload's own sex (but not one read from its DICOM header)."""
+    for k in list(st.session_state.keys()):
+        if str(k).startswith("pr_sex_") and k not in st.session_state.get("pr_dicom_sex", set()):
+            st.session_state[k] = st.session_state["pr_sex"]
+
+
+all_sex = c2.radio("Sex for all uploads", SEXES, index=None, horizontal=True, key="pr_sex", on_change=_set_all_sexes,
+                   help="Sets the sex of every upload (a DICOM's own PatientSex is kept); change it per file below. "
+                        "Bone age is read differently for boys and girls, so there is no default.")
 site = None
 if sites := common.site_names():
     choice = c2.selectbox("Site calibration", ["none", *sites], key="pr_site",
@@ -55,23 +68,61 @@ try:
 except common.ArtifactMissingError as exc:
     st.caption(f"Out-of-distribution check unavailable: {exc}")
 
-SEXES = ["female", "male"]
 rows = []
 for i, f in enumerate(files):
     key = f"{i}_{f.name}"
     with st.container(border=True):
         head, sex_col, age_col = st.columns([2, 1, 1])
         head.text(f.name)  # plain text: an upload's name is never rendered as markdown
-        sex = sex_col.selectbox("Sex", SEXES, index=SEXES.index(default_sex), key=f"pr_sex_{key}")
+        header = common.upload_patient(f.getvalue(), f.name)
+        dicom_sex = header.sex if header is not None and header.sex in ("M", "F") else ""
+        sex_key = f"pr_sex_{key}"
+        if sex_key not in st.session_state:  # first sight of this upload: its DICOM sex, else the 'all' choice
+            if dicom_sex:
+                st.session_state[sex_key] = "male" if dicom_sex == "M" else "female"
+                st.session_state.setdefault("pr_dicom_sex", set()).add(sex_key)
+            elif all_sex is not None:
+                st.session_state[sex_key] = all_sex
+        sex = sex_col.selectbox("Sex", SEXES, index=None, key=sex_key, placeholder="choose (required)")
+        if dicom_sex:
+            sex_col.caption(f"From the DICOM PatientSex ({dicom_sex}); change it if the header is wrong.")
         chrono = age_col.number_input("Chronological age (months, optional)", min_value=0.0, max_value=300.0,
                                       value=None, step=1.0, key=f"pr_age_{key}",
                                       help="Compares bone age with age: delayed / normal / advanced. Left empty, "
                                            "a DICOM's own age (birth and study dates, or PatientAge) is used.")
+        with st.expander("Dates and heights (optional): SDS, adult height, target height"):
+            d1, d2, h1, h2, h3 = st.columns(5)
+            birth = d1.date_input("Birth date", value=None, key=f"pr_birth_{key}", min_value=date(1990, 1, 1),
+                                  max_value=date.today())
+            study = d2.date_input("Study date", value=header.study_date if header is not None else None,
+                                  key=f"pr_study_{key}", min_value=date(1990, 1, 1), max_value=date.today(),
+                                  help="A DICOM's StudyDate fills it.")
+            height = h1.number_input("Height (cm)", min_value=0.0, max_value=250.0, value=None, key=f"pr_height_{key}",
+                                     help="Adds the Bayley-Pinneau adult height.")
+            father = h2.number_input("Father's height (cm)", min_value=0.0, max_value=250.0, value=None,
+                                     key=f"pr_father_{key}")
+            mother = h3.number_input("Mother's height (cm)", min_value=0.0, max_value=250.0, value=None,
+                                     key=f"pr_mother_{key}", help="With the father's: the mid-parental target height.")
+        clinical = {"birth_date": birth, "study_date": study, "height_cm": height, "father_height_cm": father,
+                    "mother_height_cm": mother}
+        if sex is None:
+            try:  # a file that cannot be read is named now, before the sex is chosen
+                common.check_upload(f.getvalue(), f.name)
+            except common.ImageLoadError as exc:
+                st.error(common.md_escape(exc), icon=":material/broken_image:")
+                rows.append(error_row(f.name, None, str(exc), common.stage_names()))
+                continue
+            st.warning("Choose the sex of this child (above, or for all uploads): bone age is read differently for "
+                       "boys and girls, so the page does not guess it.", icon=":material/wc:")
+            rows.append(error_row(f.name, None, "sex not given: choose M or F", common.stage_names()))
+            continue
         male = sex == "male"
         try:
             a = common.assess_upload(f.getvalue(), f.name, male, site)
             if chrono is not None:
                 a = a.with_chronological_age(chrono)
+            if any(v is not None for v in clinical.values()):
+                a = a.with_clinical(clinical)
         except common.ImageLoadError as exc:
             st.error(common.md_escape(exc), icon=":material/broken_image:")
             rows.append(error_row(f.name, male, str(exc), common.stage_names()))
@@ -112,6 +163,19 @@ for i, f in enumerate(files):
                 source = "" if a.chronological_age_source == "given" else \
                     f" Chronological age from the {common.md_escape(a.chronological_age_source)}."
                 st.caption(f"Rule: {a.maturity.rule}.{source}")
+            if a.sds is not None:
+                if a.sds.sds is None:
+                    st.info(common.md_escape(a.sds.text()), icon=":material/info:")
+                else:
+                    (st.success if a.sds.status == "normal" else st.warning)(
+                        f"**Bone age SDS {a.sds.sds:+.2f}: {a.sds.status}**")
+                    st.caption(common.md_escape(f"{a.sds.text()} Rule: {a.sds.rule}."))
+                    st.plotly_chart(common.growth_chart(a.male, pd.DataFrame([{
+                        "chronological_age_months": a.chronological_age_months, "boneage_pred": a.boneage_months,
+                        **({"lower_90": a.intervals["90"][0], "upper_90": a.intervals["90"][1]}
+                           if "90" in a.intervals else {})}])), key=f"pr_chart_{key}")
+            for line in a.growth_text()[1:] + [f"Not used: {p}" for p in a.clinical.problems]:
+                st.caption(common.md_escape(line))
         with c_sim:
             try:
                 sim = common.similar_cases_index().query(a.feature, k=4)

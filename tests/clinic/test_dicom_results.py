@@ -65,7 +65,8 @@ def test_sr_holds_the_reading_as_coded_measurements_in_the_same_study(source):
     e = dr.read_evaluations(sr)
     assert a.maturity.status == "delayed"  # 167.85 is above the 95% interval's upper end (166)
     assert e == {"Skeletal maturity stage": "Adolescent", "Image taken for a negative and inverted": "No",
-                 "Maturity compared with chronological age": "delayed", "Image unlike the training radiographs": "No"}
+                 "Maturity compared with chronological age": "delayed", "Image unlike the training radiographs": "No",
+                 "Bone age status by SDS": "indeterminate", "Bone age reference": "Brush Foundation (Greulich & Pyle)"}
     # the bone age is LOINC-coded, in months (UCUM)
     group = dr._group(sr)
     bone_age = group.get_measurements(name=dr.BONE_AGE)[0]
@@ -74,6 +75,25 @@ def test_sr_holds_the_reading_as_coded_measurements_in_the_same_study(source):
     # the radiograph it was read from is referenced as evidence
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert evidence.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_sr_carries_sds_status_reference_and_adult_height(source):
+    ds, _ = source
+    # boy, bone age 150.25 at 167.85 months: Brush mean 170.02, SD 10.72 at 168 -> SDS (150.25 - 170.00) / 10.72;
+    # the 90% interval 138.2-163.9 spans -2.99 to -0.59 SDS, across -2: indeterminate
+    a = reading().with_clinical({"height_cm": "160", "father_height_cm": "180", "mother_height_cm": "166"})
+    sr = roundtrip(dr.structured_report(ds, a))
+    m = dr.read_measurements(sr)
+    assert m["Bone age SDS for chronological age"] == pytest.approx(a.sds.sds, abs=1e-4)
+    assert a.sds.sds == pytest.approx(-1.84, abs=0.01)
+    assert m["Reference mean bone age at chronological age"] == pytest.approx(a.sds.reference_mean_months, abs=1e-3)
+    assert m["Predicted adult height (Bayley-Pinneau)"] == pytest.approx(a.adult_height.adult_height_cm, abs=0.01)
+    assert m["Mid-parental target height"] == pytest.approx(179.5)
+    e = dr.read_evaluations(sr)
+    assert e["Bone age status by SDS"] == "indeterminate"
+    assert e["Bone age reference"] == "Brush Foundation (Greulich & Pyle)"
+    sds = dr._group(sr).get_measurements(name=dr.BONE_AGE_SDS)[0]
+    assert (sds.unit.value, sds.unit.scheme_designator) == ("{SDS}", "UCUM")
 
 
 def test_sr_without_chronological_age_or_check_says_nothing_about_them(source):

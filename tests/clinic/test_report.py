@@ -11,7 +11,7 @@ import pytest
 
 from boneage.clinic.report import gradcam
 from boneage.inference.assess import DECISION_SUPPORT, assess
-from boneage.clinic.report import render_report, report_name
+from boneage.clinic.report import reference_chart, render_report, report_name
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +93,33 @@ def test_report_without_intervals_or_age_still_says_so(data_dir, poppler, months
     # an assessment of a file path names the file, never the server's folders
     assert a.id == str(data_dir / "test" / f"{CASE}.png")
     assert f"Radiograph: {CASE}.png" in text and str(data_dir) not in _flat(pdf_text(render_report(a)))
+
+
+def test_report_shows_sds_chart_adult_height_and_follow_up(data_dir, poppler, tmp_path):
+    from boneage.growth.followup import Film, follow_up
+
+    pdf_text, pdf_pages = poppler
+    clinical = {"patient_id": "P-7", "birth_date": "2010-01-01", "study_date": "2021-01-01", "height_cm": "150",
+                "father_height_cm": "180", "mother_height_cm": "166"}
+    a = assess(data_dir / "test" / f"{CASE}.png", "M", clinical=clinical)
+    earlier = Film("earlier.png", "P-7", a.boneage_months - 14, a.chronological_age_months - 12, True)
+    series = follow_up([earlier, Film(a.id, "P-7", a.boneage_months, a.chronological_age_months, True)], 2.0)
+    pdf = render_report(a, series={"P-7": series})
+    text = _flat(pdf_text(pdf))
+    assert f"Bone age SDS {a.sds.sds:+.2f}" in text and "Brush Foundation (Greulich & Pyle)" in text
+    assert a.sds.status in text and "P-7" in text and "2021-01-01" in text and "2010-01-01" in text
+    assert ("Predicted adult height" in text) or ("No predicted adult height" in text)
+    assert "Target height 179.5 cm" in text
+    assert "bone age advanced 1.17 months per month of age" in text
+    (page,) = pdf_pages(pdf)
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(page).convert("RGB")).astype(int)
+    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)  # the child's points on the chart
+    assert red.sum() > 0  # no heatmap was passed: the only red on the page is the chart's points
+    chart = np.asarray(reference_chart(a, series)).astype(int)
+    # the later film's point: 46 + 462 * CA / 228 across, 406 - 380 * BA / 228 down (the chart's own axes)
+    x = round(46 + 462 * a.chronological_age_months / 228)
+    y = round(406 - 380 * a.boneage_months / 228)
+    assert tuple(chart[y, x]) == (200, 40, 40)

@@ -219,3 +219,22 @@ def test_a_full_queue_answers_503_before_reading_the_body():
     asyncio.run(guard(scope, receive, send))
     assert sent[0]["status"] == 503 and (b"retry-after", b"2") in sent[0]["headers"]
     assert "the service is busy" in json.loads(sent[1]["body"])["detail"]
+
+
+def test_clinical_fields_and_the_followup_endpoint(server, data_dir):
+    png = data_dir / "test" / "4365.png"
+    rows = [_json(_assess(server, png.read_bytes(), f"v{i}.png", sex="M", patient_id="P9", birth_date="2012-01-15",
+                          study_date=d, height_cm="140"))
+            for i, d in enumerate(("2022-01-15", "2023-01-15"))]
+    assert rows[0]["patient_id"] == "P9" and rows[0]["study_date"] == "2022-01-15"
+    assert rows[0]["chronological_age_months"] == pytest.approx(120, abs=0.1)
+    assert rows[0]["sds_reference"] == "Brush Foundation (Greulich & Pyle)" and rows[0]["bone_age_sds"] is not None
+    bad = _json(_assess(server, png.read_bytes(), "b.png", sex="M", study_date="2022-02-30"))
+    assert "not a date" in bad["notes"] and bad["boneage_pred"] == rows[0]["boneage_pred"]
+    status, _, body = _request(server, "POST", "/v1/followups", json.dumps({"films": rows}).encode(),
+                               {"Content-Type": "application/json"})
+    assert status == 200, body
+    (fu,) = json.loads(body)["followups"]
+    assert fu["patient_id"] == "P9" and fu["films"] == 2 and fu["ba_velocity"] == pytest.approx(0.0, abs=0.01)
+    assert fu["ba_velocity_lower_90"] < 0 < fu["ba_velocity_upper_90"]  # the same film twice, a year apart
+    assert _request(server, "POST", "/v1/followups", b"[1]", {"Content-Type": "application/json"})[0] == 422

@@ -20,10 +20,11 @@ STORE = ArtifactStore.default()
 
 
 def test_page_table_lists_every_page_script_once_in_file_order():
-    scripts = sorted(p.relative_to(DASHBOARD).as_posix() for p in (DASHBOARD / "views").glob("*.py"))
+    scripts = sorted((p.relative_to(DASHBOARD).as_posix() for p in (DASHBOARD / "views").glob("*.py")),
+                     key=lambda f: int(f.split("/")[1].split("_")[0]))  # 10_Patient after 9_...
     assert [p.file for p in PAGES] == scripts
     assert [p.title for p in PAGES] == ["Home", "Overview", "Error browser", "Explain", "Embeddings", "Uncertainty",
-                                        "Fairness", "Predict", "Maturation atlas", "Explanation audit"]
+                                        "Fairness", "Predict", "Maturation atlas", "Explanation audit", "Patient"]
     assert [p.url_path for p in PAGES][:3] == ["", "Overview", "Error_browser"]
 
 

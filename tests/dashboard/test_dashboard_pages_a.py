@@ -267,6 +267,7 @@ def test_predict_inverts_a_negative_upload_and_says_so(with_data):
     neg = io.BytesIO()
     Image.fromarray(255 - raw).save(neg, "PNG")
     at = open_page("views/7_Predict.py")
+    at.radio(key="pr_sex").set_value("male")  # the page requires a sex
     at.file_uploader(key="pr_files").set_value([(f"{TEST_CASE}.png", (DATA / "test" / f"{TEST_CASE}.png").read_bytes(),
                                                  "image/png"), ("negative.png", neg.getvalue(), "image/png")])
     at.run(timeout=FIRST)

@@ -162,7 +162,11 @@ def test_default_prediction_is_unchanged_without_a_site(predicted, data_dir):
                                      "p_adolescent", "p_adult", "lower_80", "upper_80", "lower_90", "upper_90",
                                      "lower_95", "upper_95", "outlier_score", "unlike_training_data", "framing",
                                      "mirrored", "inverted_negative", "chronological_age_months",
-                                     "difference_months", "maturity", "site", "notes", "error"]
+                                     "difference_months", "maturity", "site", "patient_id", "study_date",
+                                     "reference_mean_months", "reference_sd_months", "bone_age_sds", "sds_status",
+                                     "sds_reference", "predicted_adult_height_cm", "adult_height_lower_90",
+                                     "adult_height_upper_90", "adult_height_table", "target_height_cm", "notes",
+                                     "error"]
     from boneage import load_predictor
 
     p = load_predictor()
