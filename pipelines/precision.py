@@ -40,9 +40,20 @@ def _reader(predictor: BoneAgePredictor, progress: bool, label: str, n_changes: 
     calls = tqdm(total=n_changes + 1, desc=label, disable=not progress)
 
     def predict(arrays: list[np.ndarray], male: np.ndarray) -> np.ndarray:
-        prepared = [predictor.prepare(a) for a in arrays]
+        """Months per array; NaN for one the predictor refuses (a model that reads the hand alone refuses a film
+        in which no hand is found), so the statistics count only readings that exist."""
+        prepared, ok = [], []
+        for i, a in enumerate(arrays):
+            try:
+                prepared.append(predictor.prepare(a))
+                ok.append(i)
+            except ImageLoadError:
+                pass
         calls.update(1)
-        return predictor.read_prepared(prepared, male).age
+        out = np.full(len(arrays), np.nan)
+        if ok:
+            out[ok] = predictor.read_prepared(prepared, np.asarray(male)[ok]).age
+        return out
 
     return predict
 

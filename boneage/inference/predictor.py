@@ -251,7 +251,7 @@ class BoneAgePredictor:
     def prepare(self, arr: np.ndarray) -> Prepared:
         """As :meth:`preprocess`, with everything done to get there (negative, framing); image as uint8."""
         p = prepare(arr, self.cfg.geometry)
-        if p.hand is not None and p.hand.failure == "no-hand":
+        if p.hand is not None and not p.hand.mask.any():
             raise ImageLoadError(f"{p.hand.reason}; this model reads the hand alone, so there is nothing to read: "
                                  "check that the file is a radiograph of a hand")
         extra = None if p.extra_views is None else to_uint8(p.extra_views)
