@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,8 @@ MIN_CORRECTION_CASES = 10  # fewer cases of a sex: no correction for it
 MIN_SLOPE_CASES = 30  # fewer cases of a sex: shift only, no slope
 K_FOLDS = 10
 SCHEMA_VERSION = 1
+HISTORY_DIR = "history"  # earlier versions of the profiles: <sites>/history/<name>.<created>.json
+YEARS_MAX_MONTHS = 25.0  # every reference below this: ages given in years, refused
 
 
 class SiteProfileError(ValueError):
@@ -310,6 +313,8 @@ class SiteProfile:
     phases: int = 1
     # Whether its predictions read right hands mirrored (boneage.geometry.laterality); older profiles read films as-is.
     laterality: str = "as-is"
+    # What the profile's user must know (one sex only, ...): printed by calibrate_site, shown with the profile.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def site_model(self) -> SiteModel:
@@ -357,7 +362,7 @@ class SiteProfile:
                 "laterality": self.laterality,
                 "correction": {"formula": "corrected = pred + shift + slope * (pred - centre), per sex",
                                "F": asdict(self.correction.F), "M": asdict(self.correction.M)},
-                "conformal": conf, "evaluation": self.evaluation, "settings": self.settings}
+                "conformal": conf, "evaluation": self.evaluation, "settings": self.settings, "notes": self.notes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SiteProfile":
@@ -370,7 +375,8 @@ class SiteProfile:
                 raise SiteProfileError("site profile: calibration scores and sexes missing or of different lengths")
             return cls(d["name"], d["created"], int(d["n_cases"]), int(d["n_ids"]), int(d["n_male"]),
                        d["model_sha256"], bool(d["tta"]), corr, conf, d.get("evaluation", {}), d.get("settings", {}),
-                       phases=int(d.get("phases", 1)), laterality=str(d.get("laterality", "as-is")))
+                       phases=int(d.get("phases", 1)), laterality=str(d.get("laterality", "as-is")),
+                       notes=list(d.get("notes", [])))
         except (KeyError, TypeError) as exc:
             raise SiteProfileError(f"site profile is damaged or incomplete ({type(exc).__name__}: {exc})") from exc
 
@@ -392,6 +398,24 @@ class SiteProfile:
             return cls.from_dict(d)
         except SiteProfileError as exc:
             raise SiteProfileError(f"{path}: {exc}") from exc
+
+
+def archive_profile(path: str | os.PathLike) -> Path:
+    """Copy an existing profile to ``<folder>/history/<name>.<created>.json`` (its creation time, made
+    file-name safe) before it is replaced, so every earlier version stays; returns the copy's path."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        stamp = str(json.loads(text).get("created", ""))
+    except ValueError:
+        stamp = ""
+    stamp = re.sub(r"[^0-9A-Za-z]", "", stamp) or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    dest = path.parent / HISTORY_DIR / f"{path.stem}.{stamp}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, dest)
+    return dest
 
 
 def available_sites(sites_dir: str | os.PathLike = SITES_DIR) -> list[str]:
@@ -449,16 +473,36 @@ def fit_profile(name: str, y, pred, scale, male, before_lower, before_upper, mod
                        site.correction, site.conformal, evaluation,
                        {"k_folds": k_folds, "seed": seed, "prior_cases": prior_cases, "n_boot": n_boot,
                         "min_correction_cases": MIN_CORRECTION_CASES, "min_slope_cases": MIN_SLOPE_CASES},
-                       phases=int(phases), laterality=str(laterality))
+                       phases=int(phases), laterality=str(laterality), notes=sex_notes(male))
 
 
 def check_references(y) -> None:
-    """Raise ValueError naming how many local reference ages are missing or outside REFERENCE_RANGE."""
+    """Raise ValueError naming how many local reference ages are missing or outside REFERENCE_RANGE, when
+    they look like years (all below :data:`YEARS_MAX_MONTHS`), or when they are all the same value."""
     y = np.asarray(y, float)
     lo, hi = REFERENCE_RANGE
     bad = np.isnan(y) | (y < lo) | (y > hi)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} reference bone ages missing or outside {lo:.0f}-{hi:.0f} months")
+    if len(y) and np.max(y) < YEARS_MAX_MONTHS:
+        raise ValueError(f"every reference bone age is below {YEARS_MAX_MONTHS:.0f} (largest {np.max(y):.1f}): these "
+                         "look like years. Give the reference bone age in months (years x 12) and rerun.")
+    if len(y) > 1 and np.ptp(y) == 0:
+        raise ValueError(f"all {len(y)} reference bone ages are the same ({y[0]:g} months): a placeholder or a "
+                         "copied column, not readings. Give each case its own reference bone age.")
+
+
+def sex_notes(male) -> list[str]:
+    """Notes a profile carries about its sexes: with one sex only, the other sex gets no correction and
+    the pooled intervals come from the calibrated sex alone (said, never silent)."""
+    male = np.asarray(male).astype(bool)
+    n_m = int(male.sum())
+    for n, have, lack in ((n_m, "boys", "girls"), (len(male) - n_m, "girls", "boys")):
+        if n == len(male) and len(male):
+            return [f"only {have} among the calibration cases: no per-sex intervals; {lack} get no correction and "
+                    f"intervals pooled from {have}' cases only, which promise nothing for {lack}. Add {lack}' cases "
+                    "and refit."]
+    return []
 
 
 EVALUATION_METRICS = {"mae": "MAE (months)", "bias": "bias, predicted - reference (months)",

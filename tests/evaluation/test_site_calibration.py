@@ -201,3 +201,40 @@ def test_fit_profile_refuses_too_few_cases_and_bad_references():
     y[3] = 250
     with pytest.raises(ValueError, match="outside 0-240"):
         fit_profile("x", y, pred, scale, male, pred - 10, pred + 10, "sha", True)
+
+
+def test_fit_profile_refuses_ages_in_years_and_identical_labels():
+    rng = np.random.default_rng(8)
+    y, pred, scale, male = synthetic_site(rng, 30)
+    years = (y.clip(12, 240) / 12).round(1)
+    with pytest.raises(ValueError, match="look like years.*in months"):
+        fit_profile("x", years, pred, scale, male, pred - 10, pred + 10, "sha", True)
+    with pytest.raises(ValueError, match="all 30 reference bone ages are the same"):
+        fit_profile("x", np.full(30, 120.0), pred, scale, male, pred - 10, pred + 10, "sha", True)
+
+
+def test_one_sex_only_gives_pooled_intervals_with_a_note_for_the_other_sex():
+    rng = np.random.default_rng(9)
+    y, pred, scale, _ = synthetic_site(rng, 40, shift_m=6)
+    male = np.ones(40, bool)
+    prof = fit_profile("boys", y, pred, scale, male, pred - 10, pred + 10, "sha", True, n_boot=200)
+    assert len(prof.notes) == 1 and "only boys" in prof.notes[0] and "girls get no correction" in prof.notes[0]
+    assert not any(prof.conformal.by_sex(lvl) for lvl in ("80", "90", "95"))
+    assert prof.correction.F.kind == "identity"
+    assert SiteProfile.from_dict(json.loads(json.dumps(prof.to_dict()))).notes == prof.notes
+    both = fit_profile("both", y, pred, scale, rng.random(40) < 0.5, pred - 10, pred + 10, "sha", True, n_boot=200)
+    assert both.notes == []
+
+
+def test_archive_profile_keeps_the_previous_version_with_its_date(tmp_path):
+    from boneage.evaluation.site_calibration import archive_profile, available_sites
+
+    rng = np.random.default_rng(10)
+    y, pred, scale, male = synthetic_site(rng, 30)
+    prof = fit_profile("clinic", y, pred, scale, male, pred - 10, pred + 10, "sha", True, n_boot=100,
+                       created="2026-01-02T03:04:05+00:00")
+    path = prof.save(tmp_path / "clinic.json")
+    copy = archive_profile(path)
+    assert copy == tmp_path / "history" / "clinic.20260102T0304050000.json"
+    assert copy.read_text() == path.read_text()
+    assert available_sites(tmp_path) == ["clinic"]  # the history is not offered as a site

@@ -95,6 +95,27 @@ def test_missing_or_out_of_range_references_are_refused(tmp_path, labelled, data
     assert not out_dir.exists()
 
 
+@pytest.mark.parametrize("how, expected", [("years", "look like years"), ("same", "are the same")])
+def test_ages_in_years_or_one_copied_value_are_refused(tmp_path, labelled, data_dir, subprocess_env, repo_root,
+                                                       how, expected):
+    cases = labelled.head(N_CASES).copy()
+    cases["boneage"] = (cases["boneage"] / 12).round(1) if how == "years" else 120.0
+    proc, out_dir = _calibrate(tmp_path, cases, data_dir / "test", subprocess_env, repo_root)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr and "Nothing was written" in proc.stderr
+    assert not out_dir.exists()
+
+
+def test_an_existing_profile_is_replaced_only_with_overwrite(calibrated, labelled, data_dir, subprocess_env,
+                                                             repo_root):
+    _, path = calibrated
+    before = path.read_text()
+    proc, out_dir = _calibrate(path.parent.parent, labelled.head(N_CASES), data_dir / "test", subprocess_env, repo_root)
+    assert proc.returncode == 2
+    assert "exists" in proc.stderr and "--overwrite" in proc.stderr and "history" in proc.stderr
+    assert path.read_text() == before and not (out_dir / "history").exists()
+
+
 def test_training_cases_are_refused_as_a_leak(tmp_path, data_dir, subprocess_env, repo_root):
     splits = pd.read_csv(repo_root / "artifacts" / "splits.csv", dtype={"id": str})
     train = splits[splits["split"] == "train"].head(N_CASES)
