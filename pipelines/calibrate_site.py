@@ -27,7 +27,7 @@ from tqdm import tqdm
 from boneage.config import ARTIFACTS_DIR, resolve_data_dir
 from boneage.store.manifest import model_fingerprint
 from boneage.inference.predictor import ModelNotFoundError, load_predictor
-from boneage.evaluation.site_calibration import (HISTORY_DIR, K_FOLDS, LEVELS, REFERENCE_RANGE, SITES_DIR,
+from boneage.evaluation.site_calibration import (DEFAULT_REFERENCE, HISTORY_DIR, K_FOLDS, LEVELS, REFERENCE_RANGE, SITES_DIR,
                                                  archive_profile, check_references, fit_profile, min_cases,
                                                  min_cases_all)
 from boneage.io.tables import read_cases
@@ -133,6 +133,9 @@ def main(argv=None) -> int:
                     help="the model's splits.csv, to refuse training cases (default: artifacts/splits.csv)")
     ap.add_argument("--folds", type=int, default=K_FOLDS, help=f"cross-validation folds (default {K_FOLDS})")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", default=DEFAULT_REFERENCE,
+                    help="what the reference ages are, e.g. 'consensus of six readers' or 'single reader': the "
+                         "reference the intervals are for (shown with them)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an existing profile of this name; the previous version is kept in OUT_DIR/history/")
     ap.add_argument("--skip-unlabelled", action="store_true",
@@ -184,15 +187,17 @@ def main(argv=None) -> int:
     profile = fit_profile(args.name, ok["boneage"], ok["boneage_pred"], ok["uncertainty"], ok["male"],
                           ok["lower_90"], ok["upper_90"], model_fingerprint(model_dir, members=bool(predictor.members)),
                           predictor.tta, n_ids=ok["id"].nunique(), k_folds=args.folds, seed=args.seed,
-                          phases=predictor.cfg.geometry.phases, laterality=predictor.cfg.geometry.laterality)
+                          phases=predictor.cfg.geometry.phases, laterality=predictor.cfg.geometry.laterality,
+                          reference=args.reference)
     if target.exists():
         print(f"kept the previous version as {archive_profile(target)}")
     path = profile.save(target)
     ev = profile.evaluation
     print(f"site '{args.name}': {profile.n_cases} cases ({profile.n_male} boys), {int(failed.sum())} failed")
-    for sex in ("F", "M"):
-        c = getattr(profile.correction, sex)
-        print(f"  correction {sex}: {c.reason}")
+    print(f"  correction: {profile.correction.reason}")
+    g = ev["expected_mae_change"]
+    print(f"  expected MAE change on new cases with the correction (nested CV): {g['value']:+.2f} months "
+          f"[{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]; {'applied' if ev['correction_applied'] else 'not applied'}")
     for note in profile.notes:
         print(f"warning: {note}", file=sys.stderr)
     for lvl in LEVELS:
@@ -206,6 +211,7 @@ def main(argv=None) -> int:
               f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]; difference {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
     w = ev["width_change_relative"]
     print(f"  90 % width change: {w['value']:+.1%} [{w['ci_low']:+.1%}, {w['ci_high']:+.1%}]")
+    print(f"  promise: {profile.to_dict()['promise']['text']}")
     print(f"wrote {path}")
     return 0
 
