@@ -43,7 +43,7 @@ import numpy as np
 from scipy import stats
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from boneage.config import ARTIFACTS_DIR, write_json_atomic
+from boneage.config import ARTIFACTS_DIR, write_atomic, write_json_atomic
 from boneage.evaluation.metrics import bootstrap_ci
 import pandas as pd
 
@@ -484,10 +484,7 @@ def archive_profile(path: str | os.PathLike) -> Path:
         stamp = ""
     stamp = re.sub(r"[^0-9A-Za-z]", "", stamp) or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     dest = path.parent / HISTORY_DIR / f"{path.stem}.{stamp}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, dest)
+    write_atomic(dest, lambda tmp: tmp.write_text(text))
     return dest
 
 
@@ -531,6 +528,23 @@ def correction_gain(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0)
             "n": int(len(d))}, after
 
 
+def fit_site_procedure(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0) -> tuple[SiteModel, dict, CaseResults]:
+    """What a profile applies: the correction only when its nested cross-validated expected MAE change
+    (:func:`correction_gain`) is negative, else none with the reason; intervals on the cases either way.
+    Returns (site model, expected change, held-out results of the corrected procedure)."""
+    gain, after = correction_gain(y, pred, scale, male, k_folds, seed)
+    correct = gain["value"] < 0
+    site = fit_site(y, pred, scale, male, k_folds, seed, correct)
+    if not correct:
+        why = (f"no correction: not expected to help on new cases (nested {k_folds}-fold cross-validated MAE "
+               f"change of the correction {gain['value']:+.2f} months, 95 % CI {gain['ci_low']:+.2f} to "
+               f"{gain['ci_high']:+.2f})")
+        site.correction.reason = why
+        for c in (site.correction.F, site.correction.M):
+            c.reason = why
+    return site, gain, after
+
+
 def coverage_promise(conformal: SiteConformal, reference: str, level: str = "90") -> dict:
     """What the intervals promise and what the promise rests on."""
     n, n_m = len(conformal.male), int(conformal.male.sum())
@@ -561,18 +575,10 @@ def fit_profile(name: str, y, pred, scale, male, before_lower, before_upper, mod
     check_references(y)
     if len(y) < min_cases_all():
         raise ValueError(f"{len(y)} cases; a site profile needs at least {min_cases_all()} (95 % intervals)")
-    gain, after = correction_gain(y, pred, scale, male, k_folds, seed)
+    site, gain, after = fit_site_procedure(y, pred, scale, male, k_folds, seed)
     correct = gain["value"] < 0
     if not correct:
         after, _ = cross_validate(y, pred, scale, male, k_folds, seed, False, "90")
-    site = fit_site(y, pred, scale, male, k_folds, seed, correct)
-    if not correct:
-        why = (f"no correction: not expected to help on new cases (nested {k_folds}-fold cross-validated MAE "
-               f"change of the correction {gain['value']:+.2f} months, 95 % CI {gain['ci_low']:+.2f} to "
-               f"{gain['ci_high']:+.2f})")
-        site.correction.reason = why
-        for c in (site.correction.F, site.correction.M):
-            c.reason = why
     before = CaseResults(pred, np.asarray(before_lower, float), np.asarray(before_upper, float))
     k_used = len(_folds(len(y), k_folds, seed + 2, male))
     evaluation = {"level": "90", "k_folds": k_used,
