@@ -27,7 +27,8 @@ from tqdm import tqdm
 from boneage.config import ARTIFACTS_DIR, resolve_data_dir
 from boneage.store.manifest import model_fingerprint
 from boneage.inference.predictor import ModelNotFoundError, load_predictor
-from boneage.evaluation.site_calibration import (DEFAULT_REFERENCE, HISTORY_DIR, K_FOLDS, LEVELS, REFERENCE_RANGE, SITES_DIR,
+from boneage.evaluation.site_calibration import (DEFAULT_REFERENCE, HISTORY_DIR, K_FOLDS, LEVELS,
+                                                 RECOMMENDED_MIN_CASES, REFERENCE_RANGE, SITES_DIR,
                                                  archive_profile, check_references, fit_profile, min_cases,
                                                  min_cases_all)
 from boneage.io.tables import read_cases
@@ -198,6 +199,10 @@ def main(argv=None) -> int:
     g = ev["expected_mae_change"]
     print(f"  expected MAE change on new cases with the correction (nested CV): {g['value']:+.2f} months "
           f"[{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]; {'applied' if ev['correction_applied'] else 'not applied'}")
+    if profile.n_cases < RECOMMENDED_MIN_CASES:
+        print(f"warning: {profile.n_cases} cases, below the recommended {RECOMMENDED_MIN_CASES} "
+              "(docs/site-calibration-curve.md): the intervals rest on few cases and vary from one sample to the "
+              "next; label more cases and refit with --overwrite.", file=sys.stderr)
     for note in profile.notes:
         print(f"warning: {note}", file=sys.stderr)
     for lvl in LEVELS:

@@ -51,6 +51,8 @@ SITES_DIR = ARTIFACTS_DIR / "sites"
 LEVELS = ("80", "90", "95")  # the levels every prediction carries (columns lower_80 ... upper_95)
 Y_MIN, Y_MAX = 0.0, 300.0  # months: as boneage.evaluation.conformal
 REFERENCE_RANGE = (0.0, 240.0)  # accepted local reference bone ages (months)
+# Fewer cases: calibrate_site warns (the profile is written). From the learning curve, docs/site-calibration-curve.md.
+RECOMMENDED_MIN_CASES = 30
 MIN_MONDRIAN_CASES = 30  # fewer cases of a sex: intervals pooled over both sexes
 MIN_CORRECTION_CASES = 10  # fewer cases of a sex: no correction for it
 MIN_SLOPE_CASES = 30  # fewer cases of a sex: shift only, no slope

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from boneage.store.manifest import model_fingerprint
-from boneage.evaluation.site_calibration import SITES_DIR, SiteProfile, SiteProfileError
+from boneage.evaluation.site_calibration import RECOMMENDED_MIN_CASES, SITES_DIR, SiteProfile, SiteProfileError
 from boneage.inference.assess import assess_cases
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -72,6 +72,9 @@ def test_calibration_writes_a_profile_for_the_shipped_model(calibrated):
     for sex in ("F", "M"):
         assert d["correction"][sex]["reason"]
     assert "5-fold cross-validated" in proc.stdout and f"wrote {path}" in proc.stdout
+    assert ("below the recommended" in proc.stderr) == (N_CASES < RECOMMENDED_MIN_CASES)
+    assert d["evaluation"]["correction_applied"] == (d["evaluation"]["expected_mae_change"]["value"] < 0)
+    assert d["promise"]["n_cases"] == N_CASES and "promise: 90 % intervals" in proc.stdout
 
 
 def test_too_few_cases_is_refused_and_says_how_many(tmp_path, labelled, data_dir, subprocess_env, repo_root):
