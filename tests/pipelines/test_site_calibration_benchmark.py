@@ -2,10 +2,14 @@
 table and recommended minimum n written to the doc."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from boneage.config import ARTIFACTS_DIR
+from boneage.evaluation.site_calibration import RECOMMENDED_MIN_CASES
 from pipelines.benchmarks import site_calibration
 
 pytestmark = pytest.mark.integration
@@ -26,3 +30,10 @@ def test_benchmark_writes_the_table_and_the_recommended_n(tmp_path, capsys):
 def test_benchmark_refuses_more_cases_than_labelled(tmp_path, capsys):
     assert site_calibration.main(["--draws", "1", "--ns", "500", "--doc", str(tmp_path / "x.md")]) == 2
     assert "fewer than n = 500" in capsys.readouterr().err
+
+
+def test_calibrate_site_warns_below_the_n_the_committed_curve_recommends():
+    doc = Path(__file__).resolve().parents[2] / "docs" / "site-calibration-curve.md"
+    m = re.search(r"\*\*Recommended minimum n: (\d+)\*\*", doc.read_text())
+    assert m, f"{doc} has no recommended n: rerun python -m pipelines.benchmarks.site_calibration"
+    assert int(m.group(1)) == RECOMMENDED_MIN_CASES
