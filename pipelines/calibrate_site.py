@@ -9,7 +9,9 @@ against the model as it is, and writes the profile to OUT_DIR/SITE.json. Use it 
 ``pipelines.predict --site SITE``, ``load_predictor(site="SITE")`` or the dashboard's Predict page.
 
 Refused, with nothing written: fewer cases than the intervals need, reference ages missing or outside
-0-240 months, unreadable rows, cases that are in the model's training split.
+0-240 months, ages that look like years (all below 25), all references identical, unreadable rows, cases that
+are in the model's training split, an existing profile of that name without ``--overwrite`` (with it, the
+previous version is kept as OUT_DIR/history/SITE.<date>.json).
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ from tqdm import tqdm
 from boneage.config import ARTIFACTS_DIR, resolve_data_dir
 from boneage.store.manifest import model_fingerprint
 from boneage.inference.predictor import ModelNotFoundError, load_predictor
-from boneage.evaluation.site_calibration import (K_FOLDS, LEVELS, REFERENCE_RANGE, SITES_DIR, fit_profile, min_cases,
-                                      min_cases_all)
+from boneage.evaluation.site_calibration import (DEFAULT_REFERENCE, HISTORY_DIR, K_FOLDS, LEVELS,
+                                                 RECOMMENDED_MIN_CASES, REFERENCE_RANGE, SITES_DIR,
+                                                 archive_profile, check_references, fit_profile, min_cases,
+                                                 min_cases_all)
 from boneage.io.tables import read_cases
 from boneage.inference.assess import assess_cases
 from boneage.settings import add_path_flags
@@ -65,7 +69,19 @@ def check_cases(cases: pd.DataFrame, rejected: list[tuple[str, str]]) -> None:
         raise CalibrationRefused(f"{int(bad.sum())} reference bone age(s) missing or outside {lo:.0f}-{hi:.0f} months "
                                  f"(ids {_listing(cases.loc[bad, 'id'])}); bone age is given in months. Fix them and "
                                  "rerun.")
+    try:
+        check_references(y)  # years instead of months, one value copied down the column
+    except ValueError as exc:
+        raise CalibrationRefused(str(exc)) from None
     check_count(len(cases))
+
+
+def check_overwrite(path: Path, overwrite: bool) -> None:
+    """An existing profile is replaced only with ``--overwrite`` (and then kept in the history folder)."""
+    if path.exists() and not overwrite:
+        raise CalibrationRefused(f"site profile {path} exists. Pass --overwrite to refit it (the current version is "
+                                 f"kept as {path.parent / HISTORY_DIR}/{path.stem}.<date>.json), or choose another "
+                                 "--name.")
 
 
 def check_count(n: int) -> None:
@@ -118,6 +134,11 @@ def main(argv=None) -> int:
                     help="the model's splits.csv, to refuse training cases (default: artifacts/splits.csv)")
     ap.add_argument("--folds", type=int, default=K_FOLDS, help=f"cross-validation folds (default {K_FOLDS})")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", default=DEFAULT_REFERENCE,
+                    help="what the reference ages are, e.g. 'consensus of six readers' or 'single reader': the "
+                         "reference the intervals are for (shown with them)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing profile of this name; the previous version is kept in OUT_DIR/history/")
     ap.add_argument("--skip-unlabelled", action="store_true",
                     help="leave out rows without a reference age (counted) instead of refusing the file")
     args = ap.parse_args(argv)
@@ -127,7 +148,9 @@ def main(argv=None) -> int:
     if args.folds < 2:
         ap.error("--folds must be at least 2")
     image_dir = Path(args.image_dir)
+    target = Path(args.out_dir) / f"{args.name}.json"
     try:
+        check_overwrite(target, args.overwrite)
         if not image_dir.is_dir():
             raise CalibrationRefused(f"image folder {image_dir} not found")
         try:
@@ -165,13 +188,23 @@ def main(argv=None) -> int:
     profile = fit_profile(args.name, ok["boneage"], ok["boneage_pred"], ok["uncertainty"], ok["male"],
                           ok["lower_90"], ok["upper_90"], model_fingerprint(model_dir, members=bool(predictor.members)),
                           predictor.tta, n_ids=ok["id"].nunique(), k_folds=args.folds, seed=args.seed,
-                          phases=predictor.cfg.geometry.phases, laterality=predictor.cfg.geometry.laterality)
-    path = profile.save(Path(args.out_dir) / f"{args.name}.json")
+                          phases=predictor.cfg.geometry.phases, laterality=predictor.cfg.geometry.laterality,
+                          reference=args.reference)
+    if target.exists():
+        print(f"kept the previous version as {archive_profile(target)}")
+    path = profile.save(target)
     ev = profile.evaluation
     print(f"site '{args.name}': {profile.n_cases} cases ({profile.n_male} boys), {int(failed.sum())} failed")
-    for sex in ("F", "M"):
-        c = getattr(profile.correction, sex)
-        print(f"  correction {sex}: {c.reason}")
+    print(f"  correction: {profile.correction.reason}")
+    g = ev["expected_mae_change"]
+    print(f"  expected MAE change on new cases with the correction (nested CV): {g['value']:+.2f} months "
+          f"[{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]; {'applied' if ev['correction_applied'] else 'not applied'}")
+    if profile.n_cases < RECOMMENDED_MIN_CASES:
+        print(f"warning: {profile.n_cases} cases, below the recommended {RECOMMENDED_MIN_CASES} "
+              "(docs/site-calibration-curve.md): the intervals rest on few cases and vary from one sample to the "
+              "next; label more cases and refit with --overwrite.", file=sys.stderr)
+    for note in profile.notes:
+        print(f"warning: {note}", file=sys.stderr)
     for lvl in LEVELS:
         q = profile.conformal.quantiles(lvl)
         print(f"  {lvl} % intervals: {'per sex' if profile.conformal.by_sex(lvl) else 'pooled'}, "
@@ -183,6 +216,7 @@ def main(argv=None) -> int:
               f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]; difference {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
     w = ev["width_change_relative"]
     print(f"  90 % width change: {w['value']:+.1%} [{w['ci_low']:+.1%}, {w['ci_high']:+.1%}]")
+    print(f"  promise: {profile.to_dict()['promise']['text']}")
     print(f"wrote {path}")
     return 0
 

@@ -4,17 +4,18 @@ A clinic that reads its own radiographs differently (another reading protocol, o
 population) sees the shipped model biased and its intervals too wide or too narrow. From a few dozen of its
 own labelled radiographs this module fits a **site profile**:
 
-* **Correction of the predicted age, per sex**: ``corrected = pred + shift + slope * (pred - centre)``,
-  least squares on the local residuals, shrunk towards no correction (both coefficients multiplied by
-  ``n / (n + prior_cases)``: as if ``prior_cases`` more cases had shown no shift). Three candidates per sex,
-  identity, shift, shift + slope (the slope only from ``MIN_SLOPE_CASES`` cases on); a candidate other than
-  identity is kept only when its K-fold cross-validated MAE on that sex's cases is lower than identity's,
-  else the sex keeps identity and the profile says why.
+* **Correction of the predicted age**: ``corrected = pred + shift + slope * (pred - centre)``; four
+  candidates, none / global shift / per-sex shift (each sex from ``MIN_CORRECTION_CASES``) / age-linear (a
+  shift and a slope on the prediction, from ``MIN_SLOPE_CASES``), each coefficient shrunk towards zero by
+  its uncertainty (positive-part James-Stein, :func:`shrink_factor`), the one with the lowest K-fold
+  cross-validated MAE kept (ties to the simpler). The whole procedure is then judged by an outer K-fold
+  cross-validation (:func:`correction_gain`; the choice made inside each outer fold, so the estimate is
+  honest) and the profile keeps no correction, saying why, when that expected gain is not negative.
 * **Local split-conformal intervals**: the local cases are the calibration set. Score = the model's
   normalised absolute error ``|y - corrected| / scale`` (scale = the model's Laplace scale, the
   normalisation the shipped calibrator uses), interval ``corrected +- q * scale`` with q the
-  ``ceil((n+1) c)``-th smallest score. Per sex for a level when *each* sex has at least
-  :func:`min_cases` cases for it (``(n+1) c <= n``), pooled over both sexes otherwise. The scores are
+  ``ceil((n+1) c)``-th smallest score. Per sex (Mondrian) for a level when *each* sex has at least
+  ``MIN_MONDRIAN_CASES`` cases and :func:`min_cases` for it, pooled over both sexes otherwise. The scores are
   *cross-fitted*: each case's score uses a correction fitted without its fold (CV+ style), so the scores
   are out-of-sample errors like those of a new patient rather than the smaller in-sample residuals of a
   correction fitted on the case itself.
@@ -34,6 +35,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +43,7 @@ import numpy as np
 from scipy import stats
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from boneage.config import ARTIFACTS_DIR, write_json_atomic
+from boneage.config import ARTIFACTS_DIR, write_atomic, write_json_atomic
 from boneage.evaluation.metrics import bootstrap_ci
 import pandas as pd
 
@@ -49,11 +51,16 @@ SITES_DIR = ARTIFACTS_DIR / "sites"
 LEVELS = ("80", "90", "95")  # the levels every prediction carries (columns lower_80 ... upper_95)
 Y_MIN, Y_MAX = 0.0, 300.0  # months: as boneage.evaluation.conformal
 REFERENCE_RANGE = (0.0, 240.0)  # accepted local reference bone ages (months)
-PRIOR_CASES = 10.0  # shrinkage strength of the correction, in cases
+# Fewer cases: calibrate_site warns (the profile is written). From the learning curve, docs/site-calibration-curve.md.
+RECOMMENDED_MIN_CASES = 30
+MIN_MONDRIAN_CASES = 30  # fewer cases of a sex: intervals pooled over both sexes
 MIN_CORRECTION_CASES = 10  # fewer cases of a sex: no correction for it
 MIN_SLOPE_CASES = 30  # fewer cases of a sex: shift only, no slope
 K_FOLDS = 10
 SCHEMA_VERSION = 1
+DEFAULT_REFERENCE = "the site's own reference readings"
+HISTORY_DIR = "history"  # earlier versions of the profiles: <sites>/history/<name>.<created>.json
+YEARS_MAX_MONTHS = 25.0  # every reference below this: ages given in years, refused
 
 
 class SiteProfileError(ValueError):
@@ -105,8 +112,15 @@ class SexCorrection:
 
 @dataclass
 class Correction:
+    """Both sexes' corrections; ``kind`` one of :data:`CANDIDATES`, ``cv_mae`` the inner cross-validated MAE
+    of each candidate tried, ``shrinkage`` the empirical-Bayes factor of each coefficient, ``reason`` why."""
+
     F: SexCorrection
     M: SexCorrection
+    kind: str = "none"
+    cv_mae: dict[str, float] = field(default_factory=dict)
+    shrinkage: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
 
     def apply(self, pred: np.ndarray, male: np.ndarray) -> np.ndarray:
         pred, male = np.asarray(pred, float), np.asarray(male).astype(bool)
@@ -114,19 +128,60 @@ class Correction:
 
     @property
     def is_identity(self) -> bool:
-        return self.F.kind == "identity" and self.M.kind == "identity"
+        return all(c.kind == "identity" or (c.shift == 0 and c.slope == 0) for c in (self.F, self.M))
 
 
-def _fit_candidate(y: np.ndarray, pred: np.ndarray, kind: str, sex: str, prior_cases: float) -> SexCorrection:
-    """Shrunk least-squares fit of the residual y - pred on (1, pred - centre)."""
-    n = len(y)
-    if kind == "identity" or n == 0:
-        return SexCorrection(sex, "identity", n=n)
-    r, centre = y - pred, float(np.mean(pred))
-    shrink = n / (n + prior_cases)
-    x = pred - centre
-    slope = float(np.sum(x * r) / np.sum(x * x)) * shrink if kind == "shift+slope" and np.sum(x * x) > 0 else 0.0
-    return SexCorrection(sex, kind, float(np.mean(r)) * shrink, slope, centre, n)
+CANDIDATES = ("none", "global shift", "per-sex shift", "age-linear")
+
+
+def shrink_factor(estimate: float, se: float) -> float:
+    """Positive-part James-Stein / empirical-Bayes factor for one coefficient: ``max(0, 1 - se^2 / b^2)``.
+
+    With a normal prior of unknown spread on the true coefficient, its moment estimate ``b^2 - se^2`` gives
+    the posterior mean ``b * tau^2 / (tau^2 + se^2)`` = this factor times ``b``: a shift no larger than its
+    standard error is dropped, one of many standard errors is kept almost in full."""
+    if not math.isfinite(se) or estimate == 0:
+        return 0.0
+    return max(0.0, 1.0 - se * se / (estimate * estimate))
+
+
+def _shift(r: np.ndarray) -> tuple[float, float]:
+    """(shrunk mean residual, its factor): the empirical-Bayes shift of residuals ``r``."""
+    n = len(r)
+    if n < 2:
+        return 0.0, 0.0
+    b, se = float(np.mean(r)), float(np.std(r, ddof=1) / math.sqrt(n))
+    f = shrink_factor(b, se)
+    return b * f, f
+
+
+def _fit_candidate(y: np.ndarray, pred: np.ndarray, male: np.ndarray, kind: str) -> Correction:
+    """One candidate fitted on (y, pred, male), every coefficient shrunk by :func:`shrink_factor`."""
+    r = y - pred
+    n_m = int(male.sum())
+    n_f = len(y) - n_m
+    if kind == "global shift":
+        b, f = _shift(r)
+        return Correction(SexCorrection("F", "shift", b, n=n_f), SexCorrection("M", "shift", b, n=n_m), kind,
+                          shrinkage={"shift": round(f, 4)})
+    if kind == "per-sex shift":
+        (bf, ff), (bm, fm) = _shift(r[~male]), _shift(r[male])
+        return Correction(SexCorrection("F", "shift", bf, n=n_f), SexCorrection("M", "shift", bm, n=n_m), kind,
+                          shrinkage={"shift F": round(ff, 4), "shift M": round(fm, 4)})
+    if kind == "age-linear":
+        centre = float(np.mean(pred))
+        x = pred - centre
+        sxx = float(np.sum(x * x))
+        b0 = float(np.mean(r))
+        b1 = float(np.sum(x * r) / sxx) if sxx > 0 else 0.0
+        dof = max(len(y) - 2, 1)
+        sigma = float(np.sqrt(np.sum((r - b0 - b1 * x) ** 2) / dof))
+        f0 = shrink_factor(b0, sigma / math.sqrt(len(y)))
+        f1 = shrink_factor(b1, sigma / math.sqrt(sxx)) if sxx > 0 else 0.0
+        return Correction(SexCorrection("F", "shift+slope", b0 * f0, b1 * f1, centre, n_f),
+                          SexCorrection("M", "shift+slope", b0 * f0, b1 * f1, centre, n_m), kind,
+                          shrinkage={"shift": round(f0, 4), "slope": round(f1, 4)})
+    return Correction(SexCorrection("F", n=n_f), SexCorrection("M", n=n_m), "none")
 
 
 def _folds(n: int, k: int, seed: int, strata: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -138,38 +193,48 @@ def _folds(n: int, k: int, seed: int, strata: np.ndarray | None = None) -> list[
     return list(KFold(k, shuffle=True, random_state=seed).split(idx))
 
 
-def fit_sex_correction(y, pred, sex: str, k_folds: int = K_FOLDS, seed: int = 0,
-                       prior_cases: float = PRIOR_CASES) -> SexCorrection:
-    """The correction of one sex: the candidate with the lowest K-fold CV MAE, identity unless one beats it."""
-    y, pred = np.asarray(y, float), np.asarray(pred, float)
+def candidates_for(n: int, n_male: int) -> list[str]:
+    """The candidates the cases can support: a correction from ``MIN_CORRECTION_CASES`` cases, per sex when
+    each sex has that many, a slope from ``MIN_SLOPE_CASES``."""
+    kinds = ["none"]
+    if n >= MIN_CORRECTION_CASES:
+        kinds.append("global shift")
+    if min(n_male, n - n_male) >= MIN_CORRECTION_CASES:
+        kinds.append("per-sex shift")
+    if n >= MIN_SLOPE_CASES:
+        kinds.append("age-linear")
+    return kinds
+
+
+def fit_correction(y, pred, male, k_folds: int = K_FOLDS, seed: int = 0) -> Correction:
+    """The site's correction: the candidate (:data:`CANDIDATES`, those :func:`candidates_for` allows) with the
+    lowest K-fold cross-validated MAE on the cases, each fitted with empirical-Bayes shrinkage; ties go to
+    the simpler one, so ``none`` unless a correction beats it. Its ``reason`` says why."""
+    y, pred, male = np.asarray(y, float), np.asarray(pred, float), np.asarray(male).astype(bool)
     n = len(y)
-    if n < MIN_CORRECTION_CASES:
-        return SexCorrection(sex, "identity", n=n, reason=f"too few cases ({n} < {MIN_CORRECTION_CASES}) for a correction")
-    kinds = ["identity", "shift"] + (["shift+slope"] if n >= MIN_SLOPE_CASES else [])
+    kinds = candidates_for(n, int(male.sum()))
+    if kinds == ["none"]:
+        out = _fit_candidate(y, pred, male, "none")
+        out.reason = f"no correction: too few cases ({n} < {MIN_CORRECTION_CASES})"
+        return out
+    folds = _folds(n, k_folds, seed, male)
     cv = {}
-    folds = _folds(n, k_folds, seed)
     for kind in kinds:
         err = np.empty(n)
         for tr, te in folds:
-            err[te] = np.abs(y[te] - _fit_candidate(y[tr], pred[tr], kind, sex, prior_cases).apply(pred[te]))
+            err[te] = np.abs(y[te] - _fit_candidate(y[tr], pred[tr], male[tr], kind).apply(pred[te], male[te]))
         cv[kind] = float(err.mean())
-    best = min(kinds, key=lambda k: (cv[k], kinds.index(k)))  # ties go to the simpler candidate
-    out = _fit_candidate(y, pred, best, sex, prior_cases)
+    best = min(kinds, key=lambda k: (round(cv[k], 9), kinds.index(k)))
+    out = _fit_candidate(y, pred, male, best)
     out.cv_mae = {k: round(v, 4) for k, v in cv.items()}
-    if best == "identity":
-        out.reason = (f"no correction: none lowered the {len(folds)}-fold cross-validated MAE of {cv['identity']:.2f} "
-                      f"months (" + ", ".join(f"{k} {cv[k]:.2f}" for k in kinds[1:]) + ")")
-    else:
-        out.reason = f"{best}: {len(folds)}-fold cross-validated MAE {cv[best]:.2f} vs {cv['identity']:.2f} months without"
-    if n < MIN_SLOPE_CASES:
-        out.reason += f"; no slope tried below {MIN_SLOPE_CASES} cases"
+    others = ", ".join(f"{k} {cv[k]:.2f}" for k in kinds if k != best)
+    out.reason = (f"{best}: lowest {len(folds)}-fold cross-validated MAE ({cv[best]:.2f} months; {others}), "
+                  "shrunk by its uncertainty")
+    if best == "none":
+        out.reason = f"no correction: none lowered the {len(folds)}-fold cross-validated MAE ({cv[best]:.2f}; {others})"
+    for sex in (out.F, out.M):
+        sex.reason = out.reason
     return out
-
-
-def fit_correction(y, pred, male, k_folds: int = K_FOLDS, seed: int = 0, prior_cases: float = PRIOR_CASES) -> Correction:
-    y, pred, male = np.asarray(y, float), np.asarray(pred, float), np.asarray(male).astype(bool)
-    return Correction(*(fit_sex_correction(y[male == m], pred[male == m], s, k_folds, seed, prior_cases)
-                        for s, m in (("F", False), ("M", True))))
 
 
 # -- conformal -------------------------------------------------------------------------------------------
@@ -185,9 +250,10 @@ class SiteConformal:
         self.male = np.asarray(self.male).astype(bool)
 
     def by_sex(self, level: str | float) -> bool:
-        """Per sex when each sex has enough cases for the level, else pooled."""
+        """Per sex (Mondrian) when each sex has ``MIN_MONDRIAN_CASES`` cases and enough for the level, else
+        pooled: a per-sex quantile from a handful of scores is too variable to be worth its group."""
         n_m = int(self.male.sum())
-        return min(n_m, len(self.male) - n_m) >= min_cases(level)
+        return min(n_m, len(self.male) - n_m) >= max(min_cases(level), MIN_MONDRIAN_CASES)
 
     def quantiles(self, level: str | float) -> dict[str, float]:
         """{"F": q, "M": q}: the same pooled q for both when the level is pooled."""
@@ -219,15 +285,19 @@ class SiteModel:
         return corrected, self.conformal.intervals(corrected, scale, male, levels)
 
 
-def fit_site(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0, prior_cases: float = PRIOR_CASES) -> SiteModel:
-    """Correction (on all cases) + conformal scores cross-fitted over K folds (each fold's scores from a
-    correction fitted, selection included, on the other folds)."""
+def fit_site(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0, correct: bool = True) -> SiteModel:
+    """Correction (on all cases; none when ``correct`` is False) + conformal scores cross-fitted over K folds
+    (each fold's scores from a correction fitted, selection included, on the other folds; without a
+    correction the scores are the plain split-conformal ones)."""
     y, pred, scale = (np.asarray(a, float) for a in (y, pred, scale))
     male = np.asarray(male).astype(bool)
-    correction = fit_correction(y, pred, male, k_folds, seed, prior_cases)
+    if not correct:
+        correction = _fit_candidate(y, pred, male, "none")
+        return SiteModel(correction, SiteConformal(np.abs(y - pred) / scale, male))
+    correction = fit_correction(y, pred, male, k_folds, seed)
     scores = np.empty(len(y))
     for tr, te in _folds(len(y), k_folds, seed + 1, male):
-        corr = fit_correction(y[tr], pred[tr], male[tr], k_folds, seed, prior_cases)
+        corr = fit_correction(y[tr], pred[tr], male[tr], k_folds, seed)
         scores[te] = np.abs(y[te] - corr.apply(pred[te], male[te])) / scale[te]
     return SiteModel(correction, SiteConformal(scores, male))
 
@@ -242,7 +312,7 @@ class CaseResults:
     upper: np.ndarray
 
 
-def cross_validate(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0, prior_cases: float = PRIOR_CASES,
+def cross_validate(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0, correct: bool = True,
                    level: str = "90") -> tuple[CaseResults, np.ndarray]:
     """Held-out site predictions and ``level`` intervals for every case: in each outer fold the whole
     procedure is fitted on the other folds. Returns (results, fold number of each case)."""
@@ -251,7 +321,7 @@ def cross_validate(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0, 
     out = CaseResults(np.empty(len(y)), np.empty(len(y)), np.empty(len(y)))
     fold_of = np.empty(len(y), int)
     for f, (tr, te) in enumerate(_folds(len(y), k_folds, seed + 2, male)):
-        site = fit_site(y[tr], pred[tr], scale[tr], male[tr], k_folds, seed, prior_cases)
+        site = fit_site(y[tr], pred[tr], scale[tr], male[tr], k_folds, seed, correct)
         corrected, ivs = site.predict(pred[te], scale[te], male[te], (level,))
         out.pred[te], (out.lower[te], out.upper[te]) = corrected, ivs[level]
         fold_of[te] = f
@@ -310,6 +380,10 @@ class SiteProfile:
     phases: int = 1
     # Whether its predictions read right hands mirrored (boneage.geometry.laterality); older profiles read films as-is.
     laterality: str = "as-is"
+    # What the profile's user must know (one sex only, ...): printed by calibrate_site, shown with the profile.
+    notes: list[str] = field(default_factory=list)
+    # What the site's reference ages are (single reader, consensus of six readers, ...): what the intervals cover.
+    reference: str = DEFAULT_REFERENCE
 
     @property
     def site_model(self) -> SiteModel:
@@ -356,21 +430,28 @@ class SiteProfile:
                 "model_sha256": self.model_sha256, "tta": self.tta, "phases": self.phases,
                 "laterality": self.laterality,
                 "correction": {"formula": "corrected = pred + shift + slope * (pred - centre), per sex",
+                               "kind": self.correction.kind, "reason": self.correction.reason,
+                               "cv_mae": self.correction.cv_mae, "shrinkage": self.correction.shrinkage,
                                "F": asdict(self.correction.F), "M": asdict(self.correction.M)},
-                "conformal": conf, "evaluation": self.evaluation, "settings": self.settings}
+                "conformal": conf, "evaluation": self.evaluation, "settings": self.settings, "notes": self.notes,
+                "reference": self.reference, "promise": coverage_promise(self.conformal, self.reference)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SiteProfile":
         try:
             if d.get("schema_version") != SCHEMA_VERSION:
                 raise SiteProfileError(f"site profile schema {d.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-            corr = Correction(SexCorrection(**d["correction"]["F"]), SexCorrection(**d["correction"]["M"]))
+            c = d["correction"]
+            corr = Correction(SexCorrection(**c["F"]), SexCorrection(**c["M"]), c.get("kind", "per sex"),
+                              c.get("cv_mae", {}), c.get("shrinkage", {}), c.get("reason", ""))
             conf = SiteConformal(np.array(d["conformal"]["scores"], float), np.array(d["conformal"]["male"], bool))
             if len(conf.scores) != len(conf.male) or len(conf.scores) == 0:
                 raise SiteProfileError("site profile: calibration scores and sexes missing or of different lengths")
             return cls(d["name"], d["created"], int(d["n_cases"]), int(d["n_ids"]), int(d["n_male"]),
                        d["model_sha256"], bool(d["tta"]), corr, conf, d.get("evaluation", {}), d.get("settings", {}),
-                       phases=int(d.get("phases", 1)), laterality=str(d.get("laterality", "as-is")))
+                       phases=int(d.get("phases", 1)), laterality=str(d.get("laterality", "as-is")),
+                       notes=list(d.get("notes", [])),
+                       reference=str(d.get("reference", DEFAULT_REFERENCE)))
         except (KeyError, TypeError) as exc:
             raise SiteProfileError(f"site profile is damaged or incomplete ({type(exc).__name__}: {exc})") from exc
 
@@ -392,6 +473,21 @@ class SiteProfile:
             return cls.from_dict(d)
         except SiteProfileError as exc:
             raise SiteProfileError(f"{path}: {exc}") from exc
+
+
+def archive_profile(path: str | os.PathLike) -> Path:
+    """Copy an existing profile to ``<folder>/history/<name>.<created>.json`` (its creation time, made
+    file-name safe) before it is replaced, so every earlier version stays; returns the copy's path."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        stamp = str(json.loads(text).get("created", ""))
+    except ValueError:
+        stamp = ""
+    stamp = re.sub(r"[^0-9A-Za-z]", "", stamp) or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    dest = path.parent / HISTORY_DIR / f"{path.stem}.{stamp}.json"
+    write_atomic(dest, lambda tmp: tmp.write_text(text))
+    return dest
 
 
 def available_sites(sites_dir: str | os.PathLike = SITES_DIR) -> list[str]:
@@ -420,12 +516,58 @@ def load_site(site: "str | os.PathLike | SiteProfile", sites_dir: str | os.PathL
     return SiteProfile.load(path)
 
 
+def correction_gain(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0) -> tuple[dict, CaseResults]:
+    """Expected out-of-sample MAE change of the correction procedure (corrected - uncorrected, months; negative
+    is a gain) with a normal 95 % CI over cases, by K-fold cross-validation in which the whole procedure
+    (candidate choice and shrinkage included) is fitted on the other folds: nested, so honest. Returns
+    (estimate, the held-out results of the corrected procedure)."""
+    y, pred = np.asarray(y, float), np.asarray(pred, float)
+    after, _ = cross_validate(y, pred, scale, male, k_folds, seed, True, "90")
+    d = np.abs(after.pred - y) - np.abs(pred - y)
+    se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
+    m = float(np.mean(d))
+    return {"value": round(m, 4), "ci_low": round(m - 1.96 * se, 4), "ci_high": round(m + 1.96 * se, 4),
+            "n": int(len(d))}, after
+
+
+def fit_site_procedure(y, pred, scale, male, k_folds: int = K_FOLDS, seed: int = 0) -> tuple[SiteModel, dict, CaseResults]:
+    """What a profile applies: the correction only when its nested cross-validated expected MAE change
+    (:func:`correction_gain`) is negative, else none with the reason; intervals on the cases either way.
+    Returns (site model, expected change, held-out results of the corrected procedure)."""
+    gain, after = correction_gain(y, pred, scale, male, k_folds, seed)
+    correct = gain["value"] < 0
+    site = fit_site(y, pred, scale, male, k_folds, seed, correct)
+    if not correct:
+        why = (f"no correction: not expected to help on new cases (nested {k_folds}-fold cross-validated MAE "
+               f"change of the correction {gain['value']:+.2f} months, 95 % CI {gain['ci_low']:+.2f} to "
+               f"{gain['ci_high']:+.2f})")
+        site.correction.reason = why
+        for c in (site.correction.F, site.correction.M):
+            c.reason = why
+    return site, gain, after
+
+
+def coverage_promise(conformal: SiteConformal, reference: str, level: str = "90") -> dict:
+    """What the intervals promise and what the promise rests on."""
+    n, n_m = len(conformal.male), int(conformal.male.sum())
+    by_sex = conformal.by_sex(level)
+    rests = (f"{n - n_m} girls' and {n_m} boys' cases, per sex" if by_sex else f"{n} cases pooled over both sexes")
+    return {"level": level, "n_cases": n, "n_F": n - n_m, "n_M": n_m, "by_sex": by_sex, "reference": reference,
+            "text": f"{level} % intervals: at least {level} % of new patients like the calibration cases (same site, "
+                    f"population and reading) have their reference ({reference}) inside, on average over patients; "
+                    f"split-conformal on {rests} (ceil((n+1) x {level} %)-th smallest score)."}
+
+
 def fit_profile(name: str, y, pred, scale, male, before_lower, before_upper, model_sha256: str, tta: bool,
-                n_ids: int | None = None, k_folds: int = K_FOLDS, seed: int = 0, prior_cases: float = PRIOR_CASES,
+                n_ids: int | None = None, k_folds: int = K_FOLDS, seed: int = 0,
                 n_boot: int = 2000, created: str | None = None, phases: int = 1,
-                laterality: str = "as-is") -> SiteProfile:
+                laterality: str = "as-is", reference: str = DEFAULT_REFERENCE) -> SiteProfile:
     """Fit the site's correction and intervals on all cases, and evaluate the procedure by K-fold CV against
     the shipped model as it is (``before_lower``/``before_upper``: its own 90 % intervals on the cases).
+
+    The correction is kept only when its nested cross-validated MAE change (:func:`correction_gain`) is a
+    gain; otherwise the profile is a no-op correction (intervals only) and says why. ``reference``: what the
+    site's reference ages are (e.g. "consensus of six readers"), the reference the intervals are for.
 
     Raises ValueError when there are fewer cases than :func:`min_cases_all` or references outside
     :data:`REFERENCE_RANGE` (callers check first to give their own message).
@@ -435,30 +577,57 @@ def fit_profile(name: str, y, pred, scale, male, before_lower, before_upper, mod
     check_references(y)
     if len(y) < min_cases_all():
         raise ValueError(f"{len(y)} cases; a site profile needs at least {min_cases_all()} (95 % intervals)")
-    site = fit_site(y, pred, scale, male, k_folds, seed, prior_cases)
-    after, _ = cross_validate(y, pred, scale, male, k_folds, seed, prior_cases, "90")
+    site, gain, after = fit_site_procedure(y, pred, scale, male, k_folds, seed)
+    correct = gain["value"] < 0
+    if not correct:
+        after, _ = cross_validate(y, pred, scale, male, k_folds, seed, False, "90")
     before = CaseResults(pred, np.asarray(before_lower, float), np.asarray(before_upper, float))
     k_used = len(_folds(len(y), k_folds, seed + 2, male))
     evaluation = {"level": "90", "k_folds": k_used,
-                  "method": f"{k_used}-fold cross-validation: correction and intervals fitted on the other folds, "
-                            "evaluated on the held-out fold; before = the shipped model and its own intervals; "
-                            "95 % percentile bootstrap CIs over cases (paired for differences)",
+                  "method": f"{k_used}-fold cross-validation: correction (its choice and shrinkage included) and "
+                            "intervals fitted on the other folds, evaluated on the held-out fold; before = the "
+                            "shipped model and its own intervals; 95 % percentile bootstrap CIs over cases (paired "
+                            "for differences)",
+                  "correction_applied": bool(correct),
+                  "expected_mae_change": {**gain, "meaning": "out-of-sample MAE with the correction minus without "
+                                          "(months, negative = better), nested cross-validation, normal 95 % CI"},
                   **compare(y, before, after, n_boot, seed)}
     return SiteProfile(name, created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), len(y),
                        len(y) if n_ids is None else int(n_ids), int(male.sum()), model_sha256, bool(tta),
                        site.correction, site.conformal, evaluation,
-                       {"k_folds": k_folds, "seed": seed, "prior_cases": prior_cases, "n_boot": n_boot,
-                        "min_correction_cases": MIN_CORRECTION_CASES, "min_slope_cases": MIN_SLOPE_CASES},
-                       phases=int(phases), laterality=str(laterality))
+                       {"k_folds": k_folds, "seed": seed, "n_boot": n_boot, "shrinkage": "positive-part James-Stein",
+                        "min_correction_cases": MIN_CORRECTION_CASES, "min_slope_cases": MIN_SLOPE_CASES,
+                        "min_mondrian_cases": MIN_MONDRIAN_CASES},
+                       phases=int(phases), laterality=str(laterality), notes=sex_notes(male), reference=reference)
 
 
 def check_references(y) -> None:
-    """Raise ValueError naming how many local reference ages are missing or outside REFERENCE_RANGE."""
+    """Raise ValueError naming how many local reference ages are missing or outside REFERENCE_RANGE, when
+    they look like years (all below :data:`YEARS_MAX_MONTHS`), or when they are all the same value."""
     y = np.asarray(y, float)
     lo, hi = REFERENCE_RANGE
     bad = np.isnan(y) | (y < lo) | (y > hi)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} reference bone ages missing or outside {lo:.0f}-{hi:.0f} months")
+    if len(y) and np.max(y) < YEARS_MAX_MONTHS:
+        raise ValueError(f"every reference bone age is below {YEARS_MAX_MONTHS:.0f} (largest {np.max(y):.1f}): these "
+                         "look like years. Give the reference bone age in months (years x 12) and rerun.")
+    if len(y) > 1 and np.ptp(y) == 0:
+        raise ValueError(f"all {len(y)} reference bone ages are the same ({y[0]:g} months): a placeholder or a "
+                         "copied column, not readings. Give each case its own reference bone age.")
+
+
+def sex_notes(male) -> list[str]:
+    """Notes a profile carries about its sexes: with one sex only, the other sex gets no correction and
+    the pooled intervals come from the calibrated sex alone (said, never silent)."""
+    male = np.asarray(male).astype(bool)
+    n_m = int(male.sum())
+    for n, have, lack in ((n_m, "boys", "girls"), (len(male) - n_m, "girls", "boys")):
+        if n == len(male) and len(male):
+            return [f"only {have} among the calibration cases: no per-sex intervals; {lack} get no correction and "
+                    f"intervals pooled from {have}' cases only, which promise nothing for {lack}. Add {lack}' cases "
+                    "and refit."]
+    return []
 
 
 EVALUATION_METRICS = {"mae": "MAE (months)", "bias": "bias, predicted - reference (months)",

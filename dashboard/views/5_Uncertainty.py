@@ -195,6 +195,15 @@ else:
                     f"{prof['created'][:10]}. Numbers are **{ev.get('k_folds')}-fold cross-validated**: in each fold the "
                     "correction and the intervals are fitted on the other folds and judged on the held-out one; "
                     "*before* is the model as shipped, with its own intervals. 95% bootstrap CIs over cases.")
+        gain, promise = ev.get("expected_mae_change"), prof.get("promise")
+        if gain:
+            st.markdown(f"Expected MAE change on new patients with the correction (nested cross-validation): "
+                        f"**{gain['value']:+.2f} months** (95% CI {gain['ci_low']:+.2f} to {gain['ci_high']:+.2f}); "
+                        f"correction {'applied' if ev.get('correction_applied') else 'not applied'}.")
+        if promise:
+            st.caption(promise["text"])
+        for note in prof.get("notes", []):
+            st.warning(note, icon=":material/warning:")
         cols = st.columns(4)
         for col, key, fmt in zip(cols, ("coverage", "width", "mae", "bias"), ("{:.1%}", "{:.1f} mo", "{:.2f} mo", "{:+.2f} mo")):
             b, a = ev["before"][key], ev["after"][key]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from boneage.evaluation.site_calibration import (CaseResults, SiteConformal, SiteProfile, SiteProfileError, compare,
-                                      conformal_quantile, cross_validate, fit_correction, fit_profile, fit_site,
+                                      conformal_quantile, correction_gain, cross_validate, fit_correction,
+                                                 fit_profile, fit_site, shrink_factor,
                                       load_site, min_cases, min_cases_all)
 
 pytestmark = pytest.mark.unit
@@ -74,55 +75,95 @@ def test_site_procedure_covers_the_promised_level_on_a_shifted_site():
     assert np.all(np.isfinite(width))
 
 
-def test_correction_recovers_a_known_shift_and_keeps_identity_without_one():
+def test_correction_recovers_a_known_shift_and_keeps_none_without_one():
     rng = np.random.default_rng(3)
     y, pred, scale, male = synthetic_site(rng, 200, shift_m=-8, shift_f=0.0)
     corr = fit_correction(y, pred, male)
-    n_m = int(male.sum())
-    assert corr.M.kind != "identity"
-    assert corr.M.shift == pytest.approx(-8 * n_m / (n_m + 10), abs=1.5)  # shrunk by n / (n + prior_cases)
-    assert corr.M.cv_mae[corr.M.kind] < corr.M.cv_mae["identity"]
+    assert corr.kind == "per-sex shift"
+    r = (y - pred)[male]
+    b, se = r.mean(), r.std(ddof=1) / math.sqrt(len(r))
+    assert corr.M.shift == pytest.approx(b * (1 - se**2 / b**2))  # positive-part James-Stein
+    assert corr.M.shift == pytest.approx(-8, abs=2.5)
+    assert corr.cv_mae["per-sex shift"] < corr.cv_mae["none"]
     assert abs(corr.F.shift) < 1.5
-    # With no shift at all, most sites keep identity, and the profile says why.
-    kept = 0
+    # With no shift at all, most sites keep none (or a shift shrunk to almost nothing), and say why.
+    kept, sizes = 0, []
     for _ in range(40):
         y, pred, _, male = synthetic_site(rng, 60)
         c = fit_correction(y, pred, male)
-        for s in (c.F, c.M):
-            if s.kind == "identity":
-                kept += 1
-                assert "no correction" in s.reason or "too few" in s.reason
-            else:
-                assert s.cv_mae[s.kind] < s.cv_mae["identity"]
-    assert kept / 80 >= 0.6
+        if c.kind == "none":
+            kept += 1
+            assert "no correction" in c.reason
+        else:
+            assert c.cv_mae[c.kind] < c.cv_mae["none"]
+        sizes += [abs(c.F.shift), abs(c.M.shift)]
+    assert kept / 40 >= 0.5 and np.median(sizes) < 0.5
+
+
+def test_shrinkage_drops_a_shift_within_its_standard_error():
+    assert shrink_factor(1.0, 1.0) == 0.0 and shrink_factor(0.5, 1.0) == 0.0
+    assert shrink_factor(10.0, 1.0) == pytest.approx(0.99)
+    assert shrink_factor(2.0, 1.0) == pytest.approx(0.75)
 
 
 def test_correction_fits_a_slope_only_with_enough_cases():
     rng = np.random.default_rng(4)
     y, pred, _, male = synthetic_site(rng, 240, slope=-0.15, scale_factor=0.5)
     corr = fit_correction(y, pred, male)
+    assert corr.kind == "age-linear"
     for s in (corr.F, corr.M):
-        assert s.kind == "shift+slope"
-        assert s.slope == pytest.approx(-0.15 * s.n / (s.n + 10), abs=0.03)
+        assert s.kind == "shift+slope" and s.slope == pytest.approx(-0.15, abs=0.03)
     corrected = corr.apply(pred, male)
     assert np.mean(np.abs(corrected - y)) < np.mean(np.abs(pred - y))
-    y, pred, _, male = synthetic_site(rng, 40, slope=-0.15, scale_factor=0.5)  # ~20 per sex: no slope tried
-    small = fit_correction(y, pred, male)
-    assert "shift+slope" not in small.F.cv_mae and "no slope tried" in small.F.reason
-    tiny = fit_correction(y[:12], pred[:12], male[:12])  # fewer than 10 of each sex
-    assert tiny.F.kind == tiny.M.kind == "identity" and "too few cases" in tiny.F.reason
+    small = fit_correction(y[:25], pred[:25], male[:25])  # below 30 cases: no slope tried
+    assert "age-linear" not in small.cv_mae and "global shift" in small.cv_mae
+    tiny = fit_correction(y[:8], pred[:8], male[:8])  # fewer than 10 cases
+    assert tiny.kind == "none" and "too few cases" in tiny.reason and tiny.is_identity
 
 
 def test_intervals_are_per_sex_only_where_each_sex_has_enough_cases():
-    male = np.array([True] * 15 + [False] * 5)
-    conf = SiteConformal(np.linspace(0.1, 3, 20), male)
-    assert conf.by_sex("80") and not conf.by_sex("90") and not conf.by_sex("95")
+    male = np.array([True] * 40 + [False] * 25)
+    conf = SiteConformal(np.linspace(0.1, 3, 65), male)
+    assert not any(conf.by_sex(lvl) for lvl in ("80", "90", "95"))  # 25 girls < 30: pooled
     q90 = conf.quantiles("90")
     assert q90["F"] == q90["M"] == conformal_quantile(conf.scores, "90")
     lo, hi = conf.interval(np.array([100.0, 100.0]), np.array([5.0, 5.0]), np.array([True, False]), "90")
     assert np.allclose(hi - lo, 2 * 5 * q90["M"])
+    male = np.array([True] * 40 + [False] * 30)
+    conf = SiteConformal(np.r_[np.linspace(0.1, 3, 40), np.linspace(0.1, 1, 30)], male)
     q80 = conf.quantiles("80")
-    assert q80["F"] == conformal_quantile(conf.scores[~male], "80") != q80["M"]
+    assert conf.by_sex("80") and q80["F"] == conformal_quantile(conf.scores[~male], "80") != q80["M"]
+
+
+def test_conformal_quantile_is_the_finite_sample_order_statistic():
+    scores = np.arange(1, 31, dtype=float)  # 30 scores 1..30
+    assert conformal_quantile(scores, "90") == 28.0  # ceil(31 * 0.9) = 28th smallest
+    assert conformal_quantile(scores, "95") == 30.0  # ceil(31 * 0.95) = 30
+    assert conformal_quantile(scores[:18], "95") == math.inf  # ceil(19 * 0.95) = 19 > 18
+
+
+def test_profile_without_an_expected_gain_is_a_no_op_that_says_why():
+    rng = np.random.default_rng(11)
+    y, pred, scale, male = synthetic_site(rng, 30)  # no shift at all
+    y = y.clip(0, 240)
+    gain, _ = correction_gain(y, pred, scale, male)
+    prof = fit_profile("x", y, pred, scale, male, pred - 10, pred + 10, "sha", True, n_boot=200,
+                       reference="consensus of six readers")
+    ev = prof.evaluation
+    assert ev["expected_mae_change"]["value"] == gain["value"]
+    assert ev["expected_mae_change"]["ci_low"] <= gain["value"] <= ev["expected_mae_change"]["ci_high"]
+    assert ev["correction_applied"] == (gain["value"] < 0)
+    if not ev["correction_applied"]:
+        assert prof.correction.is_identity and "not expected to help" in prof.correction.reason
+        assert np.allclose(prof.apply(pred, scale, male)[0], pred.clip(0, 300))
+    promise = prof.to_dict()["promise"]
+    assert promise["n_cases"] == 30 and promise["reference"] == "consensus of six readers"
+    assert "30 cases pooled" in promise["text"]
+    # A large shift is kept, and the nested estimate of its gain is negative.
+    y, pred, scale, male = synthetic_site(rng, 60, shift_m=12, shift_f=12, scale_factor=0.5)
+    big = fit_profile("y", y.clip(0, 240), pred, scale, male, pred - 10, pred + 10, "sha", True, n_boot=200)
+    assert big.evaluation["correction_applied"] and big.evaluation["expected_mae_change"]["ci_high"] < 0
+    assert big.correction.M.shift == pytest.approx(12, abs=3)
 
 
 def test_cross_validation_fits_nothing_on_the_held_out_fold():
@@ -201,3 +242,40 @@ def test_fit_profile_refuses_too_few_cases_and_bad_references():
     y[3] = 250
     with pytest.raises(ValueError, match="outside 0-240"):
         fit_profile("x", y, pred, scale, male, pred - 10, pred + 10, "sha", True)
+
+
+def test_fit_profile_refuses_ages_in_years_and_identical_labels():
+    rng = np.random.default_rng(8)
+    y, pred, scale, male = synthetic_site(rng, 30)
+    years = (y.clip(12, 240) / 12).round(1)
+    with pytest.raises(ValueError, match="look like years.*in months"):
+        fit_profile("x", years, pred, scale, male, pred - 10, pred + 10, "sha", True)
+    with pytest.raises(ValueError, match="all 30 reference bone ages are the same"):
+        fit_profile("x", np.full(30, 120.0), pred, scale, male, pred - 10, pred + 10, "sha", True)
+
+
+def test_one_sex_only_gives_pooled_intervals_with_a_note_for_the_other_sex():
+    rng = np.random.default_rng(9)
+    y, pred, scale, _ = synthetic_site(rng, 40, shift_m=6)
+    male = np.ones(40, bool)
+    prof = fit_profile("boys", y, pred, scale, male, pred - 10, pred + 10, "sha", True, n_boot=200)
+    assert len(prof.notes) == 1 and "only boys" in prof.notes[0] and "girls get no correction" in prof.notes[0]
+    assert not any(prof.conformal.by_sex(lvl) for lvl in ("80", "90", "95"))
+    assert prof.correction.F.kind == "identity"
+    assert SiteProfile.from_dict(json.loads(json.dumps(prof.to_dict()))).notes == prof.notes
+    both = fit_profile("both", y, pred, scale, rng.random(40) < 0.5, pred - 10, pred + 10, "sha", True, n_boot=200)
+    assert both.notes == []
+
+
+def test_archive_profile_keeps_the_previous_version_with_its_date(tmp_path):
+    from boneage.evaluation.site_calibration import archive_profile, available_sites
+
+    rng = np.random.default_rng(10)
+    y, pred, scale, male = synthetic_site(rng, 30)
+    prof = fit_profile("clinic", y, pred, scale, male, pred - 10, pred + 10, "sha", True, n_boot=100,
+                       created="2026-01-02T03:04:05+00:00")
+    path = prof.save(tmp_path / "clinic.json")
+    copy = archive_profile(path)
+    assert copy == tmp_path / "history" / "clinic.20260102T0304050000.json"
+    assert copy.read_text() == path.read_text()
+    assert available_sites(tmp_path) == ["clinic"]  # the history is not offered as a site

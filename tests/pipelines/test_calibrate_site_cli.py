@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from boneage.store.manifest import model_fingerprint
-from boneage.evaluation.site_calibration import SITES_DIR, SiteProfile, SiteProfileError
+from boneage.evaluation.site_calibration import RECOMMENDED_MIN_CASES, SITES_DIR, SiteProfile, SiteProfileError
 from boneage.inference.assess import assess_cases
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -72,6 +72,9 @@ def test_calibration_writes_a_profile_for_the_shipped_model(calibrated):
     for sex in ("F", "M"):
         assert d["correction"][sex]["reason"]
     assert "5-fold cross-validated" in proc.stdout and f"wrote {path}" in proc.stdout
+    assert ("below the recommended" in proc.stderr) == (N_CASES < RECOMMENDED_MIN_CASES)
+    assert d["evaluation"]["correction_applied"] == (d["evaluation"]["expected_mae_change"]["value"] < 0)
+    assert d["promise"]["n_cases"] == N_CASES and "promise: 90 % intervals" in proc.stdout
 
 
 def test_too_few_cases_is_refused_and_says_how_many(tmp_path, labelled, data_dir, subprocess_env, repo_root):
@@ -93,6 +96,27 @@ def test_missing_or_out_of_range_references_are_refused(tmp_path, labelled, data
     assert expected in proc.stderr and cases.loc[5, "id"] in proc.stderr
     assert "0-240 months" in proc.stderr and "Nothing was written" in proc.stderr
     assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("how, expected", [("years", "look like years"), ("same", "are the same")])
+def test_ages_in_years_or_one_copied_value_are_refused(tmp_path, labelled, data_dir, subprocess_env, repo_root,
+                                                       how, expected):
+    cases = labelled.head(N_CASES).copy()
+    cases["boneage"] = (cases["boneage"] / 12).round(1) if how == "years" else 120.0
+    proc, out_dir = _calibrate(tmp_path, cases, data_dir / "test", subprocess_env, repo_root)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr and "Nothing was written" in proc.stderr
+    assert not out_dir.exists()
+
+
+def test_an_existing_profile_is_replaced_only_with_overwrite(calibrated, labelled, data_dir, subprocess_env,
+                                                             repo_root):
+    _, path = calibrated
+    before = path.read_text()
+    proc, out_dir = _calibrate(path.parent.parent, labelled.head(N_CASES), data_dir / "test", subprocess_env, repo_root)
+    assert proc.returncode == 2
+    assert "exists" in proc.stderr and "--overwrite" in proc.stderr and "history" in proc.stderr
+    assert path.read_text() == before and not (out_dir / "history").exists()
 
 
 def test_training_cases_are_refused_as_a_leak(tmp_path, data_dir, subprocess_env, repo_root):
