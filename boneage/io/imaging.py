@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -113,6 +113,27 @@ def probe_image_size(data: bytes, source: str) -> tuple[int, int]:
         raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({type(exc).__name__}: {exc}).") from None
 
 
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down",
+                     5: "mirrored and rotated 90 degrees", 6: "rotated 90 degrees clockwise",
+                     7: "mirrored and rotated 90 degrees", 8: "rotated 90 degrees counter-clockwise"}
+
+
+def upright(im: Image.Image) -> tuple[Image.Image, int]:
+    """(image, orientation): ``im`` as it is displayed, i.e. turned per its EXIF Orientation tag (what phones and
+    export tools write instead of turning the pixels), and the tag's value when it turned it (0 when not).
+
+    The one place every door's PNG/JPEG passes (Pillow's :func:`PIL.ImageOps.exif_transpose`); a film read as
+    stored instead of as displayed is read sideways (readings moved by up to 68 months, issue #31)."""
+    try:
+        orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # a damaged EXIF block: read the pixels as stored
+        return im, 0
+    if orientation not in EXIF_ORIENTATIONS:
+        return im, 0
+    return ImageOps.exif_transpose(im), orientation
+
+
 def _read_pil(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Decode a PNG/JPEG after checking its size from the header. Only the first frame of an animated or
     multi-page file is ever decoded (Pillow decodes frames on demand), so its pixels are the whole budget."""
@@ -124,13 +145,18 @@ def _read_pil(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> Decoded
             frames = (int(getattr(im, "n_frames", 2)) if im.format == "PNG" else 2) \
                 if getattr(im, "is_animated", False) else 1
             im.load()
+            fmt = im.format
+            im, turned = upright(im)
             arr, colour = _pil_to_array(im, source)
     except ImageLoadError:
         raise
     except Exception as exc:  # PIL raises many types for broken files
         raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({type(exc).__name__}: {exc}).") from None
-    notes = ((f"{source}: the file holds {frames if im.format == 'PNG' else 'several'} frames; only the first "
+    notes = ((f"{source}: the file holds {frames if fmt == 'PNG' else 'several'} frames; only the first "
               "frame was used.",) if frames > 1 else ())
+    if turned:
+        notes += (f"{source}: the image was turned as its EXIF Orientation tag ({turned}: "
+                  f"{EXIF_ORIENTATIONS.get(turned, 'transposed')}) says it is displayed",)
     return DecodedImage(arr, source, colour, None, notes)
 
 
