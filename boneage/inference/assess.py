@@ -322,10 +322,23 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
     return a
 
 
+# A header age this far from the film's bone age contradicts the film (it belongs to another patient or is a
+# placeholder): the largest delays and advances in the clinical literature are about 4 years.
+IMPLAUSIBLE_HEADER_GAP_MONTHS = 60.0
+
+
 def _header_age(a: Assessment) -> Assessment:
-    """The assessment compared with the DICOM header's age, when it has one (the notes say so)."""
+    """The assessment compared with the DICOM header's age, when it has one (the notes say so). A header age
+    more than :data:`IMPLAUSIBLE_HEADER_GAP_MONTHS` from the bone age contradicts the film: no age, no
+    delayed/advanced call, and a note (an age the user gives is always used)."""
     if a.patient.age_months is None:
         return a
+    gap = a.boneage_months - a.patient.age_months
+    if abs(gap) > IMPLAUSIBLE_HEADER_GAP_MONTHS:
+        return dataclasses.replace(a, notes=a.notes + (
+            f"the DICOM {a.patient.age_source} gives an age of {a.patient.age_months:.1f} months, which contradicts "
+            f"the film (bone age {a.boneage_months:.1f} months, {abs(gap) / 12:.1f} years apart): age not used, no "
+            "delayed/advanced call; give the chronological age if it is right",))
     out = a.with_chronological_age(a.patient.age_months, f"DICOM {a.patient.age_source}")
     out.notes += (f"chronological age {out.chronological_age_months:.1f} months from the {out.chronological_age_source}",)
     return out
