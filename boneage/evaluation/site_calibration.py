@@ -43,12 +43,12 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from boneage.config import ARTIFACTS_DIR, write_json_atomic
 from boneage.evaluation.metrics import bootstrap_ci
+from boneage.io.tables import REFERENCE_RANGE  # accepted local reference bone ages (months): one range for every door
 import pandas as pd
 
 SITES_DIR = ARTIFACTS_DIR / "sites"
 LEVELS = ("80", "90", "95")  # the levels every prediction carries (columns lower_80 ... upper_95)
 Y_MIN, Y_MAX = 0.0, 300.0  # months: as boneage.evaluation.conformal
-REFERENCE_RANGE = (0.0, 240.0)  # accepted local reference bone ages (months)
 PRIOR_CASES = 10.0  # shrinkage strength of the correction, in cases
 MIN_CORRECTION_CASES = 10  # fewer cases of a sex: no correction for it
 MIN_SLOPE_CASES = 30  # fewer cases of a sex: shift only, no slope
