@@ -420,7 +420,7 @@ def assess_cases(cases: pd.DataFrame, image_dir: str | os.PathLike, predictor: B
         except ImageLoadError as exc:
             rows[i]["error"] = str(exc)
         except Exception as exc:  # an odd file must not take the whole batch down
-            rows[i]["error"] = f"{type(exc).__name__}: {exc}"
+            rows[i]["error"] = f"{cid}: {type(exc).__name__}: {exc}"
     for start in range(0, len(ok), batch_size):
         chunk = ok[start:start + batch_size]
         male_arr = np.array([bool(males[i]) for i, _, _ in chunk])

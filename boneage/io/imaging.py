@@ -50,6 +50,16 @@ def _check_size(width: int, height: int, source: str, frames: int = 1, max_pixel
         )
 
 
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: BaseException) -> str:
+    """A decoder's error as text for people: its type and message, without Python object reprs (Pillow says
+    "cannot identify image file <_io.BytesIO object at 0x...>"; the caller names the file instead)."""
+    text = _OBJECT_REPR.sub("", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _is_dicom(head: bytes, name: str) -> bool:
     return (len(head) >= 132 and head[128:132] == b"DICM") or name.lower().endswith((".dcm", ".dicom"))
 
@@ -110,7 +120,7 @@ def probe_image_size(data: bytes, source: str) -> tuple[int, int]:
         raise TooManyPixelsError(f"{source}: image has {count}, above the {MAX_PIXELS / 1e6:.0f} MP limit (too many "
                              "pixels: a possible decompression bomb); downsize it first.") from None
     except Exception as exc:  # PIL raises many types for broken files
-        raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({type(exc).__name__}: {exc}).") from None
+        raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({_reason(exc)}).") from None
 
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -151,7 +161,7 @@ def _read_pil(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> Decoded
     except ImageLoadError:
         raise
     except Exception as exc:  # PIL raises many types for broken files
-        raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({type(exc).__name__}: {exc}).") from None
+        raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({_reason(exc)}).") from None
     notes = ((f"{source}: the file holds {frames if fmt == 'PNG' else 'several'} frames; only the first "
               "frame was used.",) if frames > 1 else ())
     if turned:
@@ -188,7 +198,7 @@ def _dicom_header(data: bytes, source: str):
         ds.file_meta = meta
         return ds, True
     except Exception as exc:
-        raise ImageLoadError(f"{source}: not a readable DICOM file ({type(exc).__name__}: {exc}).") from None
+        raise ImageLoadError(f"{source}: not a readable DICOM file ({_reason(exc)}).") from None
 
 
 def dicom_header(data: bytes, source: str = "upload"):
@@ -213,7 +223,7 @@ def _read_dicom(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> Decod
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
-        raise ImageLoadError(f"{source}: not a readable DICOM file ({type(exc).__name__}: {exc}).") from None
+        raise ImageLoadError(f"{source}: not a readable DICOM file ({_reason(exc)}).") from None
     if "PixelData" not in ds:
         raise ImageLoadError(f"{source}: DICOM file has no pixel data (no image in it).")
     if "TransferSyntaxUID" not in ds.file_meta:
