@@ -192,14 +192,18 @@ def check_chronological_age(months: Any) -> float:
     return value
 
 
+SEX_WORDS = {"m": True, "male": True, "f": False, "female": False}
+
+
 def parse_sex(sex: Any) -> bool | None:
-    """True (male) / False (female) from M/F, male/female, True/False, 1/0; None when not given (None or
-    blank); :class:`AssessmentInputError` when given but not understood."""
+    """True (male) / False (female) from the text M/F or male/female (any case), or a Python/NumPy bool or
+    1/0 from a library caller; None when not given (None or blank); :class:`AssessmentInputError` otherwise.
+    Text is read strictly: ``yes`` or ``n`` is not a sex (issue #31: they were read as male and female)."""
     if sex is None or (isinstance(sex, str) and not sex.strip()):
         return None
-    male = parse_male(sex)
+    male = SEX_WORDS.get(sex.strip().lower()) if isinstance(sex, str) else parse_male(sex)
     if male is None:
-        raise AssessmentInputError(f"sex {sex!r} is not understood; give M or F.")
+        raise AssessmentInputError(f"sex {sex!r} is not understood; give M or F (male or female).")
     return male
 
 
