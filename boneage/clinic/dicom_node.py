@@ -138,6 +138,9 @@ class BoneAgeNode:
         for uid in ACCEPTED_SOP_CLASSES:
             self.ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         self.ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
+        # A-ASSOCIATE-RJ "called AE title not recognised" for an association addressed to another AE (issue #31:
+        # the node answered whatever it was called)
+        self.ae.require_called_aet = True
         if config.allowed_callers:  # A-ASSOCIATE-RJ "calling AE title not recognised" for any other caller
             self.ae.require_calling_aet = list(config.allowed_callers)
         self._handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
