@@ -147,6 +147,7 @@ class BoneAgeNode:
         self._server = None
         self._worker = threading.Thread(target=self._work, name="boneage-assess", daemon=True)
         self._lock = threading.Lock()
+        self._accepted: set[str] = set()  # SOP instances accepted since the start (one result each)
 
     # -- lifecycle
     def start(self) -> None:
@@ -180,12 +181,19 @@ class BoneAgeNode:
                 self.stats.refused += 1
             log.warning("refused %s", reason)
             return _failure(CANNOT_UNDERSTAND, reason.removeprefix(f"{name}: "))
+        sop = str(job.header.get("SOPInstanceUID", "") or uid)
+        with self._lock:  # a PACS retry of an image already accepted: Success, and no second result
+            if sop in self._accepted:
+                log.info("%s was already accepted; not assessed again", sop)
+                return SUCCESS
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
             log.warning("queue full (%d images): %s answered 'out of resources' (the sender retries)",
                         self.jobs.maxsize, uid)
             return _failure(OUT_OF_RESOURCES, "bone-age node busy; retry later")
+        with self._lock:
+            self._accepted.add(sop)
         log.info("accepted %s%s", uid, f" (sex {job.sex} by --default-sex)" if job.sex else "")
         return SUCCESS
 

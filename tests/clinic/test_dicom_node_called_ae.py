@@ -7,7 +7,7 @@ from pynetdicom import AE
 from boneage.clinic.dicom_node import BoneAgeNode, Destination, NodeConfig
 from pipelines.cli import free_loopback_port
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 
 def test_association_to_another_called_ae_is_rejected():
@@ -25,3 +25,19 @@ def test_association_to_another_called_ae_is_rejected():
         right.release()
     finally:
         node.stop()
+
+
+def test_a_sop_instance_received_twice_is_assessed_once(hand_dx, data_dir):
+    """#31.4: the same SOP instance sent twice (a PACS retry) is queued once: one result, not two."""
+    from types import SimpleNamespace
+
+    import pydicom
+    import io
+
+    data = hand_dx(data_dir / "test" / "4361.png")
+    uid = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    node = BoneAgeNode(NodeConfig(Destination("PACS", "127.0.0.1", 1)), predictor=None)
+    event = SimpleNamespace(assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="PACS")),
+                            request=SimpleNamespace(AffectedSOPInstanceUID=uid), encoded_dataset=lambda: data)
+    assert node._on_store(event) == 0 and node._on_store(event) == 0
+    assert node.jobs.qsize() == 1
