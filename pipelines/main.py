@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv[0] = f"boneage {name}"  # argparse names the program after argv[0]: "usage: boneage predict ..."
     try:
         return int(module.main(rest) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, for every subcommand (128 + SIGINT)
+        print(f"\nboneage {name}: interrupted (Ctrl-C).", file=sys.stderr)
+        return 130
     except SystemExit as exc:  # argparse's --help and usage errors, or a command's own exit message
         if isinstance(exc.code, int) or exc.code is None:
             return exc.code or 0

@@ -38,16 +38,34 @@ import pandas as pd
 from boneage.inference.assess import AssessmentInputError, assess, assess_cases
 from boneage.config import write_atomic
 from boneage.io.csv_safety import to_csv_safe
-from boneage.io.imaging import ImageLoadError
+from boneage.io.imaging import IMAGE_EXTENSIONS, ImageLoadError
 from boneage.inference.predictor import ModelNotFoundError, load_predictor
 from boneage.evaluation.site_calibration import SiteProfileError
 from boneage.io.tables import CasesFileError, parse_male, read_cases
 from boneage.settings import add_path_flags
 
 
-def check_output_path(output: str, cases: str | None = None) -> str:
+OUTPUT_MARK = ("id", "male", "boneage_pred")  # how a previous output of this tool begins (row_columns)
+
+
+def is_previous_output(path: Path) -> bool:
+    """True when ``path`` is a CSV this tool wrote: its header starts with the shared row's first columns and
+    ends with ``error`` (:func:`boneage.inference.assess.row_columns`)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode("utf-8-sig", errors="replace").splitlines()
+    except OSError:
+        return False
+    cols = [c.strip() for c in head[0].split(",")] if head else []
+    return tuple(cols[:3]) == OUTPUT_MARK and cols[-1] == "error"
+
+
+def check_output_path(output: str, cases: str | None = None, inputs: tuple[str, ...] = (),
+                      image_dir: str | None = None, overwrite: bool = False) -> str:
     """Why ``output`` cannot be written ('' when it can): checked before any work, so that a long batch never
-    ends in a traceback, and the cases file is never overwritten by its own results."""
+    ends in a traceback. Never an input of the run (``inputs``, the cases file, an image in ``image_dir``),
+    even with ``overwrite``; an existing file only when it is a previous output of this tool or with
+    ``overwrite`` (issue #31: ``--output img/1377.png`` replaced the radiograph with CSV text)."""
     path = Path(output)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
@@ -63,6 +81,15 @@ def check_output_path(output: str, cases: str | None = None) -> str:
     if cases is not None and Path(cases).exists() and (
             path.resolve() == Path(cases).resolve() or (path.exists() and os.path.samefile(path, cases))):
         return f"--output {path} is the cases file itself; it would be overwritten. Choose another output file."
+    in_dir = (image_dir is not None and path.resolve().parent == Path(image_dir).resolve()
+              and path.suffix.lower() in IMAGE_EXTENSIONS)
+    if in_dir or any(Path(i).exists() and path.exists() and os.path.samefile(path, i) for i in inputs) \
+            or any(path.resolve() == Path(i).resolve() for i in inputs):
+        return (f"--output {path} is an input of this run (a radiograph); it would be destroyed. Choose another "
+                "output file (e.g. predictions.csv).")
+    if path.exists() and not overwrite and not is_previous_output(path):
+        return (f"--output {path} exists and is not a previous output of this tool (its header is not this tool's "
+                "row); it was left as it is. Choose another file, or pass --overwrite to replace it.")
     return ""
 
 
@@ -87,12 +114,16 @@ def check_report_dir(folder: str) -> str:
     return ""
 
 
-def write_case_report(a, predictor, folder: Path) -> Path:
-    """The one-page PDF of an assessment (with its Grad-CAM map) as ``folder/<id>.pdf``; returns the path."""
+def write_case_report(a, predictor, folder: Path, taken: set | None = None) -> Path:
+    """The one-page PDF of an assessment (with its Grad-CAM map) as ``folder/<id>.pdf``; returns the path. A
+    name already in ``taken`` (written earlier in this run, e.g. ids ``1377`` and ``1377.png``) gets the id's
+    hash added, so no report replaces another."""
     from boneage.clinic.report import gradcam
     from boneage.clinic.report import report_name, write_report
 
     path = folder / report_name(a.id)
+    if taken is not None and path in taken:
+        path = folder / report_name(f"{a.id}\x00")  # a character report_name replaces: the hashed form
     write_report(path, a, gradcam(a, predictor))
     return path
 
@@ -121,7 +152,10 @@ def main(argv=None) -> int:
     ap.add_argument("--mother-height", help="mother's height in cm")
     ap.add_argument("--image-dir", help="folder with <id>.png/.jpg/.dcm files")
     ap.add_argument("--cases", help="CSV with id and male/sex columns")
-    ap.add_argument("--output", help="output CSV (default: print to stdout)")
+    ap.add_argument("--output", help="output CSV (default: print to stdout); an existing file is replaced only when "
+                                     "it is a previous output of this tool, never when it is an input")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --output file that is not a "
+                                                             "previous output of this tool (never an input)")
     add_path_flags(ap, data=False, model=True)
     ap.add_argument("--outlier-check", action=argparse.BooleanOptionalAction, default=True,
                     help="mark images unlike the training radiographs (LOF on the shipped model's training features; "
@@ -146,7 +180,8 @@ def main(argv=None) -> int:
         ap.error("--cases and --image-dir go together")
     elif args.age is not None:
         ap.error("--age goes with a single IMAGE (a batch reads ages from DICOM headers)")
-    if args.output and (problem := check_output_path(args.output, args.cases)):
+    if args.output and (problem := check_output_path(args.output, args.cases, (args.image,) if single else (),
+                                                                   args.image_dir, args.overwrite)):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.report_dir and (problem := check_report_dir(args.report_dir)):
@@ -218,7 +253,7 @@ def main(argv=None) -> int:
 
     def report(a) -> None:
         try:
-            reports.append(write_case_report(a, predictor, Path(args.report_dir)))
+            reports.append(write_case_report(a, predictor, Path(args.report_dir), set(reports)))
         except OSError as exc:  # a full disk must not take the batch down; the rows are still written
             print(f"failed report {a.id}: {exc}", file=sys.stderr)
 

@@ -138,12 +138,16 @@ class BoneAgeNode:
         for uid in ACCEPTED_SOP_CLASSES:
             self.ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         self.ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
+        # A-ASSOCIATE-RJ "called AE title not recognised" for an association addressed to another AE (issue #31:
+        # the node answered whatever it was called)
+        self.ae.require_called_aet = True
         if config.allowed_callers:  # A-ASSOCIATE-RJ "calling AE title not recognised" for any other caller
             self.ae.require_calling_aet = list(config.allowed_callers)
         self._handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
         self._server = None
         self._worker = threading.Thread(target=self._work, name="boneage-assess", daemon=True)
         self._lock = threading.Lock()
+        self._accepted: set[str] = set()  # SOP instances accepted since the start (one result each)
 
     # -- lifecycle
     def start(self) -> None:
@@ -177,12 +181,19 @@ class BoneAgeNode:
                 self.stats.refused += 1
             log.warning("refused %s", reason)
             return _failure(CANNOT_UNDERSTAND, reason.removeprefix(f"{name}: "))
+        sop = str(job.header.get("SOPInstanceUID", "") or uid)
+        with self._lock:  # a PACS retry of an image already accepted: Success, and no second result
+            if sop in self._accepted:
+                log.info("%s was already accepted; not assessed again", sop)
+                return SUCCESS
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
             log.warning("queue full (%d images): %s answered 'out of resources' (the sender retries)",
                         self.jobs.maxsize, uid)
             return _failure(OUT_OF_RESOURCES, "bone-age node busy; retry later")
+        with self._lock:
+            self._accepted.add(sop)
         log.info("accepted %s%s", uid, f" (sex {job.sex} by --default-sex)" if job.sex else "")
         return SUCCESS
 

@@ -17,6 +17,7 @@ is printed with '?' for the characters it cannot show, never dropped silently as
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from typing import Sequence
 
@@ -231,10 +232,16 @@ def write_report(path: str | os.PathLike, assessments, heatmaps=None) -> None:
 
 
 def report_name(case_id: str) -> str:
-    """A safe file name for a case's report (``<id>.pdf``; path separators and odd characters replaced)."""
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(str(case_id)))
-    stem = stem.rsplit(".", 1)[0] if stem.lower().endswith((".png", ".jpg", ".jpeg", ".dcm", ".dicom")) else stem
-    return (stem.strip("._") or "report") + ".pdf"
+    """A safe file name for a case's report: ``<id>.pdf`` for a plain id (a path's file name, its image extension
+    dropped). When odd characters had to be replaced, a short hash of the id is added (``x y`` ->
+    ``x_y-1a2b3c4d.pdf``), so that different ids never share a report (issue #31: ``x y``, ``x_y`` and ``x?y``
+    wrote one PDF)."""
+    base = os.path.basename(str(case_id))
+    base = base.rsplit(".", 1)[0] if base.lower().endswith((".png", ".jpg", ".jpeg", ".dcm", ".dicom")) else base
+    stem = ("".join(c if c.isalnum() or c in "-_." else "_" for c in base).strip("._")) or "report"
+    if stem != base:
+        stem += "-" + hashlib.sha256(str(case_id).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return stem + ".pdf"
 
 
 __all__ = ["gradcam", "latin1", "render_report", "report_name", "write_report"]

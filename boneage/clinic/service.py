@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -69,19 +70,33 @@ class ServiceSettings:
             raise ValueError("workers and max_pending must be at least 1")
 
 
-class UploadGuard:
-    """ASGI middleware on the upload path (POST only): at most ``max_pending`` requests at once (further ones
-    get 503 with Retry-After before their body is read; one event loop, so a plain counter is safe), and
-    bodies above ``max_bytes`` refused with 413: from the Content-Length header before anything is read, or,
-    for a streamed body, as soon as the bytes received pass the limit."""
+BODY_IDLE_TIMEOUT_S = 30.0  # a request body that sends nothing for this long is answered 408
 
-    def __init__(self, app, max_bytes: int, max_pending: int, paths: tuple[str, ...]):
+
+class UploadGuard:
+    """ASGI middleware on the upload path (POST only): at most ``max_pending`` assessments admitted at once, and
+    bodies above ``max_bytes`` refused with 413 (from the Content-Length header before anything is read, or,
+    for a streamed body, as soon as the bytes received pass the limit).
+
+    Only admitted work counts against the limit: a request is admitted when its whole body has arrived (the
+    multipart parser spools it to disk above 1 MB), so half-sent uploads cannot take the places of real
+    requests (issue #31: 32 stalled POSTs made every real request get 503). A full queue answers 503 with
+    Retry-After, before the body is read when it is already full; a body that sends nothing for
+    ``body_timeout_s`` is answered 408. One event loop, so a plain counter is safe."""
+
+    def __init__(self, app, max_bytes: int, max_pending: int, paths: tuple[str, ...],
+                 body_timeout_s: float = BODY_IDLE_TIMEOUT_S):
         self.app, self.max_bytes, self.max_pending, self.paths, self.active = app, max_bytes, max_pending, paths, 0
+        self.body_timeout_s = body_timeout_s
 
     def too_large(self, size: str) -> str:
         return (f"the upload ({size}) is larger than this service's limit of {self.max_bytes / 2**20:.1f} MB; send "
                 "the radiograph alone (one image, compressed if possible), or start the service with a larger "
                 "--max-upload-mb")
+
+    def busy(self) -> str:
+        return (f"the service is busy ({self.active} assessments running or queued, the limit is "
+                f"{self.max_pending}); retry in a few seconds")
 
     @staticmethod
     async def answer(send, status: int, detail: str, headers: tuple = ()) -> None:
@@ -98,25 +113,51 @@ class UploadGuard:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self.answer(send, 413, self.too_large(f"{int(length) / 2**20:.1f} MB"))
         if self.active >= self.max_pending:
-            return await self.answer(send, 503, f"the service is busy ({self.active} assessments running or queued, "
-                                                f"the limit is {self.max_pending}); retry in a few seconds",
-                                     ((b"retry-after", b"2"),))
-        received = 0
+            return await self.answer(send, 503, self.busy(), ((b"retry-after", b"2"),))
+        received, admitted, started = 0, False, False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
+            nonlocal received, admitted
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s) if not admitted else await receive()
+            except asyncio.TimeoutError:
+                raise BodyTimeout() from None
+            if message["type"] == "http.request" and not admitted:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:  # FastAPI re-raises it from the form parser: a 413 answer
                     raise StarletteHTTPException(413, self.too_large(f"more than {received / 2**20:.1f} MB"))
+                if not message.get("more_body", False):  # the whole body is here: admit the work, or refuse it
+                    if self.active >= self.max_pending:
+                        raise StarletteHTTPException(503, self.busy(), headers={"Retry-After": "2"})
+                    self.active += 1
+                    admitted = True
             return message
 
-        self.active += 1
+        async def tracked_send(message):
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, tracked_send)
+        except BodyTimeout:
+            if not started:
+                await self.answer(send, 408, f"the request body stopped arriving (nothing for "
+                                             f"{self.body_timeout_s:.0f} s); send the whole upload at once")
         finally:
-            self.active -= 1
+            if admitted:
+                self.active -= 1
+
+
+class BodyTimeout(Exception):
+    """A request body sent nothing for the guard's timeout."""
+
+
+def content_disposition(filename: str) -> str:
+    """An ``inline`` Content-Disposition for ``filename`` that any name survives: an ASCII ``filename`` fallback
+    and the exact name as RFC 5987 ``filename*`` (a non-Latin-1 name answered 500 before, issue #31)."""
+    ascii_name = filename.encode("ascii", "replace").decode("ascii").replace("?", "_").replace('"', "_")
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def service_predictor(settings: ServiceSettings):
@@ -249,7 +290,7 @@ def create_app(settings: ServiceSettings = ServiceSettings()) -> FastAPI:
         result = await asyncio.get_running_loop().run_in_executor(state["pool"], work)
         if want_pdf:
             return Response(result, media_type="application/pdf",
-                            headers={"content-disposition": f'inline; filename="{report_name(name)}"'})
+                            headers={"content-disposition": content_disposition(report_name(name))})
         return JSONResponse(result)
 
     @app.post(f"/{API_VERSION}/followups", responses={422: {"description": "Unusable input"}})

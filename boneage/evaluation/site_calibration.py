@@ -45,12 +45,12 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from boneage.config import ARTIFACTS_DIR, write_atomic, write_json_atomic
 from boneage.evaluation.metrics import bootstrap_ci
+from boneage.io.tables import REFERENCE_RANGE  # accepted local reference bone ages (months): one range for every door
 import pandas as pd
 
 SITES_DIR = ARTIFACTS_DIR / "sites"
 LEVELS = ("80", "90", "95")  # the levels every prediction carries (columns lower_80 ... upper_95)
 Y_MIN, Y_MAX = 0.0, 300.0  # months: as boneage.evaluation.conformal
-REFERENCE_RANGE = (0.0, 240.0)  # accepted local reference bone ages (months)
 # Fewer cases: calibrate_site warns (the profile is written). From the learning curve, docs/site-calibration-curve.md.
 RECOMMENDED_MIN_CASES = 30
 MIN_MONDRIAN_CASES = 30  # fewer cases of a sex: intervals pooled over both sexes

@@ -281,14 +281,18 @@ def check_chronological_age(months: Any) -> float:
     return value
 
 
+SEX_WORDS = {"m": True, "male": True, "f": False, "female": False}
+
+
 def parse_sex(sex: Any) -> bool | None:
-    """True (male) / False (female) from M/F, male/female, True/False, 1/0; None when not given (None or
-    blank); :class:`AssessmentInputError` when given but not understood."""
+    """True (male) / False (female) from the text M/F or male/female (any case), or a Python/NumPy bool or
+    1/0 from a library caller; None when not given (None or blank); :class:`AssessmentInputError` otherwise.
+    Text is read strictly: ``yes`` or ``n`` is not a sex (issue #31: they were read as male and female)."""
     if sex is None or (isinstance(sex, str) and not sex.strip()):
         return None
-    male = parse_male(sex)
+    male = SEX_WORDS.get(sex.strip().lower()) if isinstance(sex, str) else parse_male(sex)
     if male is None:
-        raise AssessmentInputError(f"sex {sex!r} is not understood; give M or F.")
+        raise AssessmentInputError(f"sex {sex!r} is not understood; give M or F (male or female).")
     return male
 
 
@@ -412,10 +416,23 @@ def _build(case_id: str, male: bool, sex_source: str, pred: Prediction, feature:
     return a
 
 
+# A header age this far from the film's bone age contradicts the film (it belongs to another patient or is a
+# placeholder): the largest delays and advances in the clinical literature are about 4 years.
+IMPLAUSIBLE_HEADER_GAP_MONTHS = 60.0
+
+
 def _header_age(a: Assessment) -> Assessment:
-    """The assessment compared with the DICOM header's age, when it has one (the notes say so)."""
+    """The assessment compared with the DICOM header's age, when it has one (the notes say so). A header age
+    more than :data:`IMPLAUSIBLE_HEADER_GAP_MONTHS` from the bone age contradicts the film: no age, no
+    delayed/advanced call, and a note (an age the user gives is always used)."""
     if a.patient.age_months is None:
         return a
+    gap = a.boneage_months - a.patient.age_months
+    if abs(gap) > IMPLAUSIBLE_HEADER_GAP_MONTHS:
+        return dataclasses.replace(a, notes=a.notes + (
+            f"the DICOM {a.patient.age_source} gives an age of {a.patient.age_months:.1f} months, which contradicts "
+            f"the film (bone age {a.boneage_months:.1f} months, {abs(gap) / 12:.1f} years apart): age not used, no "
+            "delayed/advanced call; give the chronological age if it is right",))
     out = a.with_chronological_age(a.patient.age_months, f"DICOM {a.patient.age_source}")
     out.notes += (f"chronological age {out.chronological_age_months:.1f} months from the {out.chronological_age_source}",)
     return out
@@ -506,7 +523,7 @@ def assess_cases(cases: pd.DataFrame, image_dir: str | os.PathLike, predictor: B
         except ImageLoadError as exc:
             rows[i]["error"] = str(exc)
         except Exception as exc:  # an odd file must not take the whole batch down
-            rows[i]["error"] = f"{type(exc).__name__}: {exc}"
+            rows[i]["error"] = f"{cid}: {type(exc).__name__}: {exc}"
     for start in range(0, len(ok), batch_size):
         chunk = ok[start:start + batch_size]
         male_arr = np.array([bool(males[i]) for i, _, _ in chunk])

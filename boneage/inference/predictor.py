@@ -11,6 +11,7 @@ exists (see :mod:`boneage.evaluation.conformal`).
 from __future__ import annotations
 
 import json
+import pickle
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -133,7 +134,15 @@ def load_model_dir(model_dir: str | os.PathLike = MODEL_DIR) -> tuple[BoneAgeNet
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
-    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError, IndexError ...: all mean "not this model"
+    except pickle.UnpicklingError as exc:
+        # torch's text is never passed on: it advises weights_only=False, which would run what the file holds
+        if "Unsupported global" not in str(exc):  # damaged bytes, not planted objects
+            raise ModelDamagedError(f"{weights} cannot be loaded: it is truncated, damaged or not this network's "
+                                    f"weights (not a plain weights file; it was not unpickled); {fix}.") from None
+        raise ModelDamagedError(f"{weights} holds Python objects, not only weights, and was refused (never unpickle "
+                                "untrusted files: that can run code). Use a model file produced by this project's "
+                                f"training (`python -m pipelines.train`), or {fix}.") from None
+    except Exception as exc:  # EOFError, RuntimeError, IndexError ...: all mean "not this model"
         raise ModelDamagedError(f"{weights} cannot be loaded: it is truncated, damaged or not this network's "
                                 f"weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                                 f"{fix}.") from None

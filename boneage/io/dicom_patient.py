@@ -6,8 +6,10 @@ assessment says where they came from.
 
 Age: from ``PatientBirthDate`` and ``StudyDate`` (falling back to ``AcquisitionDate``, ``ContentDate``,
 ``SeriesDate``) when both dates are there, because dates give the age to the day; else from ``PatientAge``
-(``nnnD/W/M/Y``, often whole years only). Values that cannot be a child's age (negative, above
-:data:`MAX_AGE_MONTHS`, unparseable) give no age and a note saying why, never a guessed one.
+(``nnnD/W/M/Y``, often whole years only). Values that cannot be a child's age (zero: ``000D``, ``000Y`` or a
+birth date equal to the study date, which PACS write as placeholders; negative, above :data:`MAX_AGE_MONTHS`,
+unparseable) give no age and a note saying why, never a guessed one (issue #31: ``000D`` gave "advanced by
+175.8 months"). An age that contradicts the film itself is judged in :mod:`boneage.inference.assess`.
 """
 from __future__ import annotations
 
@@ -94,14 +96,20 @@ def patient_info(header: Any) -> PatientInfo:
     age, source = None, ""
     if birth is not None and study is not None:
         months = age_between(birth, study)
-        if 0 <= months <= MAX_AGE_MONTHS:
+        if months == 0:
+            notes.append(f"DICOM PatientBirthDate and {study_tag} are the same day ({birth}), a placeholder, not a "
+                         "child's age: age not taken from the dates")
+        elif 0 < months <= MAX_AGE_MONTHS:
             age, source = months, f"PatientBirthDate and {study_tag}"
         else:
             notes.append(f"DICOM PatientBirthDate {birth} and {study_tag} {study} give an age of {months:.0f} months, "
                          "which cannot be right: age not taken from the dates")
     if age is None and text("PatientAge"):
         months = parse_patient_age(text("PatientAge"))
-        if months is not None and 0 <= months <= MAX_AGE_MONTHS:
+        if months == 0:
+            notes.append(f"DICOM PatientAge {text('PatientAge')!r} is zero, a placeholder, not a child's age: age not "
+                         "taken from it")
+        elif months is not None and 0 < months <= MAX_AGE_MONTHS:
             age, source = months, f"PatientAge {text('PatientAge')}"
         else:
             notes.append(f"DICOM PatientAge {text('PatientAge')!r} is not a usable age (nnnD/W/M/Y up to "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -48,6 +48,16 @@ def _check_size(width: int, height: int, source: str, frames: int = 1, max_pixel
             f"{source}: image is {what} = {total / 1e6:.0f} megapixels, above the {max_pixels / 1e6:.0f} MP limit "
             "(too many pixels: a possible decompression bomb); downsize it first."
         )
+
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: BaseException) -> str:
+    """A decoder's error as text for people: its type and message, without Python object reprs (Pillow says
+    "cannot identify image file <_io.BytesIO object at 0x...>"; the caller names the file instead)."""
+    text = _OBJECT_REPR.sub("", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _is_dicom(head: bytes, name: str) -> bool:
@@ -110,7 +120,28 @@ def probe_image_size(data: bytes, source: str) -> tuple[int, int]:
         raise TooManyPixelsError(f"{source}: image has {count}, above the {MAX_PIXELS / 1e6:.0f} MP limit (too many "
                              "pixels: a possible decompression bomb); downsize it first.") from None
     except Exception as exc:  # PIL raises many types for broken files
-        raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({type(exc).__name__}: {exc}).") from None
+        raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({_reason(exc)}).") from None
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down",
+                     5: "mirrored and rotated 90 degrees", 6: "rotated 90 degrees clockwise",
+                     7: "mirrored and rotated 90 degrees", 8: "rotated 90 degrees counter-clockwise"}
+
+
+def upright(im: Image.Image) -> tuple[Image.Image, int]:
+    """(image, orientation): ``im`` as it is displayed, i.e. turned per its EXIF Orientation tag (what phones and
+    export tools write instead of turning the pixels), and the tag's value when it turned it (0 when not).
+
+    The one place every door's PNG/JPEG passes (Pillow's :func:`PIL.ImageOps.exif_transpose`); a film read as
+    stored instead of as displayed is read sideways (readings moved by up to 68 months, issue #31)."""
+    try:
+        orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # a damaged EXIF block: read the pixels as stored
+        return im, 0
+    if orientation not in EXIF_ORIENTATIONS:
+        return im, 0
+    return ImageOps.exif_transpose(im), orientation
 
 
 def _read_pil(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> DecodedImage:
@@ -124,13 +155,18 @@ def _read_pil(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> Decoded
             frames = (int(getattr(im, "n_frames", 2)) if im.format == "PNG" else 2) \
                 if getattr(im, "is_animated", False) else 1
             im.load()
+            fmt = im.format
+            im, turned = upright(im)
             arr, colour = _pil_to_array(im, source)
     except ImageLoadError:
         raise
     except Exception as exc:  # PIL raises many types for broken files
-        raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({type(exc).__name__}: {exc}).") from None
-    notes = ((f"{source}: the file holds {frames if im.format == 'PNG' else 'several'} frames; only the first "
+        raise ImageLoadError(f"{source}: not a readable PNG/JPEG/DICOM image ({_reason(exc)}).") from None
+    notes = ((f"{source}: the file holds {frames if fmt == 'PNG' else 'several'} frames; only the first "
               "frame was used.",) if frames > 1 else ())
+    if turned:
+        notes += (f"{source}: the image was turned as its EXIF Orientation tag ({turned}: "
+                  f"{EXIF_ORIENTATIONS.get(turned, 'transposed')}) says it is displayed",)
     return DecodedImage(arr, source, colour, None, notes)
 
 
@@ -162,7 +198,7 @@ def _dicom_header(data: bytes, source: str):
         ds.file_meta = meta
         return ds, True
     except Exception as exc:
-        raise ImageLoadError(f"{source}: not a readable DICOM file ({type(exc).__name__}: {exc}).") from None
+        raise ImageLoadError(f"{source}: not a readable DICOM file ({_reason(exc)}).") from None
 
 
 def dicom_header(data: bytes, source: str = "upload"):
@@ -187,7 +223,7 @@ def _read_dicom(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> Decod
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
-        raise ImageLoadError(f"{source}: not a readable DICOM file ({type(exc).__name__}: {exc}).") from None
+        raise ImageLoadError(f"{source}: not a readable DICOM file ({_reason(exc)}).") from None
     if "PixelData" not in ds:
         raise ImageLoadError(f"{source}: DICOM file has no pixel data (no image in it).")
     if "TransferSyntaxUID" not in ds.file_meta:

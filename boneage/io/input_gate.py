@@ -9,6 +9,8 @@ clinician, what cannot be a hand radiograph:
 * images too small to show a hand (< :data:`MIN_SIDE` px a side) or with an absurd aspect ratio (a sliver);
 * colour photographs and screenshots (colourfulness, :func:`boneage.io.imaging.colorfulness`);
 * noise: no spatial structure (neighbouring pixels uncorrelated, see :func:`measure`);
+* smooth synthetic surfaces (gradients, vignettes): nearly all of the image a quadratic ramp
+  (:data:`MAX_SMOOTH_SHARE`);
 * DICOM whose header names another modality (CT, MR, ultrasound, dose maps ...) or another body part.
 
 It deliberately does not judge "unusual but possible" radiographs: those pass, and the outlier check on the
@@ -49,6 +51,12 @@ MIN_RELATIVE_SPREAD = 0.02
 # (median 0.95), official test 0.745; uniform gray or RGB noise 0.00-0.01.
 MIN_NEIGHBOUR_CORRELATION = 0.3
 STRUCTURE_SIDE = 128
+# A smooth synthetic surface (a gradient, a vignette): the share of the image's variance (<= 128 px, clipped
+# as above) that a quadratic surface in x and y explains. Measured (issue #31, seed 31): all 200 official test
+# films at most 0.768 (median 0.29), 500 training films at most 0.704 (median 0.30); a linear gradient 1.000,
+# a radial one 0.950. A hand radiograph has edges (fingers, bones, the hand against the background) no
+# quadratic follows.
+MAX_SMOOTH_SHARE = 0.9
 
 # DICOM Modality (0008,0060) values that can hold a hand radiograph: computed / digital radiography, the
 # older RG and DR, and secondary captures (OT; SC is not a modality but is written by some exporters).
@@ -115,6 +123,21 @@ def _neighbour_correlation(a: np.ndarray) -> float:
     return float(np.mean(out)) if out else 0.0
 
 
+def _smooth_share(a: np.ndarray) -> float:
+    """Share of the variance of ``a`` explained by a quadratic surface in x and y (1: a smooth synthetic ramp)."""
+    h, w = a.shape
+    if h < 3 or w < 3:
+        return 0.0
+    y, x = np.mgrid[0:h, 0:w]
+    y, x = y / h - 0.5, x / w - 0.5
+    design = np.stack([np.ones_like(x), x, y, x * x, y * y, x * y], -1).reshape(-1, 6)
+    v = a.reshape(-1)
+    if v.var() == 0:
+        return 0.0
+    coef, *_ = np.linalg.lstsq(design, v, rcond=None)
+    return float(1 - (v - design @ coef).var() / v.var())
+
+
 def measure(arr: np.ndarray) -> dict[str, float]:
     """The numbers the gate judges, for a 2-D image (or H x W x 3 colour image): size, aspect, spread of
     intensities relative to their level, neighbour correlation at <= 128 px, colourfulness."""
@@ -144,7 +167,9 @@ def measure(arr: np.ndarray) -> dict[str, float]:
     m["relative_spread"] = float((hi - lo) / level)
     # clipped to the central 98% first: a few saturated marker letters must not decide the structure
     clipped = np.clip(np.where(finite, a, float(np.median(vals))), lo, hi)
-    m["neighbour_correlation"] = _neighbour_correlation(_shrink(clipped))
+    small = _shrink(clipped)
+    m["neighbour_correlation"] = _neighbour_correlation(small)
+    m["smooth_share"] = _smooth_share(small)
     return m
 
 
@@ -211,6 +236,11 @@ def check_radiograph(arr: np.ndarray, source: str = "image", dicom_header: Any =
         refuse("noise", f"{source}: the image looks like noise, not a picture (neighbouring pixels are unrelated: "
                         f"correlation {m['neighbour_correlation']:.2f}, radiographs are above "
                         f"{MIN_NEIGHBOUR_CORRELATION}). Check that the file is the radiograph itself.")
+    elif m.get("smooth_share", 0.0) > MAX_SMOOTH_SHARE:
+        refuse("smooth", f"{source}: the image is a smooth synthetic surface (a gradient: "
+                         f"{100 * m['smooth_share']:.0f}% of it is a plain ramp, radiographs of a hand at most "
+                         f"{100 * MAX_SMOOTH_SHARE:.0f}%), not a picture of a hand. Check that the file is the "
+                         "radiograph itself.")
     if reasons:
         return GateResult(False, reasons[0], tuple(flags), m)
     return GateResult(True, "", (), m)

@@ -15,6 +15,9 @@ import pandas as pd
 
 from boneage.io.imaging import IMAGE_EXTENSIONS
 
+# Reference bone ages accepted in a case table (months): every door that reads labels, and the site
+# calibration's refusals and help, state this one range.
+REFERENCE_RANGE = (0.0, 240.0)
 _TRUE = {"true", "1", "yes", "y", "m", "male", "t", "1.0"}
 _FALSE = {"false", "0", "no", "n", "f", "female", "0.0"}
 _ID_COLS = ("id", "case id", "case_id", "image id", "image_id")
@@ -110,8 +113,9 @@ def parse_cases(df: pd.DataFrame, require_age: bool = False) -> CaseTable:
                 except (TypeError, ValueError):
                     reject(cid, male, f"bone age not a number: {raw_age!r}")
                     continue
-                if not (0 <= age <= 300):
-                    reject(cid, male, f"bone age {age} months out of range 0-300")
+                if not (REFERENCE_RANGE[0] <= age <= REFERENCE_RANGE[1]):
+                    reject(cid, male, f"bone age {age:g} months is outside {REFERENCE_RANGE[0]:.0f}-"
+                                      f"{REFERENCE_RANGE[1]:.0f} months (out of range)")
                     continue
         if require_age and np.isnan(age):
             reject(cid, male, "missing bone age")

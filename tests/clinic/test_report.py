@@ -47,7 +47,9 @@ def test_one_page_with_the_numbers_and_the_disclaimer(data_dir, make_dicom, popp
 def test_report_name_is_a_safe_file_name():
     assert report_name("/x/y/4361.png") == "4361.pdf"
     assert report_name("../../etc/passwd") == "passwd.pdf"
-    assert report_name("a b:c.dcm") == "a_b_c.pdf" and report_name("...") == "report.pdf"
+    # odd characters replaced, and a hash of the id added so that different ids never share a file (#31.3)
+    assert report_name("a b:c.dcm").startswith("a_b_c-") and report_name("...").startswith("report-")
+    assert report_name("a b:c.dcm") != report_name("a_b_c") == "a_b_c.pdf"
 
 
 def test_cli_writes_reports_for_a_single_image_and_a_batch(data_dir, tmp_path, predict_cli, poppler):

@@ -238,3 +238,63 @@ def test_clinical_fields_and_the_followup_endpoint(server, data_dir):
     assert fu["patient_id"] == "P9" and fu["films"] == 2 and fu["ba_velocity"] == pytest.approx(0.0, abs=0.01)
     assert fu["ba_velocity_lower_90"] < 0 < fu["ba_velocity_upper_90"]  # the same film twice, a year apart
     assert _request(server, "POST", "/v1/followups", b"[1]", {"Content-Type": "application/json"})[0] == 422
+
+
+# -- #31.5: idle uploads, non-Latin-1 names, sex ---------------------------------------------------------------
+
+def test_half_sent_posts_do_not_block_real_requests(server, data_dir):
+    """32 POSTs that send their headers and part of their body, then stall, are not admitted work: a real
+    request meanwhile gets its answer, not 503 (the server admits 16)."""
+    import socket
+
+    idle = []
+    try:
+        for _ in range(32):
+            s = socket.create_connection(("127.0.0.1", server), timeout=10)
+            s.sendall(b"POST /v1/assessments HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                      b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"sex\"\r\n\r\nF")
+            idle.append(s)
+        time.sleep(1.0)
+        data = (data_dir / "test" / "4361.png").read_bytes()
+        status, _, body = _assess(server, data, "4361.png", sex="M")
+        assert status == 200, body
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_idle_body_times_out_with_408():
+    """A body that stops arriving is answered 408 after the guard's idle timeout (driven as ASGI)."""
+    import asyncio
+
+    from boneage.clinic.service import UploadGuard
+
+    async def app(scope, receive, send):
+        await receive()
+
+    async def receive():
+        await asyncio.sleep(60)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    guard = UploadGuard(app, max_bytes=1 << 20, max_pending=2, paths=("/v1/assessments",), body_timeout_s=0.2)
+    scope = {"type": "http", "method": "POST", "path": "/v1/assessments", "headers": []}
+    t0 = time.time()
+    asyncio.run(guard(scope, receive, send))
+    assert time.time() - t0 < 5 and sent[0]["status"] == 408, sent
+    assert guard.active == 0
+
+
+def test_non_latin1_file_name_with_pdf_and_strict_sex(server, data_dir):
+    data = (data_dir / "test" / "4361.png").read_bytes()
+    status, headers, body = _assess(server, data, "рука-4361.png", accept="application/pdf", sex="F")
+    assert status == 200 and body.startswith(b"%PDF"), body[:200]
+    assert "filename*=UTF-8''" in headers["content-disposition"], headers
+    for good in ("m", "Male", "FEMALE", "f"):
+        assert _assess(server, data, "4361.png", sex=good)[0] == 200
+    for bad in ("yes", "n", "1", "x"):
+        status, _, body = _assess(server, data, "4361.png", sex=bad)
+        assert status == 422 and "M or F" in json.loads(body)["detail"], (bad, body)

@@ -149,3 +149,16 @@ def test_cli_single_image_row_has_the_batch_schema(data_dir, tmp_path, predict_c
     assert row["maturity"].iloc[0] == "advanced" and row["chronological_age_months"].iloc[0] == 120
     nosex = predict_cli([str(data_dir / "test" / f"{CASE}.png")])
     assert nosex.returncode == 2 and "sex is needed" in nosex.stderr and "Traceback" not in nosex.stderr
+
+
+@pytest.mark.parametrize("tags", [dict(PatientAge="000D"), dict(PatientAge="001Y"),
+                                  dict(PatientBirthDate="20200101", StudyDate="20200101")])
+def test_placeholder_or_implausible_header_age_gives_no_call(data_dir, make_dicom, tags):
+    """#31.6: a DICOM age of zero (000D, equal dates) or one that contradicts the film (a 1-year-old's age on a
+    teenager's hand) is no age: no delayed/advanced call, and a note says why."""
+    path = data_dir / "test" / f"{CASE}.png"
+    a = assess(make_dicom(path, PatientSex="M", **tags), name="p.dcm")
+    assert a.boneage_months > 100  # the film is a teenager's: the header age cannot be right
+    assert a.chronological_age_months is None and a.maturity is None
+    assert a.as_row()["maturity"] in (None, "")
+    assert any("age" in n and ("placeholder" in n or "contradicts" in n) for n in a.notes), a.notes

@@ -216,3 +216,18 @@ def test_upload_names_are_plain_text_on_the_predict_page(monkeypatch, data_dir):
     assert "](http" not in errors[0] and r"\[x\]\(http\://evil.example\)" in errors[0]  # no live link
     res = at.dataframe[-1].value
     assert res["id"].tolist() == [name, "=cmd|' /C calc'!A0.png"]
+
+
+def test_pickled_model_file_refusal_says_what_to_do_not_weights_only_false(tmp_path):
+    """#31.7: a model.pt holding Python objects is refused without quoting torch's hint to set
+    weights_only=False (which would run the planted code); the message says what to do instead."""
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save({"state_dict": _Planted(str(marker))}, buf)
+    d = _model_copy(tmp_path, weights=buf.getvalue())
+    with pytest.raises(ModelDamagedError) as err:
+        boneage.load_predictor(d)
+    msg = str(err.value)
+    assert not marker.exists()
+    assert "weights_only" not in msg and "trust the source" not in msg, msg
+    assert "produced by this project's training" in msg and "never unpickle" in msg, msg

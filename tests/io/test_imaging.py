@@ -297,3 +297,14 @@ def test_safe_image_path_refuses_symlink_out_of_the_folder(image_dir):
     (image_dir / "evil.png").symlink_to(image_dir.parent / "secret.png")
     with pytest.raises(ImageLoadError, match="outside"):
         safe_image_path(image_dir, "evil")
+
+
+def test_unreadable_file_message_names_the_file_not_a_python_object(tmp_path):
+    """#31.7: Pillow's 'cannot identify image file <_io.BytesIO object at 0x...>' never reaches a user."""
+    bad = tmp_path / "1377.png"
+    bad.write_bytes(b"this is not an image at all, just text" * 10)
+    for call in (lambda: read_radiograph(bad), lambda: read_radiograph_bytes(bad.read_bytes(), "1377.png")):
+        with pytest.raises(ImageLoadError) as err:
+            call()
+        msg = str(err.value)
+        assert "1377.png" in msg and "object at 0x" not in msg and "BytesIO" not in msg, msg

@@ -149,3 +149,22 @@ def test_unlike_training_data_is_marked_at_the_library_and_cli_doors(predictor, 
     proc = subprocess.run([sys.executable, "-m", "pipelines.predict", str(img), "--sex", "M"], cwd=repo_root,
                           env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "looks unlike the training radiographs" in proc.stderr
+
+
+def test_smooth_synthetic_images_are_refused_and_real_films_pass(data_dir):
+    """#31.8: a 29-megapixel synthetic gradient (and a radial one) is not a hand radiograph: nothing but a smooth
+    surface. Flat fields and noise stay refused; real films pass (all 200 official test films and 500 training
+    films: pipelines.benchmarks.gate / the numbers in docs/decisions.md)."""
+    from boneage.io.input_gate import check_radiograph
+
+    y, x = np.mgrid[0:5400, 0:5400].astype(np.float32)
+    for name, img in (("gradient", x + y), ("radial", np.hypot(x - 2700, y - 2700))):
+        r = check_radiograph(img, name)
+        assert not r.ok and "smooth" in r.flags and "not a picture of a hand" in r.reason, (name, r)
+    del x, y
+    flat = np.full((512, 512), 80, np.float32)
+    noise = np.random.default_rng(0).uniform(0, 255, (512, 512)).astype(np.float32)
+    assert "blank" in check_radiograph(flat).flags and "noise" in check_radiograph(noise).flags
+    from boneage.io.imaging import read_radiograph
+    for cid in ("4360", "4361", "4362", "4365"):
+        assert check_radiograph(read_radiograph(data_dir / "test" / f"{cid}.png")).ok

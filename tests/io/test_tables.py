@@ -147,3 +147,16 @@ def test_real_train_and_test_tables(data_dir):
     assert len(test.cases) == 200
     assert test.cases["boneage"].isna().sum() == 100
     assert test.cases.loc[test.cases["id"] == "4361", "boneage"].item() == pytest.approx(169.65)
+
+
+def test_out_of_range_reference_names_the_one_range(tmp_path):
+    """#31.7: a -5 reference age is refused with the same range calibrate-site's help and header state."""
+    from boneage.evaluation.site_calibration import REFERENCE_RANGE
+    from pipelines import calibrate_site
+
+    lo, hi = REFERENCE_RANGE
+    table = read_cases(_write(tmp_path, "id,male,boneage\n1,True,-5\n2,False,250\n"))
+    reasons = _reasons(table)
+    for cid in ("1", "2"):
+        assert f"outside {lo:.0f}-{hi:.0f} months" in reasons[cid], reasons
+    assert f"{lo:.0f}-{hi:.0f} months" in calibrate_site.__doc__

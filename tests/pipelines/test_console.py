@@ -46,3 +46,16 @@ def test_a_usage_error_exits_2_without_traceback(capsys):
     assert main(["predict", "--no-such-flag"]) == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments: --no-such-flag" in err and "Traceback" not in err
+
+
+def test_ctrl_c_prints_one_line_and_no_traceback(monkeypatch, capsys):
+    """#31.7: Ctrl-C in any subcommand prints one line (no traceback) and exits 130, once for every command."""
+    import pipelines.predict
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipelines.predict, "main", interrupted)
+    assert main(["predict", "x.png"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "interrupted" in err and "Traceback" not in err, err
