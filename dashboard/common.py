@@ -607,7 +607,7 @@ def attention_note(image: np.ndarray, heatmap: np.ndarray, label: str) -> tuple[
     """A caption sentence on how much of a shown map lies on the hand, and whether it is mostly off it."""
     from boneage.evidence.explanation_audit import attribution_shares, describe_shares
 
-    shares = attribution_shares(heatmap, image)
+    shares = attribution_shares(heatmap, mask=hand_outline(image))  # the outline the page draws, segmented once
     return describe_shares(shares, label), shares.off_hand
 
 
