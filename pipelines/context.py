@@ -16,16 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from boneage.config import ARTIFACTS_DIR, MODEL_DIR, to_jsonable, write_json_atomic
 from boneage.evidence.context import SEED, TARGET_MEAN_ABS, VARIANTS, context_changes, summarise
-from boneage.inference.predictor import ModelNotFoundError, load_predictor
-from boneage.io.tables import read_cases
 from boneage.settings import add_path_flags
 from pipelines.benchmarks.inference import model_fingerprint
-from pipelines.cli import data_dir_or_report
-from pipelines.precision import SAMPLE_SEED, _reader, load_set
+from pipelines.precision import SAMPLE_SEED, _reader, benchmark_sets, load_set, open_benchmark
 
 
 def main(argv=None) -> int:
@@ -38,28 +33,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ARTIFACTS_DIR / "context.json"))
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    if min(args.n_internal, args.n_official) < 0 or args.n_internal + args.n_official == 0:
-        ap.error("--n-internal and --n-official count radiographs: 0 or more each, and at least one in all")
-    data_dir = data_dir_or_report(args.data_dir)
-    if data_dir is None:
+    opened = open_benchmark(ap, args)
+    if opened is None:
         return 2
-    try:
-        predictor = load_predictor(args.model_dir)
-    except (ModelNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    data_dir, predictor = opened
     t0 = time.time()
-    splits = pd.read_csv(args.splits, dtype={"id": str})
-    internal = splits[splits["split"] == "test"]
-    internal = internal.sample(min(args.n_internal, len(internal)), random_state=SAMPLE_SEED).reset_index(drop=True)
-    official = read_cases(data_dir / "test.csv").cases.head(args.n_official)
-    sets, failed = {}, {}
-    for name, cases, folder in (("internal_test", internal, data_dir / "train"),
-                                ("official_test", official, data_dir / "test")):
-        films, male, failed[name] = load_set(cases, folder)
+    sets, failed, sample = {}, {}, {}
+    for name, cases, folder in benchmark_sets(data_dir, Path(args.splits), args.n_internal, args.n_official):
+        films, male, ids, failed[name] = load_set(cases, folder)
+        sample[name] = len(cases)
         if not films:
             continue
-        ids = [i for i in cases["id"].astype(str) if not any(f.startswith(f"{i}:") for f in failed[name])]
         changes, left_out = context_changes(_reader(predictor, not args.quiet, name, len(VARIANTS)), films, male, ids)
         sets[name] = summarise(changes, left_out)
     if not sets:
@@ -69,8 +53,8 @@ def main(argv=None) -> int:
         "model_sha256": model_fingerprint(Path(args.model_dir)), "geometry": predictor.cfg.geometry.key(),
         "tta": predictor.tta, "target_mean_abs_months": TARGET_MEAN_ABS, "variant_seed": SEED,
         "variants": {k: v[0] for k, v in VARIANTS.items()},
-        "sample": {"internal_test": f"{len(internal)} cases, pandas sample random_state={SAMPLE_SEED}",
-                   "official_test": f"{len(official)} radiographs (labels not used)"},
+        "sample": {"internal_test": f"{sample['internal_test']} cases, pandas sample random_state={SAMPLE_SEED}",
+                   "official_test": f"{sample['official_test']} radiographs (labels not used)"},
         "sets": {k: [to_jsonable(s) for s in v.stats] for k, v in sets.items()},
         "left_out": {k: v.left_out for k, v in sets.items()}, "failed": failed,
         "all_targets_met": all(v.all_met() for v in sets.values()), "seconds": round(time.time() - t0, 1),

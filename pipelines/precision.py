@@ -58,29 +58,52 @@ def _reader(predictor: BoneAgePredictor, progress: bool, label: str, n_changes: 
     return predict
 
 
-def load_set(cases: pd.DataFrame, image_dir: Path) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
-    """The radiographs as read from file, their sex, and "id: reason" for each one that could not be read."""
-    arrays, male, failed = [], [], []
+def load_set(cases: pd.DataFrame, image_dir: Path) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
+    """The radiographs as read from file, their sex, their ids, and "id: reason" for each one that could not
+    be read."""
+    arrays, male, ids, failed = [], [], [], []
     for cid, m in zip(cases["id"].astype(str), cases["male"]):
         try:
             arrays.append(read_radiograph(safe_image_path(image_dir, cid)))
             male.append(bool(m))
+            ids.append(cid)
         except ImageLoadError as exc:
             failed.append(f"{cid}: {exc}")
-    return arrays, np.array(male, bool), failed
+    return arrays, np.array(male, bool), ids, failed
+
+
+def benchmark_sets(data_dir: Path, splits_path: Path, n_internal: int, n_official: int,
+                   internal_split: str = "test") -> list[tuple[str, pd.DataFrame, Path]]:
+    """(set name, cases, image folder) of a benchmark's two sets: a seeded sample of ``internal_split``
+    (``internal_<split>``) and the first ``n_official`` official test films. The context benchmark uses them too."""
+    splits = pd.read_csv(splits_path, dtype={"id": str})
+    internal = splits[splits["split"] == internal_split]
+    internal = internal.sample(min(n_internal, len(internal)), random_state=SAMPLE_SEED).reset_index(drop=True)
+    official = read_cases(data_dir / "test.csv").cases.head(n_official)
+    return [(f"internal_{internal_split}", internal, data_dir / "train"), ("official_test", official, data_dir / "test")]
+
+
+def open_benchmark(ap: argparse.ArgumentParser, args) -> tuple[Path, BoneAgePredictor] | None:
+    """The data folder and the model of a benchmark command (``--n-internal``, ``--n-official``, ``--data-dir``,
+    ``--model-dir``), or None after saying why (argparse exits for bad counts)."""
+    if min(args.n_internal, args.n_official) < 0 or args.n_internal + args.n_official == 0:
+        ap.error("--n-internal and --n-official count radiographs: 0 or more each, and at least one in all")
+    data_dir = data_dir_or_report(args.data_dir)
+    if data_dir is None:
+        return None
+    try:
+        return data_dir, load_predictor(args.model_dir)
+    except (ModelNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def run(predictor: BoneAgePredictor, data_dir: Path, splits_path: Path, n_internal: int, n_official: int,
         progress: bool = True, diagnostics: bool = False, internal_split: str = "test") -> tuple[PrecisionReport, dict]:
     """The benchmark on a seeded sample of ``internal_split`` (set ``internal_<split>``) and the official films."""
-    splits = pd.read_csv(splits_path, dtype={"id": str})
-    internal = splits[splits["split"] == internal_split]
-    internal = internal.sample(min(n_internal, len(internal)), random_state=SAMPLE_SEED).reset_index(drop=True)
-    official = read_cases(data_dir / "test.csv").cases.head(n_official)
     report, sizes = PrecisionReport(), {}
-    for name, cases, folder in ((f"internal_{internal_split}", internal, data_dir / "train"),
-                                ("official_test", official, data_dir / "test")):
-        arrays, male, failed = load_set(cases, folder)
+    for name, cases, folder in benchmark_sets(data_dir, splits_path, n_internal, n_official, internal_split):
+        arrays, male, _, failed = load_set(cases, folder)
         report.failed[name], sizes[name] = failed, len(arrays)
         if not arrays:  # none asked for (--n-... 0), or none readable (the failures say why): no statistics
             continue
@@ -109,16 +132,10 @@ def main(argv=None) -> int:
                          "default on)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    if min(args.n_internal, args.n_official) < 0 or args.n_internal + args.n_official == 0:
-        ap.error("--n-internal and --n-official count radiographs: 0 or more each, and at least one in all")
-    data_dir = data_dir_or_report(args.data_dir)
-    if data_dir is None:
+    opened = open_benchmark(ap, args)
+    if opened is None:
         return 2
-    try:
-        predictor = load_predictor(args.model_dir)
-    except (ModelNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    data_dir, predictor = opened
     t0 = time.time()
     report, sizes = run(predictor, data_dir, Path(args.splits), args.n_internal, args.n_official, not args.quiet,
                         args.diagnostics, args.internal_split)
