@@ -25,7 +25,7 @@ MASKS_VERSION = "v1"  # bump when the packing changes (the segmentation has its 
 
 
 def segment_all(images: np.ndarray, progress: bool = False) -> np.ndarray:
-    """Packed masks (N, H, W) uint8 of base images (N, H, W) uint8, and how many segmentations failed."""
+    """Packed masks (N, H, W) uint8 of base images (N, H, W) uint8 (:func:`boneage.geometry.masking.pack_masks`)."""
     out = np.zeros(images.shape, np.uint8)
     for i in tqdm(range(len(images)), desc="segmenting hands", disable=not progress, mininterval=5, unit="img"):
         seg = segment_hand(np.asarray(images[i]))
