@@ -27,6 +27,8 @@ FITS = ("squeeze", "area", "letterbox")
 FRAMINGS = ("none", "hand", "hand-upright")
 LATERALITIES = ("as-is", "left")
 MASKS = ("none", "hand")  # Geometry.mask: the whole film, or the hand alone (boneage.geometry.masking)
+# Geometry.intensity: where the hand's intensity scale comes from (boneage.geometry.preprocess, step 4)
+INTENSITIES = ("film", "hand")
 
 MAX_PHASES = 5  # 3 x 3 views already took most of the benefit (docs/decisions.md)
 
@@ -50,6 +52,12 @@ class Geometry:
     # background and the hand's intensities are stretched (boneage.geometry.masking); "none": the whole film.
     mask: str = "none"
     mask_dilation: int = 2
+    # Where a masked hand's intensity scale comes from. "film": the whole film is normalised first
+    # (background mode 0, 99.5th percentile 1, clipped) and the hand stretched within that; the clip and the
+    # background level depend on the film around the hand. "hand": the hand's own pixels of the fitted film,
+    # before any normalisation, so nothing outside the outline moves them; no bar trimming is implied either
+    # (only ``trim_bars`` trims), because which bars are uniform is a property of the surround too.
+    intensity: str = "film"
 
     def __post_init__(self):
         if self.fit not in FITS:
@@ -68,6 +76,8 @@ class Geometry:
             raise GeometryError(f"unknown mask {self.mask!r}; one of {', '.join(MASKS)}")
         if not 0 <= int(self.mask_dilation) <= 16:
             raise GeometryError(f"mask dilation {self.mask_dilation} px must lie in 0-16")
+        if self.intensity not in INTENSITIES:
+            raise GeometryError(f"unknown intensity {self.intensity!r}; one of {', '.join(INTENSITIES)}")
         if self.phases > 1 and self.fit != "squeeze":
             raise GeometryError(f"phases > 1 needs the squeeze fit (the {self.fit} fit does not pick pixels)")
 
@@ -77,11 +87,14 @@ class Geometry:
         return cls(int(cfg.base_size), getattr(cfg, "fit", "squeeze"), getattr(cfg, "framing", "none"),
                    float(getattr(cfg, "framing_margin", 0.06)), bool(getattr(cfg, "trim_bars", False)),
                    int(getattr(cfg, "phases", 1)), str(getattr(cfg, "laterality", "as-is")),
-                   str(getattr(cfg, "hand_mask", "none")), int(getattr(cfg, "mask_dilation", 2)))
+                   str(getattr(cfg, "hand_mask", "none")), int(getattr(cfg, "mask_dilation", 2)),
+                   str(getattr(cfg, "hand_intensity", "film")))
 
     @property
     def trims(self) -> bool:
         """Whether uniform bars are removed before the fit (see :func:`fit_to_base`)."""
+        if self.intensity == "hand":  # the hand's own scale: bars are the surround's business (field comment)
+            return self.trim_bars
         return self.trim_bars or self.fit == "area" or self.framing != "none"
 
     def key(self) -> str:
@@ -90,7 +103,8 @@ class Geometry:
         key = f"{self.base_size}-{self.fit}-{self.framing}-{self.margin:g}"
         key = key + "-trim" if self.trim_bars else key
         key = key + "-left" if self.laterality == "left" else key
-        return key + f"-mask{self.mask_dilation}" if self.mask == "hand" else key
+        key = key + f"-mask{self.mask_dilation}" if self.mask == "hand" else key
+        return key + "-handscale" if self.intensity == "hand" else key
 
 
 def as_geometry(geometry: Geometry | int) -> Geometry:
@@ -156,6 +170,9 @@ class ModelConfig:
     # mean "none", as they were trained.
     hand_mask: str = "none"
     mask_dilation: int = 2
+    # "hand": the hand's intensities scaled from its own pixels of the fitted film, nothing of the film around it
+    # used (Geometry.intensity); "film": within the whole film's normalisation. Configs without it mean "film".
+    hand_intensity: str = "film"
     # The passes test-time augmentation averages when it is on (boneage.nn.forward.views): "zooms" (the image
     # at 1, 0.95 and 1.05) or "shifts" (the image moved on a 3x3 grid by a third of the network's output stride
     # each way). Configs without the field mean "zooms", the only set there was.

@@ -24,7 +24,7 @@ import pandas as pd
 
 from boneage.training import distributed
 from boneage.geometry.acquisition import KNOWN
-from boneage.config import (ANTIALIAS_SIZES, ARTIFACTS_DIR, MASKS, MODEL_DIR, REPO_ROOT, TTA_VIEW_SETS,
+from boneage.config import (ANTIALIAS_SIZES, ARTIFACTS_DIR, INTENSITIES, MASKS, MODEL_DIR, REPO_ROOT, TTA_VIEW_SETS,
                             ModelConfig, TrainConfig)
 from boneage.geometry.hand import SEGMENTATION_VERSION
 from boneage.training.hand_masks import load_hand_masks
@@ -84,6 +84,10 @@ def main(argv=None) -> int:
                          "the background (boneage.geometry.masking); 'none': the whole film")
     ap.add_argument("--mask-dilation", type=int, default=ModelConfig.mask_dilation,
                     help="base pixels the hand mask is grown by before the background is removed")
+    ap.add_argument("--hand-intensity", choices=INTENSITIES, default=ModelConfig.hand_intensity,
+                    help="with --hand-mask hand: 'hand' scales the hand from its own pixels of the fitted film, so "
+                         "nothing outside the outline moves them (and trims no bars unless --trim-bars); 'film': "
+                         "within the whole film's normalisation (boneage.config.Geometry.intensity)")
     ap.add_argument("--mask-noise", type=int, default=TrainConfig.mask_noise,
                     help="training: each image's dilation is drawn within this many pixels of --mask-dilation")
     ap.add_argument("--mask-tight", type=float, default=TrainConfig.mask_tight,
@@ -166,7 +170,8 @@ def _run(args, info: distributed.DistInfo) -> int:
                             fit=args.fit, framing=args.framing, mirror_invariant=args.mirror_invariant,
                             trim_bars=args.trim_bars, laterality=args.laterality, phases=args.phases or (3 if args.fit == "squeeze" else 1),
                             antialias=args.antialias, tta_views=args.tta_views, dropout=args.dropout,
-                            hand_mask=args.hand_mask, mask_dilation=args.mask_dilation)
+                            hand_mask=args.hand_mask, mask_dilation=args.mask_dilation,
+                            hand_intensity=args.hand_intensity)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, amp=not args.no_amp, max_train_cases=args.max_train_cases,
                             max_val_cases=args.max_val_cases, warmup_epochs=args.warmup_epochs,
@@ -197,20 +202,32 @@ def _run(args, info: distributed.DistInfo) -> int:
     # a model that reads the hand alone trains on unmasked images and their masks (mask noise per batch,
     # boneage.training.hand_masks) and validates on images masked as every door masks them
     train_geometry = dataclasses.replace(geometry, mask="none")
+    # the outline is always found on the film-normalised image (boneage.geometry.preprocess.prepare); with the
+    # hand's own intensity scale the training pixels are not that image, so its masks come from a second cache
+    seg_geometry = (dataclasses.replace(geometry, mask="none", intensity="film", framing="none",
+                                        trim_bars=geometry.trims)
+                    if geometry.mask == "hand" and geometry.intensity == "hand" else None)
 
     def load_both():
+        sets = [(tr, train_geometry), (va, geometry)] + ([(tr, seg_geometry)] if seg_geometry else [])
         return tuple(load_images(c, data_dir / "train", g, cache_dir=cache, progress=show,
-                                 workers=args.decode_workers) for c, g in ((tr, train_geometry), (va, geometry)))
+                                 workers=args.decode_workers) for c, g in sets)
 
     if cache is not None and info.distributed:
         # rank 0 builds the cache (its decode workers use the machine); the others then open it
         if info.is_main:
-            tr_img, va_img = load_both()
+            loaded = load_both()
         distributed.barrier()
         if not info.is_main:
-            tr_img, va_img = load_both()
+            loaded = load_both()
     else:  # one process, or a subset without a cache: every rank decodes its own small copy
-        tr_img, va_img = load_both()
+        loaded = load_both()
+    tr_img, va_img = loaded[:2]
+    seg_img = loaded[2] if seg_geometry else tr_img
+    if list(seg_img.cases["id"]) != list(tr_img.cases["id"]):  # both decode the same files; a difference is a bug
+        print("error: the training images and the images their hand masks are found on hold different cases",
+              file=sys.stderr)
+        return 2
     if info.is_main:
         for cid, reason in tr_img.failed + va_img.failed:
             print(f"skipped {cid}: {reason}", file=sys.stderr)
@@ -221,7 +238,7 @@ def _run(args, info: distributed.DistInfo) -> int:
     if args.init_from:
         init_cfg = Path(args.init_from) / "config.json"
         extra["init_from"] = json.loads(init_cfg.read_text()) if init_cfg.is_file() else str(args.init_from)
-    masks = load_hand_masks(tr_img.images, cache, progress=show) if geometry.mask == "hand" else None
+    masks = load_hand_masks(seg_img.images, cache, progress=show) if geometry.mask == "hand" else None
     try:
         res = train_model(tr_img.images, tr_img.cases, va_img.images, va_img.cases, args.out, model_cfg, train_cfg,
                           extra_config=extra, resume=not args.no_resume, progress=not args.quiet,

@@ -16,7 +16,9 @@ Why this order:
 4. The hand alone, when the geometry's ``mask`` is ``hand``: the hand is segmented
    (:func:`boneage.geometry.hand.segment_hand`) and everything outside its slightly dilated mask set to 0, the
    hand's intensities stretched (:mod:`boneage.geometry.masking`), so the film around the hand cannot move the
-   reading. :attr:`Prepared.hand` keeps the segmentation (its outline, and whether it can be trusted).
+   reading. :attr:`Prepared.hand` keeps the segmentation (its outline, and whether it can be trusted). With the
+   geometry's ``intensity`` ``hand`` the stretch starts from the fitted film's own values, not from the
+   whole-film normalisation of step 2 (whose background level and clip depend on the surround).
 5. Framing last (:mod:`boneage.geometry.framing`), on the normalised image, when the model's geometry asks for it.
 6. When the geometry reads a film at several phases of the squeeze grid, each view is normalised and framed
    the same way (the first view's negative and laterality decisions hold for all), and the reading averages
@@ -95,10 +97,28 @@ class Prepared:
         return 1 + (0 if self.extra_views is None else len(self.extra_views))
 
 
+def film_values(view: np.ndarray, negative: bool) -> np.ndarray:
+    """A fitted view's own intensities, float32, finite, turned positive (bone bright) when the film was taken
+    for a negative: what the ``hand`` intensity scale is computed from (:class:`boneage.config.Geometry`)."""
+    v = np.nan_to_num(np.asarray(view, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return v.max() + v.min() - v if negative else v
+
+
+def _min_max(v: np.ndarray) -> np.ndarray:
+    span = float(v.max() - v.min())
+    return np.zeros_like(v) if span <= 0 else ((v - v.min()) / span).astype(np.float32)
+
+
 def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
     """Any 2-D radiograph array -> the model's base image: fit, intensity, framing (module docstring).
 
-    An ``int`` geometry means that base size with the original squeeze and no framing."""
+    An ``int`` geometry means that base size with the original squeeze and no framing.
+
+    With the geometry's ``intensity`` ``hand`` the film's normalisation only decides polarity, laterality and
+    the outline; the network's pixels come from the fitted film's own values, stretched inside the dilated
+    outline (:func:`boneage.geometry.masking.isolate_hand`), so nothing outside the outline changes them. Without
+    a mask (how a training cache keeps films whose masks are drawn per batch) those values are scaled from
+    their minimum to their maximum, unclipped, and the training batch stretches them inside its mask."""
     arr = np.asarray(arr)
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
@@ -109,16 +129,28 @@ def prepare(arr: np.ndarray, geometry: Geometry | int = BASE_SIZE) -> Prepared:
     if mirrored:  # the mirror image, fitted as a film that came in that way: the same views in the same order
         first, *others = fit_views(np.ascontiguousarray(arr[:, ::-1]), geometry)
         img = normalize_intensity_checked(first, negative)[0]
+    own_scale = geometry.intensity == "hand"
+
+    def values(view: np.ndarray, normalised: np.ndarray | None = None) -> np.ndarray:
+        """The view's pixels before masking: its own values (hand scale) or the film-normalised image."""
+        if own_scale:
+            return film_values(view, negative)
+        return normalize_intensity_checked(view, negative)[0] if normalised is None else normalised
+
     hand = None
     if geometry.mask == "hand":  # one segmentation for all views: they differ by a sub-pixel shift
         hand = segment_hand(img)
-        img = isolate_hand(img, hand.mask, geometry.mask_dilation)
+        img = isolate_hand(values(first, img), hand.mask, geometry.mask_dilation)
+    elif own_scale:
+        img = _min_max(values(first))
     img, framing = frame(img, geometry)
     extra = []
     for view in others:
-        v = normalize_intensity_checked(view, negative)[0]
+        v = values(view)
         if hand is not None:
             v = isolate_hand(v, hand.mask, geometry.mask_dilation)
+        elif own_scale:
+            v = _min_max(v)
         extra.append(frame(v, geometry)[0])
     return Prepared(img, negative, framing, np.stack(extra) if extra else None, mirrored, hand)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from boneage.config import Geometry, GeometryError, ModelConfig
 from boneage.geometry.masking import dilate, dilate_batch, isolate_hand, isolate_hand_batch, pack_masks
@@ -76,3 +77,64 @@ def test_the_mask_is_part_of_the_geometry_and_old_configs_read_the_whole_film():
     assert g.key().endswith("-mask3") and "mask" not in Geometry().key()
     with pytest.raises(GeometryError, match="none, hand"):
         Geometry(mask="soft")
+
+
+def _film_with_hand(size: int = 200, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A 12-bit-like film: a grey plate, a hand (palm and five fingers, bone brighter than soft tissue)."""
+    rng = np.random.default_rng(seed)
+    film = np.full((size, size), 900.0, np.float32) + rng.normal(0, 15, (size, size)).astype(np.float32)
+    hand = np.zeros((size, size), bool)
+    s = size / 100
+    hand[int(55 * s):int(90 * s), int(30 * s):int(70 * s)] = True  # palm
+    for k, x in enumerate((30, 39, 48, 57, 66)):
+        top = 20 + 6 * abs(k - 2) if k else 50
+        hand[int(top * s):int(56 * s), int(x * s):int((x + 5) * s)] = True
+    film[hand] = 1800 + 900 * rng.random(int(hand.sum())).astype(np.float32)
+    return film, hand
+
+
+@pytest.mark.parametrize("intensity", ["hand", "film"])
+def test_with_the_hands_own_scale_nothing_outside_the_outline_moves_the_pixels(intensity):
+    from boneage.geometry.preprocess import prepare
+
+    film, hand = _film_with_hand()
+    g = Geometry(100, mask="hand", mask_dilation=2, intensity=intensity)
+    before = prepare(film, g)
+    assert before.hand.ok, before.hand.reason
+    # the surround changed twice over: blacked out (the background level moves from the plate to 0), and a
+    # uniform bright bar along two edges (a letterbox an export adds); 12 film px = 6 base px off the hand
+    far = ~ndimage.binary_dilation(hand, iterations=12)
+    other = film.copy()
+    other[far] = 0.0
+    other[:, :6] = other[:, -6:] = 4000.0
+    after = prepare(other, g)
+    np.testing.assert_array_equal(after.hand.mask, before.hand.mask)
+    if intensity == "hand":
+        np.testing.assert_allclose(after.image, before.image, atol=1e-6)
+    else:  # the film scale is the surround's: the same change moves the hand's pixels (why "hand" exists)
+        assert np.abs(after.image - before.image).max() > 0.01
+
+
+def test_the_hands_own_scale_is_part_of_the_geometry_and_trims_no_bars_unless_asked():
+    assert ModelConfig().geometry.intensity == "film"
+    g = ModelConfig(hand_mask="hand", hand_intensity="hand", framing="hand").geometry
+    assert g.intensity == "hand" and g.key().endswith("-handscale") and not g.trims
+    assert Geometry(intensity="hand", trim_bars=True).trims
+    assert Geometry(framing="hand").trims  # the film scale keeps its old rule
+    with pytest.raises(GeometryError, match="film, hand"):
+        Geometry(intensity="bone")
+
+
+def test_a_training_cache_on_the_hands_own_scale_keeps_the_film_unclipped():
+    """Without a mask (how training keeps its films, masks drawn per batch) the values run min to max,
+    so the batch's stretch inside its mask equals what every door prepares."""
+    from boneage.geometry.preprocess import prepare
+
+    film, _ = _film_with_hand(100)
+    g = Geometry(100, mask="hand", mask_dilation=2, intensity="hand")
+    served = prepare(film, g)
+    cached = prepare(film, Geometry(100, mask="none", intensity="hand")).image
+    assert cached.min() == 0.0 and cached.max() == pytest.approx(1.0)
+    x = torch.from_numpy(cached)[None]
+    again = isolate_hand_batch(x, torch.from_numpy(served.hand.mask)[None], torch.tensor([2]))[0].numpy()
+    np.testing.assert_allclose(again, served.image, atol=1e-5)
